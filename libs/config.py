@@ -1,0 +1,225 @@
+"""Platform configuration: one TOML file decoded into Structs, with environment overrides.
+
+``LANTAU__SECTION__FIELD=value`` overrides ``[section] field``; list items are
+addressed by index (``LANTAU__HSM_NODES__0__PIN_FILE``). Values are read as TOML
+values when they parse (numbers, booleans, arrays) and as strings otherwise.
+Every error names the file and the field at fault.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+ENV_PREFIX = "LANTAU__"
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file and field."""
+
+
+class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    # 3 on a JetStream cluster so a stream survives the loss of a server.
+    stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    # How long facts stay on the streams (requests, results, events, audit intents).
+    retention_days: Positive = 30
+    # Window in which JetStream drops a republished message with the same Nats-Msg-Id.
+    duplicate_window_s: Positive = 86400
+    connect_timeout_s: float = 5.0
+
+
+class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    json: bool = False
+    level: str = "INFO"
+
+
+class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str
+    # The user PIN comes from a file (mode 0600) or an environment variable, never the TOML.
+    pin_file: str | None = None
+    pin_env: str | None = None
+    region: str | None = None
+    # PKCS#11 sessions (one per worker thread): sessions are not thread-safe.
+    sessions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # SoftHSM only: its config file, set as SOFTHSM2_CONF for this node's process.
+    softhsm_conf: str | None = None
+    beat_interval_ms: Positive = 500
+    metrics_port: Port = 0
+
+
+class SignerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str = "signer"
+    # Deadline for one HSM operation; past it the pool fails over.
+    hsm_timeout_ms: Positive = 2000
+    # Distinct nodes tried for one order before it is retried later.
+    max_attempts: Positive = 3
+    fetch_batch: Positive = 64
+    max_concurrency: Positive = 128
+    metrics_port: Port = 0
+
+
+class RequesterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    # Ed25519 public key, hex: requests must be signed by its private half.
+    public_key: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+    # Need-to-know: key ids (fnmatch patterns) this system may use; none means none.
+    keys: list[str] = []
+    may_create_keys: bool = False
+
+
+class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str = "policy"
+    # A request older than this, or dated further ahead than the skew, is refused.
+    max_request_age_ms: Positive = 300_000
+    clock_skew_ms: Positive = 30_000
+    # Signers must finish an order within this time after policy approves it.
+    order_deadline_ms: Positive = 60_000
+    fetch_batch: Positive = 64
+    metrics_port: Port = 0
+
+
+class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str = "audit"
+    fetch_batch: Positive = 256
+    metrics_port: Port = 0
+
+
+class BackupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    id: str = "backup"
+    kek_label: str = "lantau-domain-kek"
+    metrics_port: Port = 0
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    nats: NatsConfig = NatsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    hsm_nodes: list[HsmNodeConfig] = []
+    requesters: list[RequesterConfig] = []
+    signer: SignerConfig = SignerConfig()
+    policy: PolicyConfig = PolicyConfig()
+    audit: AuditConfig = AuditConfig()
+    backup: BackupConfig = BackupConfig()
+
+    def hsm_node(self, node_id: str) -> HsmNodeConfig:
+        for node in self.hsm_nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(n.id for n in self.hsm_nodes) or "none"
+        raise ConfigError(f"no [[hsm_nodes]] entry with id {node_id!r} (known: {known})")
+
+    def requester(self, name: str) -> RequesterConfig | None:
+        for r in self.requesters:
+            if r.name == name:
+                return r
+        return None
+
+
+def _parse_env_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _apply_override(raw: dict[str, Any], path: list[str], value: Any, env_name: str) -> None:
+    node: Any = raw
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"{env_name}: no list item {part!r}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"{env_name}: {part!r} is not a table")
+
+
+def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None) -> Config:
+    """Read the TOML file (or none), apply ``LANTAU__*`` overrides and validate."""
+    env = dict(os.environ) if env is None else env
+    raw: dict[str, Any] = {}
+    where = str(path) if path else "<defaults>"
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {where} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {where} is not valid TOML: {e}") from None
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX):
+            parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
+            if parts:
+                _apply_override(raw, parts, _parse_env_value(value), name)
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"config {where}: {e}") from None
+
+
+def read_pin(node: HsmNodeConfig, env: dict[str, str] | None = None) -> str:
+    """The node's user PIN from its file or environment variable. Never log the result."""
+    env = dict(os.environ) if env is None else env
+    if node.pin_file:
+        try:
+            pin = Path(node.pin_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(
+                f"hsm node {node.id}: cannot read pin_file {node.pin_file}: {e.strerror}"
+            ) from None
+    elif node.pin_env:
+        if node.pin_env not in env:
+            raise ConfigError(f"hsm node {node.id}: environment variable {node.pin_env} is unset")
+        pin = env[node.pin_env]
+    else:
+        raise ConfigError(f"hsm node {node.id}: set pin_file or pin_env")
+    if not pin:
+        raise ConfigError(f"hsm node {node.id}: the PIN is empty")
+    return pin
+
+
+def dump(config: Config) -> str:
+    """Render a Config back to TOML-compatible text (used by the dev stack)."""
+    return _to_toml(msgspec.to_builtins(config))
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot render {type(v).__name__} as TOML")
+
+
+def _to_toml(data: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                lines.append(f"\n[[{key}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None]
+        elif value is not None and not (isinstance(value, list) and not value):
+            lines.insert(0, f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).strip() + "\n"

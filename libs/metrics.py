@@ -1,0 +1,104 @@
+"""Every Prometheus metric Lantau exports, defined once.
+
+Names and units follow the Prometheus conventions (``_seconds``, ``_total`` on
+counters, added by the client). Label values are bounded: service names, node
+ids from config, error codes, stages, outcomes; never request or key ids.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# Latency buckets from 1 ms to 10 s: signing is milliseconds, approvals can be long.
+_LATENCY = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+RESULTS = Counter(
+    "lantau_results",
+    "Terminal results published, by the service that published them, outcome and error code.",
+    ["service", "outcome", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "lantau_request_duration_seconds",
+    "From the client's creation time of a request to its terminal result.",
+    ["kind", "outcome"],
+    buckets=_LATENCY,
+)
+STAGE_DURATION = Histogram(
+    "lantau_stage_duration_seconds",
+    "Time spent in one stage of the sign path (policy, queue, audit_intent, hsm, verify, publish).",
+    ["stage"],
+    buckets=_LATENCY,
+)
+POLICY_DECISIONS = Counter(
+    "lantau_policy_decisions",
+    "Policy decisions by rule and decision (allow, deny, approval).",
+    ["rule", "decision"],
+)
+APPROVALS_PENDING = Gauge("lantau_approvals_pending", "Requests waiting for human approvals.")
+APPROVALS_OLDEST_AGE = Gauge(
+    "lantau_approvals_oldest_age_seconds", "Age of the oldest request waiting for approvals."
+)
+HSM_NODE_UP = Gauge(
+    "lantau_hsm_node_up", "1 when the pool considers the HSM node usable, else 0.", ["node"]
+)
+HSM_NODE_IN_FLIGHT = Gauge(
+    "lantau_hsm_node_in_flight", "HSM operations this process has in flight per node.", ["node"]
+)
+HSM_OPERATION_DURATION = Histogram(
+    "lantau_hsm_operation_duration_seconds",
+    "Round trip of one HSM operation as seen by its caller.",
+    ["node", "op"],
+    buckets=_LATENCY,
+)
+HSM_ERRORS = Counter(
+    "lantau_hsm_errors", "Failed HSM operations by node and kind (timeout, error).", ["node", "kind"]
+)
+HSM_FAILOVERS = Counter(
+    "lantau_hsm_failovers", "Operations moved to another node after a failure.", ["from_node"]
+)
+HSM_CIRCUIT_STATE = Gauge(
+    "lantau_hsm_circuit_state",
+    "Circuit breaker per node: 0 closed, 1 half-open, 2 open.",
+    ["node"],
+)
+TOKEN_OPERATIONS = Counter(
+    "lantau_hsm_token_operations",
+    "Operations an hsm-node performed on its token, by op and outcome.",
+    ["node", "op", "outcome"],
+)
+TOKEN_OPERATION_DURATION = Histogram(
+    "lantau_hsm_token_operation_duration_seconds",
+    "Time the PKCS#11 token took for one operation, measured in the hsm-node.",
+    ["node", "op"],
+    buckets=_LATENCY,
+)
+KEYS_UNDER_REPLICATED = Gauge(
+    "lantau_keys_under_replicated", "Keys not yet held by every HSM node of their domain."
+)
+BACKUP_LAG = Gauge(
+    "lantau_backup_lag_seconds", "Age of the oldest key creation not yet fully replicated."
+)
+AUDIT_HEAD_SEQUENCE = Gauge("lantau_audit_head_sequence", "Sequence of the newest audit record.")
+AUDIT_LAG = Gauge(
+    "lantau_audit_lag_messages", "Messages on the source streams not yet in the audit chain."
+)
+CONSUMER_PENDING = Gauge(
+    "lantau_consumer_pending_messages",
+    "Messages waiting for a JetStream consumer.",
+    ["stream", "consumer"],
+)
+MESSAGES = Counter(
+    "lantau_messages",
+    "Messages handled by a consumer, by outcome (ack, retry, rejected, dead_letter).",
+    ["stream", "consumer", "outcome"],
+)
+REDELIVERIES = Counter(
+    "lantau_redeliveries",
+    "Messages received again after a failed or unacknowledged delivery.",
+    ["stream", "consumer"],
+)
+DEAD_LETTERS = Counter(
+    "lantau_dead_letters",
+    "Messages moved to the dead-letter stream, by error code.",
+    ["stream", "consumer", "code"],
+)

@@ -1,0 +1,35 @@
+"""Audit intents written before every HSM signature, and the hash-chained records."""
+
+from __future__ import annotations
+
+import msgspec
+
+from proto import SCHEMA_VERSION
+from proto.common import TimestampMs, Version
+
+
+class AuditIntent(msgspec.Struct, frozen=True, kw_only=True, tag="audit_intent", tag_field="type"):
+    """Durably stored before an HSM is asked to sign: no signature without its record."""
+
+    request_id: str
+    key_id: str
+    node: str
+    payload_sha256: str
+    attempt: int
+    actor: str
+    at_ms: TimestampMs
+    v: Version = SCHEMA_VERSION
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag="audit_record", tag_field="type"):
+    seq: int
+    at_ms: TimestampMs
+    actor: str
+    event_type: str
+    request_id: str | None = None
+    # Where the event came from: "<stream>:<stream sequence>", unique per record.
+    source: str
+    content_sha256: str
+    prev_hash: str
+    hash: str
+    v: Version = SCHEMA_VERSION

@@ -1,0 +1,76 @@
+"""One encoder and one decoder per message family, built once and reused."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from proto import SCHEMA_VERSION
+from proto.audit import AuditIntent, AuditRecord
+from proto.errors import ErrorCode, LantauError
+from proto.events import Event, RejectedMessage
+from proto.hsm import HealthBeat, HsmCommand, HsmReply
+from proto.keys import KeyRecord
+from proto.orders import Order
+from proto.requests import Request
+from proto.results import Result
+
+T = TypeVar("T")
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+class Decoder(Generic[T]):
+    """A msgpack decoder that turns every failure into a typed LantauError."""
+
+    def __init__(self, type_: Any, family: str) -> None:
+        self._decoder: msgspec.msgpack.Decoder[T] = msgspec.msgpack.Decoder(type_)
+        self.family = family
+
+    def decode(self, data: bytes) -> T:
+        try:
+            message = self._decoder.decode(data)
+        except msgspec.ValidationError as e:
+            text = str(e)
+            if " - at `$" not in text:
+                raise LantauError(
+                    ErrorCode.MALFORMED_MESSAGE, f"{self.family} message is not an object: {text}"
+                ) from None
+            if "Invalid value" in text and "`$.type`" in text:
+                raise LantauError(
+                    ErrorCode.WRONG_MESSAGE_TYPE, f"not a {self.family} message: {text}"
+                ) from None
+            if "Object missing required field `type`" in text:
+                raise LantauError(
+                    ErrorCode.WRONG_MESSAGE_TYPE, f"{self.family} message has no type tag"
+                ) from None
+            raise LantauError(ErrorCode.INVALID_FIELD, text) from None
+        except msgspec.DecodeError as e:
+            raise LantauError(
+                ErrorCode.MALFORMED_MESSAGE, f"{self.family} message is not valid msgpack: {e}"
+            ) from None
+        version = getattr(message, "v", SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise LantauError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"schema version {version} is newer than this service ({SCHEMA_VERSION})",
+            )
+        return message
+
+
+REQUEST = Decoder[Request](Request, "request")
+ORDER = Decoder[Order](Order, "order")
+RESULT = Decoder[Result](Result, "result")
+EVENT = Decoder[Event](Event, "event")
+HSM_COMMAND = Decoder[HsmCommand](HsmCommand, "hsm command")
+HSM_REPLY = Decoder[HsmReply](HsmReply, "hsm reply")
+HEALTH_BEAT = Decoder[HealthBeat](HealthBeat, "health beat")
+KEY_RECORD = Decoder[KeyRecord](KeyRecord, "key record")
+AUDIT_INTENT = Decoder[AuditIntent](AuditIntent, "audit intent")
+AUDIT_RECORD = Decoder[AuditRecord](AuditRecord, "audit record")
+REJECTED = Decoder[RejectedMessage](RejectedMessage, "rejected message")

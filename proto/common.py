@@ -1,0 +1,30 @@
+"""Small types used across messages."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+# Ids appear in NATS subjects and KV keys, so they are restricted to safe characters.
+RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]{1,128}$")]
+TimestampMs = Annotated[int, msgspec.Meta(ge=0)]
+Version = Annotated[int, msgspec.Meta(ge=1)]
+
+Curve = Literal["secp256k1", "ed25519"]
+# digest: a 32-byte hash the caller computed (secp256k1 ECDSA signs it as is).
+# message: the bytes themselves (Ed25519 signs the message, as RFC 8032 intends).
+PayloadKind = Literal["digest", "message"]
+
+MAX_PAYLOAD_BYTES = 65536
+Payload = Annotated[bytes, msgspec.Meta(max_length=MAX_PAYLOAD_BYTES)]
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A typed error on the wire: a stable code and a sentence for humans."""
+
+    code: str
+    message: str

@@ -1,0 +1,56 @@
+"""Error codes shared by the wire (``ErrorInfo.code``) and Python (``LantauError.code``)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.StrEnum):
+    # The message itself is bad: never retried.
+    MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
+    WRONG_MESSAGE_TYPE = "WRONG_MESSAGE_TYPE"
+    UNSUPPORTED_VERSION = "UNSUPPORTED_VERSION"
+    INVALID_FIELD = "INVALID_FIELD"
+    INVALID_PAYLOAD = "INVALID_PAYLOAD"
+    # Authentication and authorisation.
+    UNKNOWN_REQUESTER = "UNKNOWN_REQUESTER"
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    REQUEST_EXPIRED = "REQUEST_EXPIRED"
+    REQUEST_FROM_FUTURE = "REQUEST_FROM_FUTURE"
+    REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
+    ACCESS_DENIED = "ACCESS_DENIED"
+    POLICY_DENIED = "POLICY_DENIED"
+    APPROVAL_REJECTED = "APPROVAL_REJECTED"
+    APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
+    # Keys.
+    UNKNOWN_KEY = "UNKNOWN_KEY"
+    KEY_EXISTS = "KEY_EXISTS"
+    CURVE_MISMATCH = "CURVE_MISMATCH"
+    # Execution.
+    HSM_UNAVAILABLE = "HSM_UNAVAILABLE"
+    HSM_ERROR = "HSM_ERROR"
+    SIGNATURE_VERIFICATION_FAILED = "SIGNATURE_VERIFICATION_FAILED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    DEAD_LETTER = "DEAD_LETTER"
+    INTERNAL = "INTERNAL"
+
+
+class LantauError(Exception):
+    """An error with a wire code and a human sentence naming the field or rule at fault.
+
+    The message must never contain secrets: it travels to clients and logs.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class TransientError(Exception):
+    """A failure worth retrying later (HSM busy, node down, bus hiccup)."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -1,0 +1,21 @@
+"""The key directory: one record per key in the ``lantau_keys`` KV bucket."""
+
+from __future__ import annotations
+
+import msgspec
+
+from proto import SCHEMA_VERSION
+from proto.common import Curve, TimestampMs, Version
+
+
+class KeyRecord(msgspec.Struct, frozen=True, kw_only=True, tag="key_record", tag_field="type"):
+    key_id: str
+    curve: Curve
+    public_key: bytes
+    region: str | None = None
+    owner: str
+    # HSM nodes known to hold the private key; changed only by KV compare-and-set.
+    nodes: list[str]
+    created_at_ms: TimestampMs
+    created_by_request: str
+    v: Version = SCHEMA_VERSION

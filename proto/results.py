@@ -1,0 +1,49 @@
+"""Terminal outcomes, one per request, on ``lantau.result.<request_id>``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from proto import SCHEMA_VERSION
+from proto.common import Curve, ErrorInfo, TimestampMs, Version
+
+SignStatus = Literal["signed", "rejected", "expired", "failed"]
+KeyStatus = Literal["created", "rejected", "expired", "failed"]
+
+
+class SignResult(msgspec.Struct, frozen=True, kw_only=True, tag="sign_result", tag_field="type"):
+    request_id: str
+    # Hash of the request this answers; a client that reused an id for different
+    # content sees a mismatch and knows the result is not its own.
+    request_hash: str = ""
+    status: SignStatus
+    key_id: str = ""
+    curve: Curve | None = None
+    # secp256k1: 64-byte r||s with low S; Ed25519: the 64-byte RFC 8032 signature.
+    signature: bytes | None = None
+    # secp256k1 only: 0 or 1, so Ethereum can recover the address (v = 27 + id).
+    recovery_id: int | None = None
+    # secp256k1: 33-byte compressed point; Ed25519: 32 raw bytes.
+    public_key: bytes | None = None
+    node: str | None = None
+    error: ErrorInfo | None = None
+    completed_at_ms: TimestampMs = 0
+    v: Version = SCHEMA_VERSION
+
+
+class KeyResult(msgspec.Struct, frozen=True, kw_only=True, tag="key_result", tag_field="type"):
+    request_id: str
+    request_hash: str = ""
+    status: KeyStatus
+    key_id: str = ""
+    curve: Curve | None = None
+    public_key: bytes | None = None
+    node: str | None = None
+    error: ErrorInfo | None = None
+    completed_at_ms: TimestampMs = 0
+    v: Version = SCHEMA_VERSION
+
+
+Result = SignResult | KeyResult

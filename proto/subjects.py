@@ -1,0 +1,93 @@
+"""Every subject, stream, consumer and KV bucket name, defined once."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+PREFIX = "lantau"
+
+# Requests from trading systems and approvers.
+SIGN_REQUEST = f"{PREFIX}.request.sign"
+CREATE_KEY_REQUEST = f"{PREFIX}.request.create_key"
+# Orders from policy to signers.
+SIGN_ORDER = f"{PREFIX}.order.sign"
+CREATE_KEY_ORDER = f"{PREFIX}.order.create_key"
+# Terminal results, one subject per request.
+RESULT_PREFIX = f"{PREFIX}.result"
+# Facts for backup, audit and operators.
+EVENT_KEY_CREATED = f"{PREFIX}.event.key.created"
+EVENT_KEY_REPLICATED = f"{PREFIX}.event.key.replicated"
+EVENT_NODE_STATE = f"{PREFIX}.event.node.state"
+# Audit intents written by signers before each HSM signature.
+AUDIT_INTENT = f"{PREFIX}.audit.intent"
+# Hash-chained audit records appended by the audit service.
+AUDIT_LOG = f"{PREFIX}.auditlog.record"
+# Dead letters, one subject per source stream.
+DEAD_LETTER_PREFIX = f"{PREFIX}.dlq"
+# Core NATS (not JetStream): HSM node RPC and heartbeats.
+HSM_RPC_PREFIX = f"{PREFIX}.hsm.rpc"
+HSM_BEAT_PREFIX = f"{PREFIX}.hsm.beat"
+HSM_SERVICE_NAME = "lantau-hsm-node"
+
+
+def result_subject(request_id: str) -> str:
+    return f"{RESULT_PREFIX}.{request_id}"
+
+
+def dead_letter_subject(stream: str) -> str:
+    return f"{DEAD_LETTER_PREFIX}.{stream}"
+
+
+def hsm_rpc_subject(node_id: str, op: str) -> str:
+    return f"{HSM_RPC_PREFIX}.{node_id}.{op}"
+
+
+def hsm_beat_subject(node_id: str) -> str:
+    return f"{HSM_BEAT_PREFIX}.{node_id}"
+
+
+HSM_OPS = ("generate", "public_key", "sign", "wrap", "unwrap")
+
+
+class StreamSpec(NamedTuple):
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+
+
+REQUESTS = StreamSpec("LANTAU_REQUESTS", (f"{PREFIX}.request.>",), "requests from clients")
+ORDERS = StreamSpec("LANTAU_ORDERS", (f"{PREFIX}.order.>",), "approved work for signers")
+RESULTS = StreamSpec("LANTAU_RESULTS", (f"{RESULT_PREFIX}.>",), "one terminal result per request")
+EVENTS = StreamSpec("LANTAU_EVENTS", (f"{PREFIX}.event.>",), "key lifecycle and node state")
+AUDIT = StreamSpec("LANTAU_AUDIT", (f"{PREFIX}.audit.>",), "audit intents before signing")
+AUDIT_CHAIN = StreamSpec("LANTAU_AUDIT_LOG", (f"{PREFIX}.auditlog.>",), "hash-chained records")
+DEAD_LETTERS = StreamSpec("LANTAU_DLQ", (f"{DEAD_LETTER_PREFIX}.>",), "messages nobody could use")
+
+ALL_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, AUDIT_CHAIN, DEAD_LETTERS)
+
+
+class ConsumerSpec(NamedTuple):
+    stream: StreamSpec
+    durable: str
+    filter_subject: str | None = None
+
+
+POLICY_REQUESTS = ConsumerSpec(REQUESTS, "policy")
+SIGNER_ORDERS = ConsumerSpec(ORDERS, "signer")
+BACKUP_KEY_EVENTS = ConsumerSpec(EVENTS, "backup", EVENT_KEY_CREATED)
+# The audit service reads every stream that carries facts, each with its own cursor.
+AUDIT_SOURCES = tuple(
+    ConsumerSpec(s, "audit") for s in (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS)
+)
+
+ALL_CONSUMERS = (POLICY_REQUESTS, SIGNER_ORDERS, BACKUP_KEY_EVENTS, *AUDIT_SOURCES)
+
+# KV buckets.
+KEYS_BUCKET = "lantau_keys"
+REQUESTS_BUCKET = "lantau_requests"
+ALL_BUCKETS = (KEYS_BUCKET, REQUESTS_BUCKET)
+
+# Headers.
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+HDR_REQUEST_ID = "Lantau-Request-Id"
