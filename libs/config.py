@@ -48,8 +48,11 @@ class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     pin_file: str | None = None
     pin_env: str | None = None
     region: str | None = None
-    # PKCS#11 sessions (one per worker thread): sessions are not thread-safe.
-    sessions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    # Worker threads, each with its own PKCS#11 session. Keep 1 for SoftHSM: python-pkcs11
+    # initialises the module with C_Initialize(NULL), which tells it the application is
+    # single-threaded; SoftHSM then takes no locks and concurrent calls crash it (measured).
+    # A vendor module that locks regardless can use more.
+    sessions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     # SoftHSM only: its config file, set as SOFTHSM2_CONF for this node's process.
     softhsm_conf: str | None = None
     beat_interval_ms: Positive = 500

@@ -51,7 +51,9 @@ HSM_OPERATION_DURATION = Histogram(
     buckets=_LATENCY,
 )
 HSM_ERRORS = Counter(
-    "lantau_hsm_errors", "Failed HSM operations by node and kind (timeout, error).", ["node", "kind"]
+    "lantau_hsm_errors",
+    "Failed HSM operations by node and kind (timeout, error).",
+    ["node", "kind"],
 )
 HSM_FAILOVERS = Counter(
     "lantau_hsm_failovers", "Operations moved to another node after a failure.", ["from_node"]

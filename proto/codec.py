@@ -37,6 +37,10 @@ class Decoder(Generic[T]):
             message = self._decoder.decode(data)
         except msgspec.ValidationError as e:
             text = str(e)
+            if "Object missing required field `type`" in text:
+                raise LantauError(
+                    ErrorCode.WRONG_MESSAGE_TYPE, f"{self.family} message has no type tag"
+                ) from None
             if " - at `$" not in text:
                 raise LantauError(
                     ErrorCode.MALFORMED_MESSAGE, f"{self.family} message is not an object: {text}"
@@ -44,10 +48,6 @@ class Decoder(Generic[T]):
             if "Invalid value" in text and "`$.type`" in text:
                 raise LantauError(
                     ErrorCode.WRONG_MESSAGE_TYPE, f"not a {self.family} message: {text}"
-                ) from None
-            if "Object missing required field `type`" in text:
-                raise LantauError(
-                    ErrorCode.WRONG_MESSAGE_TYPE, f"{self.family} message has no type tag"
                 ) from None
             raise LantauError(ErrorCode.INVALID_FIELD, text) from None
         except msgspec.DecodeError as e:

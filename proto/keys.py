@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from proto import SCHEMA_VERSION
@@ -11,7 +13,11 @@ from proto.common import Curve, TimestampMs, Version
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True, tag="key_record", tag_field="type"):
     key_id: str
     curve: Curve
-    public_key: bytes
+    # "pending": the id is reserved and the key is being generated on nodes[0];
+    # "active": generated, public_key set. Reserving first means one key id can
+    # never end up as two different keys on two HSMs.
+    status: Literal["pending", "active"] = "active"
+    public_key: bytes = b""
     region: str | None = None
     owner: str
     # HSM nodes known to hold the private key; changed only by KV compare-and-set.

@@ -63,6 +63,16 @@ def signing_bytes(request: Request) -> bytes:
     return _PREFIX + msgspec.json.encode(unsigned, order="sorted")
 
 
+_ENVELOPE = {"signature": b"", "created_at_ms": 0, "expires_at_ms": 0}
+
+
 def request_hash(request: Request) -> str:
-    """Content hash that identifies what was asked, independent of the signature bytes."""
-    return hashlib.sha256(signing_bytes(request)).hexdigest()
+    """Hash of what is asked (key, payload, transfer, ...), not of when or the signature.
+
+    A resend of the same request id re-signs a fresh envelope but keeps this hash, so
+    it is recognised as the same request and answered with the same result.
+    """
+    content = msgspec.structs.replace(request, **_ENVELOPE)
+    return hashlib.sha256(
+        b"lantau/request-content/v1\n" + msgspec.json.encode(content, order="sorted")
+    ).hexdigest()

@@ -1,0 +1,46 @@
+# Lantau: two commands on a fresh Debian machine.
+#   make run   - install, start the dev stack, send demo sign requests, keep serving (Ctrl-C stops)
+#   make test  - install and run the whole test suite against real NATS and SoftHSM
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: run demo test lint bench setup system-deps schemas clean
+
+setup: $(STAMP)
+
+system-deps:
+	@missing=""; \
+	command -v softhsm2-util >/dev/null || missing="$$missing softhsm2"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/lantau dev up --demo
+
+demo: setup
+	$(VENV)/bin/lantau dev up --demo --exit
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+schemas: setup
+	$(PY) -m proto.schema
+
+clean:
+	rm -rf .lantau .pytest_cache

@@ -1,0 +1,266 @@
+"""CustodyClient: what a trading system uses to create keys and get signatures.
+
+Requests are signed with the requester's Ed25519 key and published durably; the
+client then waits for the one terminal result on ``lantau.result.<request_id>``.
+Sending the same request id again (same content) returns the same result and
+never makes a second signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from pathlib import Path
+
+import msgspec
+import nacl.signing
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from libs.bus import last_on_subject, now_ms
+from proto import codec
+from proto.common import Curve, PayloadKind
+from proto.errors import ErrorCode, LantauError
+from proto.requests import (
+    CreateKeyRequest,
+    Request,
+    SignRequest,
+    Transfer,
+    request_hash,
+    signing_bytes,
+)
+from proto.results import KeyResult, Result, SignResult
+from proto.subjects import (
+    CREATE_KEY_REQUEST,
+    HDR_MSG_ID,
+    HDR_REQUEST_ID,
+    RESULTS,
+    SIGN_REQUEST,
+    result_subject,
+)
+
+DEFAULT_TTL_MS = 120_000
+# While waiting, also look at the stored result now and then: covers a resend whose
+# original was answered long ago, and results published during a reconnect.
+POLL_INTERVAL_S = 1.0
+
+
+class CustodyError(Exception):
+    """Base of the client's exceptions; carries the request id when there is one."""
+
+    def __init__(self, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class ResultTimeout(CustodyError):
+    """No terminal result in time; the request may still complete: ask get_result() later."""
+
+
+class RequestIdConflict(CustodyError):
+    """The request id was already used for a different request."""
+
+
+def load_signing_key(path: str | Path) -> nacl.signing.SigningKey:
+    """Read an Ed25519 seed (64 hex characters) from a file made by ``lantau keygen``."""
+    text = Path(path).read_text().strip()
+    try:
+        seed = bytes.fromhex(text)
+        if len(seed) != 32:
+            raise ValueError
+    except ValueError:
+        raise CustodyError(f"{path} does not hold a 32-byte Ed25519 seed in hex") from None
+    return nacl.signing.SigningKey(seed)
+
+
+class CustodyClient:
+    def __init__(
+        self,
+        nc: Client,
+        requester: str,
+        signing_key: nacl.signing.SigningKey,
+        *,
+        owns_connection: bool = False,
+    ) -> None:
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self.requester = requester
+        self._key = signing_key
+        self._owns = owns_connection
+
+    @classmethod
+    async def connect(
+        cls, servers: list[str] | str, requester: str, signing_key: nacl.signing.SigningKey
+    ) -> CustodyClient:
+        try:
+            nc = await nats.connect(
+                servers=servers,
+                name=f"lantau-client-{requester}",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+            )
+        except Exception as e:
+            raise CustodyError(f"cannot connect to NATS at {servers}: {type(e).__name__}") from None
+        return cls(nc, requester, signing_key, owns_connection=True)
+
+    async def close(self) -> None:
+        if self._owns:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+
+    async def __aenter__(self) -> CustodyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- requests ------------------------------------------------------------
+
+    def sign_request(
+        self,
+        key_id: str,
+        payload: bytes,
+        *,
+        payload_kind: PayloadKind = "digest",
+        transfer: Transfer | None = None,
+        request_id: str | None = None,
+        ttl_ms: int = DEFAULT_TTL_MS,
+    ) -> SignRequest:
+        created = now_ms()
+        request = SignRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            requester=self.requester,
+            key_id=key_id,
+            payload=payload,
+            payload_kind=payload_kind,
+            transfer=transfer,
+            created_at_ms=created,
+            expires_at_ms=created + ttl_ms,
+        )
+        return self._signed(request)
+
+    def create_key_request(
+        self,
+        key_id: str,
+        curve: Curve,
+        *,
+        region: str | None = None,
+        request_id: str | None = None,
+        ttl_ms: int = DEFAULT_TTL_MS,
+    ) -> CreateKeyRequest:
+        created = now_ms()
+        request = CreateKeyRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            requester=self.requester,
+            key_id=key_id,
+            curve=curve,
+            region=region,
+            created_at_ms=created,
+            expires_at_ms=created + ttl_ms,
+        )
+        return self._signed(request)
+
+    def _signed(self, request: Request) -> Request:  # type: ignore[misc]
+        try:
+            validated = msgspec.convert(msgspec.to_builtins(request), type(request))
+        except msgspec.ValidationError as e:
+            raise LantauError(ErrorCode.INVALID_FIELD, str(e)) from None
+        signature = self._key.sign(signing_bytes(validated)).signature
+        return msgspec.structs.replace(validated, signature=signature)
+
+    async def sign(
+        self,
+        key_id: str,
+        payload: bytes,
+        *,
+        payload_kind: PayloadKind = "digest",
+        transfer: Transfer | None = None,
+        request_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> SignResult:
+        """Ask for a signature and wait for the terminal result (signed, rejected, ...)."""
+        request = self.sign_request(
+            key_id, payload, payload_kind=payload_kind, transfer=transfer, request_id=request_id
+        )
+        result = await self.send(request, timeout=timeout)
+        assert isinstance(result, SignResult)
+        return result
+
+    async def create_key(
+        self,
+        key_id: str,
+        curve: Curve,
+        *,
+        region: str | None = None,
+        request_id: str | None = None,
+        timeout: float = 30.0,
+    ) -> KeyResult:
+        request = self.create_key_request(key_id, curve, region=region, request_id=request_id)
+        result = await self.send(request, timeout=timeout)
+        assert isinstance(result, KeyResult)
+        return result
+
+    async def send(self, request: Request, *, timeout: float = 30.0) -> Result:
+        """Publish a signed request durably and wait for its result."""
+        subject = result_subject(request.request_id)
+        expected = request_hash(request)
+        inbox: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_result(msg: nats.aio.msg.Msg) -> None:
+            inbox.put_nowait(msg.data)
+
+        sub = await self._nc.subscribe(subject, cb=on_result)
+        try:
+            duplicate = await self.submit(request)
+            if duplicate:
+                stored = await self.get_result(request.request_id)
+                if stored is not None:
+                    return self._own(stored, expected, request.request_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while (left := deadline - loop.time()) > 0:
+                try:
+                    data = await asyncio.wait_for(inbox.get(), timeout=min(left, POLL_INTERVAL_S))
+                    return self._own(codec.RESULT.decode(data), expected, request.request_id)
+                except TimeoutError:
+                    stored = await self.get_result(request.request_id)
+                    if stored is not None:
+                        return self._own(stored, expected, request.request_id)
+            raise ResultTimeout(
+                f"no result for request {request.request_id} within {timeout:g} s; "
+                "it may still complete: call get_result() later",
+                request.request_id,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def submit(self, request: Request) -> bool:
+        """Publish durably without waiting for the result; True if JetStream saw it before."""
+        subject = SIGN_REQUEST if isinstance(request, SignRequest) else CREATE_KEY_REQUEST
+        headers = {HDR_MSG_ID: request.request_id, HDR_REQUEST_ID: request.request_id}
+        try:
+            ack = await self._js.publish(subject, codec.encode(request), headers=headers)
+        except (nats.errors.Error, TimeoutError) as e:
+            raise CustodyError(
+                f"request {request.request_id} was not accepted by the bus ({type(e).__name__}); "
+                "it is safe to send it again",
+                request.request_id,
+            ) from None
+        return bool(ack.duplicate)
+
+    async def get_result(self, request_id: str) -> Result | None:
+        """The stored terminal result of a request, or None while it has none."""
+        data = await last_on_subject(self._js, RESULTS.name, result_subject(request_id))
+        return codec.RESULT.decode(data) if data is not None else None
+
+    @staticmethod
+    def _own(result: Result, expected_hash: str, request_id: str) -> Result:
+        if result.request_hash and result.request_hash != expected_hash:
+            raise RequestIdConflict(
+                f"request id {request_id} already belongs to a different request", request_id
+            )
+        return result

@@ -1,0 +1,196 @@
+"""HsmBackend on one PKCS#11 token through python-pkcs11.
+
+PKCS#11 calls block, so they run on worker threads, one session per thread
+(sessions are not thread-safe). Login is per application: one session logs in at
+start and stays open; worker sessions share that login and never log out. The
+default is one worker: python-pkcs11 calls C_Initialize(NULL), so SoftHSM runs
+without locks and two threads in it at once crash the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import pkcs11
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from libs.curves import public_key_from_ec_point
+from proto.common import Curve
+from proto.errors import ErrorCode, LantauError, TransientError
+from proto.hsm import HsmKey
+
+T = TypeVar("T")
+
+_CURVE_PARAMS = {
+    "secp256k1": (KeyType.EC, "secp256k1", None, Mechanism.ECDSA),
+    # 1.3.101.112 is id-Ed25519 (RFC 8410).
+    "ed25519": (
+        KeyType.EC_EDWARDS,
+        "1.3.101.112",
+        Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
+        Mechanism.EDDSA,
+    ),
+}
+
+
+class Pkcs11Backend:
+    """One token (one HSM, or one HA slot of a vendor client), several sessions."""
+
+    def __init__(self, module: str, token_label: str, pin: str, *, sessions: int = 1) -> None:
+        self.name = token_label
+        self._lib = pkcs11.lib(module)
+        try:
+            self._token = self._lib.get_token(token_label=token_label)
+        except pkcs11.NoSuchToken:
+            raise LantauError(
+                ErrorCode.HSM_UNAVAILABLE, f"no token labelled {token_label!r}"
+            ) from None
+        try:
+            self._login_session = self._token.open(rw=True, user_pin=pin)
+        except pkcs11.PinIncorrect:
+            raise LantauError(
+                ErrorCode.HSM_UNAVAILABLE, f"token {token_label!r} refused the PIN"
+            ) from None
+        self._local = threading.local()
+        self._sessions: list[Any] = []
+        self._sessions_lock = threading.Lock()
+        # Generation is serialised so two requests for one key id cannot make two keys.
+        self._generate_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=sessions, thread_name_prefix=f"p11-{token_label}"
+        )
+
+    # -- thread-side helpers -------------------------------------------------
+
+    def _session(self) -> Any:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._token.open(rw=True)
+            self._local.session = session
+            self._local.keys = {}
+            with self._sessions_lock:
+                self._sessions.append(session)
+        return session
+
+    def _private_key(self, key_id: str) -> Any:
+        cache: dict[str, Any] = self._local.keys if hasattr(self._local, "keys") else {}
+        key = cache.get(key_id)
+        if key is None:
+            key = _find(self._session(), ObjectClass.PRIVATE_KEY, key_id)
+            self._local.keys[key_id] = key
+        return key
+
+    def _public(self, key_id: str, curve: Curve | None = None) -> HsmKey:
+        pub = _find(self._session(), ObjectClass.PUBLIC_KEY, key_id)
+        found = _curve_of(pub)
+        if curve is not None and found != curve:
+            raise LantauError(ErrorCode.CURVE_MISMATCH, f"key {key_id} is {found}, not {curve}")
+        return HsmKey(
+            key_id=key_id,
+            curve=found,
+            public_key=public_key_from_ec_point(found, pub[Attribute.EC_POINT]),
+        )
+
+    def _generate(self, key_id: str, curve: Curve) -> HsmKey:
+        with self._generate_lock:
+            try:
+                return self._public(key_id, curve)
+            except LantauError as e:
+                if e.code != ErrorCode.UNKNOWN_KEY:
+                    raise
+            key_type, oid, mechanism, _ = _CURVE_PARAMS[curve]
+            session = self._session()
+            params = session.create_domain_parameters(
+                key_type, {Attribute.EC_PARAMS: encode_named_curve_parameters(oid)}, local=True
+            )
+            pub, _priv = params.generate_keypair(
+                store=True,
+                label=key_id,
+                id=key_id.encode(),
+                mechanism=mechanism,
+                public_template={Attribute.TOKEN: True},
+                private_template={
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    # Extractable only by wrapping under a trusted key (the domain KEK).
+                    Attribute.EXTRACTABLE: True,
+                    Attribute.WRAP_WITH_TRUSTED: True,
+                },
+            )
+            return HsmKey(
+                key_id=key_id,
+                curve=curve,
+                public_key=public_key_from_ec_point(curve, pub[Attribute.EC_POINT]),
+                created=True,
+            )
+
+    def _sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
+        key = self._private_key(key_id)
+        mechanism = _CURVE_PARAMS[curve][3]
+        try:
+            return bytes(key.sign(data, mechanism=mechanism))
+        except pkcs11.KeyTypeInconsistent:
+            raise LantauError(
+                ErrorCode.CURVE_MISMATCH, f"key {key_id} is not a {curve} key"
+            ) from None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, fn, *args)
+        except (LantauError, TransientError):
+            raise
+        except pkcs11.PKCS11Error as e:
+            # Token-level failures (device error, session closed) may pass on another node.
+            raise TransientError(
+                ErrorCode.HSM_ERROR, f"token {self.name}: {type(e).__name__}"
+            ) from None
+
+    # -- HsmBackend ----------------------------------------------------------
+
+    async def generate(self, key_id: str, curve: Curve) -> HsmKey:
+        return await self._run(self._generate, key_id, curve)
+
+    async def public_key(self, key_id: str) -> HsmKey:
+        return await self._run(self._public, key_id)
+
+    async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
+        return await self._run(self._sign, key_id, curve, data)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._sessions_lock:
+            for session in self._sessions:
+                _quietly(session.close)
+            self._sessions.clear()
+        _quietly(self._login_session.close)
+
+
+def _find(session: Any, object_class: ObjectClass, key_id: str) -> Any:
+    try:
+        return session.get_key(object_class=object_class, label=key_id)
+    except pkcs11.NoSuchKey:
+        raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {key_id} is not on this HSM") from None
+    except pkcs11.MultipleObjectsReturned:
+        raise LantauError(ErrorCode.HSM_ERROR, f"key {key_id} exists twice on this HSM") from None
+
+
+def _curve_of(pub: Any) -> Curve:
+    if pub.key_type == KeyType.EC_EDWARDS:
+        return "ed25519"
+    if pub[Attribute.EC_PARAMS] == encode_named_curve_parameters("secp256k1"):
+        return "secp256k1"
+    raise LantauError(ErrorCode.CURVE_MISMATCH, "key uses a curve Lantau does not sign with")
+
+
+def _quietly(fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except pkcs11.PKCS11Error:
+        pass

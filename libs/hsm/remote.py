@@ -1,0 +1,80 @@
+"""HsmBackend that talks to an hsm-node process over NATS request/reply."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+
+from proto import codec
+from proto.common import Curve
+from proto.errors import ErrorCode, LantauError, TransientError
+from proto.hsm import (
+    HsmCommand,
+    HsmFailure,
+    HsmGenerate,
+    HsmKey,
+    HsmPublicKey,
+    HsmReply,
+    HsmSign,
+    HsmSignature,
+)
+from proto.subjects import hsm_rpc_subject
+
+R = TypeVar("R", bound=msgspec.Struct)
+
+
+class RemoteHsm:
+    def __init__(self, nc: Client, node_id: str, *, timeout_s: float) -> None:
+        self.name = node_id
+        self._nc = nc
+        self._timeout_s = timeout_s
+
+    async def call(self, op: str, command: HsmCommand, timeout_s: float | None = None) -> HsmReply:
+        subject = hsm_rpc_subject(self.name, op)
+        try:
+            msg = await self._nc.request(
+                subject, codec.encode(command), timeout=timeout_s or self._timeout_s
+            )
+        except nats.errors.NoRespondersError:
+            raise TransientError(
+                ErrorCode.HSM_UNAVAILABLE, f"hsm node {self.name} is not serving"
+            ) from None
+        except (nats.errors.TimeoutError, TimeoutError):
+            raise TransientError(
+                ErrorCode.DEADLINE_EXCEEDED, f"hsm node {self.name} did not answer {op} in time"
+            ) from None
+        try:
+            reply = codec.HSM_REPLY.decode(msg.data)
+        except LantauError as e:
+            raise TransientError(
+                ErrorCode.HSM_ERROR, f"hsm node {self.name}: bad reply: {e.message}"
+            ) from None
+        if isinstance(reply, HsmFailure):
+            if reply.retryable:
+                raise TransientError(
+                    ErrorCode(reply.code), f"hsm node {self.name}: {reply.message}"
+                )
+            raise LantauError(ErrorCode(reply.code), reply.message)
+        return reply
+
+    async def generate(self, key_id: str, curve: Curve) -> HsmKey:
+        return _expect(await self.call("generate", HsmGenerate(key_id=key_id, curve=curve)), HsmKey)
+
+    async def public_key(self, key_id: str) -> HsmKey:
+        return _expect(await self.call("public_key", HsmPublicKey(key_id=key_id)), HsmKey)
+
+    async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
+        reply = await self.call("sign", HsmSign(key_id=key_id, curve=curve, data=data))
+        return _expect(reply, HsmSignature).signature
+
+    async def close(self) -> None:
+        return None
+
+
+def _expect(reply: HsmReply, kind: type[R]) -> R:
+    if not isinstance(reply, kind):
+        raise TransientError(ErrorCode.HSM_ERROR, f"unexpected reply {type(reply).__name__}")
+    return reply

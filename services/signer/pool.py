@@ -1,0 +1,203 @@
+"""The signer's HSM pool: the I/O around the pure Balancer.
+
+Listens to health beats, ticks the balancer, publishes node state changes, sends
+half-open probes, and runs each HSM operation with a deadline, failing over to
+another node at once when one errors or misses its deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from services.signer.balancer import Balancer, BalancerSettings, Circuit, NodeState, StateChange
+
+from libs import bus, metrics
+from libs.hsm.remote import RemoteHsm
+from proto import codec
+from proto.errors import ErrorCode, LantauError, TransientError
+from proto.events import NodeStateChanged
+from proto.hsm import HsmPublicKey
+from proto.subjects import EVENT_NODE_STATE, HSM_BEAT_PREFIX
+
+log = logging.getLogger("lantau.pool")
+
+T = TypeVar("T")
+_CIRCUIT_VALUE = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
+# A probe asks for a key that cannot exist: any answer proves the node serves requests.
+_PROBE = HsmPublicKey(key_id="lantau-probe")
+
+
+class NoNodeAvailable(TransientError):
+    pass
+
+
+class HsmPool:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        *,
+        observer: str,
+        node_ids: Iterable[str],
+        timeout_s: float,
+        settings: BalancerSettings | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._observer = observer
+        self._timeout_s = timeout_s
+        self.balancer = Balancer(settings or BalancerSettings(), bus.now_ms(), node_ids)
+        self._remotes: dict[str, RemoteHsm] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._probing: set[str] = set()
+        self._probe_tasks: set[asyncio.Task[None]] = set()
+
+    def remote(self, node_id: str) -> RemoteHsm:
+        r = self._remotes.get(node_id)
+        if r is None:
+            r = self._remotes[node_id] = RemoteHsm(self._nc, node_id, timeout_s=self._timeout_s)
+        return r
+
+    def node_ids(self) -> list[str]:
+        return [v.node_id for v in self.balancer.views()]
+
+    async def start(self, stopping: asyncio.Event) -> None:
+        await self._nc.subscribe(f"{HSM_BEAT_PREFIX}.*", cb=self._on_beat)
+        self._tasks.append(asyncio.create_task(self._tick_forever(stopping)))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_beat(self, msg: Msg) -> None:
+        try:
+            beat = codec.HEALTH_BEAT.decode(msg.data)
+        except LantauError as e:
+            log.warning("ignoring bad health beat on %s: %s", msg.subject, e.message)
+            return
+        changes = self.balancer.on_beat(
+            beat.node_id, bus.now_ms(), ok=beat.ok, in_flight=beat.in_flight, region=beat.region
+        )
+        await self._report(changes)
+
+    async def _tick_forever(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            now = bus.now_ms()
+            await self._report(self.balancer.tick(now))
+            for node in self.balancer.probes_due(now):
+                if node not in self._probing:
+                    self._probing.add(node)
+                    task = asyncio.create_task(self._probe(node))
+                    self._probe_tasks.add(task)
+                    task.add_done_callback(self._probe_tasks.discard)
+            self._export()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=0.1)
+
+    async def _probe(self, node: str) -> None:
+        self.balancer.started(node)
+        try:
+            await self.remote(node).call("public_key", _PROBE, timeout_s=self._timeout_s)
+            ok = True
+        except LantauError:
+            ok = True  # the node answered (the probe key does not exist): it serves
+        except TransientError:
+            ok = False
+        finally:
+            self._probing.discard(node)
+        now = bus.now_ms()
+        changes = (
+            self.balancer.succeeded(node, now) if ok else self.balancer.failed(node, now, "timeout")
+        )
+        await self._report(changes)
+
+    async def _report(self, changes: list[StateChange]) -> None:
+        for change in changes:
+            level = logging.INFO if change.new == NodeState.UP else logging.WARNING
+            log.log(
+                level,
+                "hsm node %s: %s -> %s (%s)",
+                change.node_id,
+                change.old,
+                change.new,
+                change.reason,
+            )
+            event = NodeStateChanged(
+                node_id=change.node_id,
+                observer=self._observer,
+                old=str(change.old),
+                new=str(change.new),
+                reason=change.reason,
+                at_ms=bus.now_ms(),
+            )
+            with contextlib.suppress(Exception):
+                await bus.publish(self._js, EVENT_NODE_STATE, event)
+
+    def _export(self) -> None:
+        for v in self.balancer.views():
+            metrics.HSM_NODE_UP.labels(v.node_id).set(1 if v.state == NodeState.UP else 0)
+            metrics.HSM_NODE_IN_FLIGHT.labels(v.node_id).set(v.in_flight)
+            metrics.HSM_CIRCUIT_STATE.labels(v.node_id).set(_CIRCUIT_VALUE[v.circuit])
+
+    async def run(
+        self,
+        op: str,
+        holders: Iterable[str],
+        fn: Callable[[RemoteHsm, int], Awaitable[T]],
+        *,
+        max_attempts: int,
+    ) -> tuple[T, str]:
+        """Run ``fn`` on the best node holding the key; fail over on error or missed deadline.
+
+        ``fn`` gets the node's client and the attempt number. A LantauError from ``fn``
+        (bad request, unknown key) is final and raised as is.
+        """
+        holders = list(holders)
+        tried: list[str] = []
+        last_error: TransientError | None = None
+        for attempt in range(1, max_attempts + 1):
+            node = self.balancer.choose(holders, bus.now_ms(), exclude=tried)
+            if node is None:
+                break
+            if tried:
+                metrics.HSM_FAILOVERS.labels(tried[-1]).inc()
+            tried.append(node)
+            self.balancer.started(node)
+            started = time.perf_counter()
+            try:
+                result = await fn(self.remote(node), attempt)
+            except LantauError:
+                self.balancer.succeeded(node, bus.now_ms())
+                raise
+            except TransientError as e:
+                kind = "timeout" if e.code == ErrorCode.DEADLINE_EXCEEDED else "error"
+                metrics.HSM_ERRORS.labels(node, kind).inc()
+                await self._report(self.balancer.failed(node, bus.now_ms(), kind))
+                log.warning("%s on %s failed (%s); failing over", op, node, e.message)
+                last_error = e
+                continue
+            except Exception as e:
+                metrics.HSM_ERRORS.labels(node, "error").inc()
+                await self._report(self.balancer.failed(node, bus.now_ms(), "error"))
+                last_error = TransientError(ErrorCode.HSM_ERROR, f"{node}: {type(e).__name__}")
+                continue
+            metrics.HSM_OPERATION_DURATION.labels(node, op).observe(time.perf_counter() - started)
+            await self._report(self.balancer.succeeded(node, bus.now_ms()))
+            return result, node
+        if last_error is not None:
+            raise NoNodeAvailable(
+                ErrorCode.HSM_UNAVAILABLE,
+                f"{op} failed on {', '.join(tried)}; last error: {last_error.message}",
+            )
+        raise NoNodeAvailable(
+            ErrorCode.HSM_UNAVAILABLE, f"no healthy HSM node among {', '.join(holders) or 'none'}"
+        )

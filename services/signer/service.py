@@ -1,0 +1,322 @@
+"""signer: turns approved orders into verified signatures through the HSM pool.
+
+For one sign order: skip if a result exists (redelivery) -> expired? -> find the key
+-> for each attempt: durable audit intent, then HSM sign with a deadline -> normalise
+and verify in software -> publish the one result -> ack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+from nats.aio.msg import Msg
+
+from libs import bus, curves, metrics
+from libs.bus import Consumer, now_ms
+from libs.hsm.remote import RemoteHsm
+from libs.logs import request_id_var
+from libs.service import Runtime
+from proto import codec
+from proto.audit import AuditIntent
+from proto.common import ErrorInfo
+from proto.errors import ErrorCode, LantauError, TransientError
+from proto.events import KeyCreated
+from proto.keys import KeyRecord
+from proto.orders import CreateKeyOrder, SignOrder
+from proto.results import KeyResult, SignResult
+from proto.subjects import (
+    AUDIT_INTENT,
+    EVENT_KEY_CREATED,
+    RESULTS,
+    SIGNER_ORDERS,
+    result_subject,
+)
+from services.signer.keydir import KeyDirectory
+from services.signer.pool import HsmPool
+
+log = logging.getLogger("lantau.signer")
+
+
+class Signer:
+    def __init__(self, rt: Runtime, pool: HsmPool, keys: KeyDirectory) -> None:
+        self.rt = rt
+        self.cfg = rt.config.signer
+        self.pool = pool
+        self.keys = keys
+
+    # -- consumer callbacks --------------------------------------------------
+
+    async def handle(self, msg: Msg) -> None:
+        order = codec.ORDER.decode(msg.data)
+        request_id_var.set(order.request_id)
+        if await bus.last_on_subject(self.rt.js, RESULTS.name, result_subject(order.request_id)):
+            return  # already answered: a redelivery after a crash, or a resend
+        if now_ms() > order.deadline_ms:
+            await self._finish(
+                order,
+                "expired",
+                ErrorCode.DEADLINE_EXCEEDED,
+                "the order's deadline passed before signing",
+            )
+            return
+        if isinstance(order, SignOrder):
+            await self._sign(order, bus.deliveries(msg))
+        else:
+            await self._create_key(order)
+
+    async def on_reject(self, msg: Msg, error: LantauError) -> None:
+        """Tell the requester why its order cannot be done (bad order or retries exhausted)."""
+        try:
+            order: SignOrder | CreateKeyOrder | None = codec.ORDER.decode(msg.data)
+        except LantauError:
+            order = None
+        request_id = order.request_id if order else bus.request_id_header(msg)
+        if order is not None:
+            await self._finish(order, "failed", error.code, error.message)
+        elif request_id:
+            result = SignResult(
+                request_id=request_id,
+                status="failed",
+                error=ErrorInfo(code=str(error.code), message=error.message),
+                completed_at_ms=now_ms(),
+            )
+            await bus.publish(self.rt.js, result_subject(request_id), result, first_on_subject=True)
+
+    # -- signing -------------------------------------------------------------
+
+    async def _sign(self, order: SignOrder, delivery: int) -> None:
+        record, _ = await self.keys.get(order.key_id)
+        if record is None or record.status != "active":
+            await self._finish(
+                order, "failed", ErrorCode.UNKNOWN_KEY, f"key {order.key_id} does not exist"
+            )
+            return
+        curve = record.curve
+        try:
+            curves.check_payload(curve, order.payload_kind, order.payload)
+        except LantauError as e:
+            await self._finish(order, "failed", e.code, e.message)
+            return
+        payload_sha256 = hashlib.sha256(order.payload).hexdigest()
+        queued_s = max(0.0, (now_ms() - order.requested_at_ms) / 1000)
+        metrics.STAGE_DURATION.labels("queue").observe(queued_s)
+
+        async def attempt(remote: RemoteHsm, n: int) -> curves.FinalSignature:
+            # Fail closed: the intent is durable in JetStream before the HSM is asked.
+            t0 = time.perf_counter()
+            intent = AuditIntent(
+                request_id=order.request_id,
+                key_id=order.key_id,
+                node=remote.name,
+                payload_sha256=payload_sha256,
+                attempt=n,
+                actor=self.cfg.id,
+                at_ms=now_ms(),
+            )
+            await bus.publish(
+                self.rt.js,
+                AUDIT_INTENT,
+                intent,
+                msg_id=f"intent:{order.request_id}:{delivery}:{n}",
+            )
+            t1 = time.perf_counter()
+            raw = await remote.sign(order.key_id, curve, order.payload)
+            t2 = time.perf_counter()
+            try:
+                final = curves.finalize(curve, record.public_key, order.payload, raw)
+            except LantauError as e:
+                # A node that returns a bad signature is faulty: fail over, never publish it.
+                raise TransientError(e.code, f"{remote.name}: {e.message}") from None
+            metrics.STAGE_DURATION.labels("audit_intent").observe(t1 - t0)
+            metrics.STAGE_DURATION.labels("hsm").observe(t2 - t1)
+            metrics.STAGE_DURATION.labels("verify").observe(time.perf_counter() - t2)
+            return final
+
+        final, node = await self.pool.run(
+            "sign", record.nodes, attempt, max_attempts=self.cfg.max_attempts
+        )
+        t0 = time.perf_counter()
+        result = SignResult(
+            request_id=order.request_id,
+            request_hash=order.request_hash,
+            status="signed",
+            key_id=order.key_id,
+            curve=curve,
+            signature=final.signature,
+            recovery_id=final.recovery_id,
+            public_key=record.public_key,
+            node=node,
+            completed_at_ms=now_ms(),
+        )
+        await self._publish_result(order, result)
+        metrics.STAGE_DURATION.labels("publish").observe(time.perf_counter() - t0)
+
+    # -- key creation --------------------------------------------------------
+
+    async def _create_key(self, order: CreateKeyOrder) -> None:
+        record, revision = await self.keys.get(order.key_id, fresh=True)
+        if record is None:
+            node = self._placement(order)
+            record = KeyRecord(
+                key_id=order.key_id,
+                curve=order.curve,
+                status="pending",
+                region=order.region,
+                owner=order.requester,
+                nodes=[node],
+                created_at_ms=now_ms(),
+                created_by_request=order.request_id,
+            )
+            if not await self.keys.create(record):
+                raise TransientError(
+                    ErrorCode.INTERNAL, f"key {order.key_id} reserved concurrently; re-reading"
+                )
+            record, revision = await self.keys.get(order.key_id, fresh=True)
+            assert record is not None
+        if record.created_by_request != order.request_id:
+            await self._finish(
+                order, "rejected", ErrorCode.KEY_EXISTS, f"key {order.key_id} already exists"
+            )
+            return
+        if record.curve != order.curve:
+            await self._finish(
+                order,
+                "failed",
+                ErrorCode.CURVE_MISMATCH,
+                f"key {order.key_id} is reserved as {record.curve}",
+            )
+            return
+        if record.status == "pending":
+            # Generate on the reserved node only: never two different keys under one id.
+            node = record.nodes[0]
+
+            async def generate(remote: RemoteHsm, _n: int) -> bytes:
+                return (await remote.generate(order.key_id, order.curve)).public_key
+
+            public_key, _ = await self.pool.run("generate", [node], generate, max_attempts=1)
+            active = KeyRecord(
+                key_id=record.key_id,
+                curve=record.curve,
+                status="active",
+                public_key=public_key,
+                region=record.region,
+                owner=record.owner,
+                nodes=[node],
+                created_at_ms=record.created_at_ms,
+                created_by_request=record.created_by_request,
+            )
+            if not await self.keys.update(active, revision):
+                raise TransientError(
+                    ErrorCode.INTERNAL, f"key {order.key_id} changed concurrently; retrying"
+                )
+            record = active
+            log.info("key %s (%s) created on %s", order.key_id, order.curve, node)
+        event = KeyCreated(
+            key_id=record.key_id,
+            curve=record.curve,
+            public_key=record.public_key,
+            node=record.nodes[0],
+            region=record.region,
+            request_id=order.request_id,
+            at_ms=now_ms(),
+        )
+        await bus.publish(
+            self.rt.js, EVENT_KEY_CREATED, event, msg_id=f"key-created:{record.key_id}"
+        )
+        result = KeyResult(
+            request_id=order.request_id,
+            request_hash=order.request_hash,
+            status="created",
+            key_id=record.key_id,
+            curve=record.curve,
+            public_key=record.public_key,
+            node=record.nodes[0],
+            completed_at_ms=now_ms(),
+        )
+        await self._publish_result(order, result)
+
+    def _placement(self, order: CreateKeyOrder) -> str:
+        candidates = [
+            v.node_id
+            for v in self.pool.balancer.views()
+            if order.region is None or v.region == order.region
+        ]
+        node = self.pool.balancer.choose(candidates, now_ms())
+        if node is None:
+            where = f" in region {order.region}" if order.region else ""
+            raise TransientError(
+                ErrorCode.HSM_UNAVAILABLE, f"no healthy HSM node{where} to create the key"
+            )
+        return node
+
+    # -- results -------------------------------------------------------------
+
+    async def _finish(
+        self, order: SignOrder | CreateKeyOrder, status: str, code: ErrorCode, message: str
+    ) -> None:
+        error = ErrorInfo(code=str(code), message=message)
+        result: SignResult | KeyResult
+        if isinstance(order, SignOrder):
+            result = SignResult(
+                request_id=order.request_id,
+                request_hash=order.request_hash,
+                status=status,  # type: ignore[arg-type]
+                key_id=order.key_id,
+                error=error,
+                completed_at_ms=now_ms(),
+            )
+        else:
+            result = KeyResult(
+                request_id=order.request_id,
+                request_hash=order.request_hash,
+                status=status,  # type: ignore[arg-type]
+                key_id=order.key_id,
+                curve=order.curve,
+                error=error,
+                completed_at_ms=now_ms(),
+            )
+        await self._publish_result(order, result)
+
+    async def _publish_result(
+        self, order: SignOrder | CreateKeyOrder, result: SignResult | KeyResult
+    ) -> None:
+        first = await bus.publish(
+            self.rt.js, result_subject(order.request_id), result, first_on_subject=True
+        )
+        kind = "sign" if isinstance(order, SignOrder) else "create_key"
+        code = result.error.code if result.error else ""
+        if first:
+            metrics.RESULTS.labels("signer", result.status, code).inc()
+            metrics.REQUEST_DURATION.labels(kind, result.status).observe(
+                max(0.0, (now_ms() - order.requested_at_ms) / 1000)
+            )
+        else:
+            log.info("result for %s already published; keeping the first", order.request_id)
+
+
+async def serve(rt: Runtime) -> None:
+    cfg = rt.config.signer
+    pool = HsmPool(
+        rt.nc,
+        rt.js,
+        observer=cfg.id,
+        node_ids=[n.id for n in rt.config.hsm_nodes],
+        timeout_s=cfg.hsm_timeout_ms / 1000,
+    )
+    await pool.start(rt.stopping)
+    signer = Signer(rt, pool, await KeyDirectory.open(rt.js))
+    consumer = Consumer(
+        rt.nc,
+        rt.js,
+        SIGNER_ORDERS,
+        signer.handle,
+        batch=cfg.fetch_batch,
+        concurrency=cfg.max_concurrency,
+        on_reject=signer.on_reject,
+        name="signer",
+    )
+    rt.set_ready("startup", True)
+    await consumer.run(rt.stopping)
+    await pool.stop()
