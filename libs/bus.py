@@ -36,7 +36,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from libs import metrics
+from libs import metrics, tracing
 from libs.config import NatsConfig
 from proto import codec
 from proto.errors import ErrorCode, LantauError, TransientError
@@ -157,7 +157,7 @@ async def publish(
     ``msg_id`` lets JetStream drop a duplicate within its window; ``first_on_subject``
     makes the stream refuse a second message on the subject forever (one result per request).
     """
-    hdrs = dict(headers or {})
+    hdrs = tracing.inject(dict(headers or {}))
     if msg_id:
         hdrs[HDR_MSG_ID] = msg_id
     if first_on_subject:
@@ -290,7 +290,21 @@ class Consumer:
             if count > 1:
                 metrics.REDELIVERIES.labels(*self._labels).inc()
             try:
-                await self._handler(msg)
+                with tracing.span(
+                    f"{self._name} handle",
+                    parent_headers=msg.headers,
+                    kind=tracing.SpanKind.CONSUMER,
+                    subject=msg.subject,
+                    delivery=count,
+                ) as span:
+                    try:
+                        await self._handler(msg)
+                    except LantauError as e:
+                        tracing.outcome(span, "rejected", str(e.code))
+                        raise
+                    except Exception as e:
+                        tracing.outcome(span, "retry", str(getattr(e, "code", "INTERNAL")))
+                        raise
             except LantauError as e:
                 await self._reject(msg, e, count, outcome="rejected")
             except asyncio.CancelledError:

@@ -20,6 +20,7 @@ import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from libs import tracing
 from libs.bus import last_on_subject, now_ms
 from proto import codec
 from proto.common import Curve, PayloadKind
@@ -205,6 +206,17 @@ class CustodyClient:
 
     async def send(self, request: Request, *, timeout: float = 30.0) -> Result:
         """Publish a signed request durably and wait for its result."""
+        with tracing.span(
+            f"lantau {type(request).__name__}",
+            kind=tracing.SpanKind.PRODUCER,
+            request_id=request.request_id,
+            key_id=request.key_id,
+        ) as span:
+            result = await self._send(request, timeout)
+            tracing.outcome(span, result.status, result.error.code if result.error else None)
+            return result
+
+    async def _send(self, request: Request, timeout: float) -> Result:
         subject = result_subject(request.request_id)
         expected = request_hash(request)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
@@ -214,8 +226,7 @@ class CustodyClient:
 
         sub = await self._nc.subscribe(subject, cb=on_result)
         try:
-            duplicate = await self.submit(request)
-            if duplicate:
+            if await self.submit(request):
                 stored = await self.get_result(request.request_id)
                 if stored is not None:
                     return self._own(stored, expected, request.request_id)
@@ -241,7 +252,9 @@ class CustodyClient:
     async def submit(self, request: Request) -> bool:
         """Publish durably without waiting for the result; True if JetStream saw it before."""
         subject = SIGN_REQUEST if isinstance(request, SignRequest) else CREATE_KEY_REQUEST
-        headers = {HDR_MSG_ID: request.request_id, HDR_REQUEST_ID: request.request_id}
+        headers = tracing.inject(
+            {HDR_MSG_ID: request.request_id, HDR_REQUEST_ID: request.request_id}
+        )
         try:
             ack = await self._js.publish(subject, codec.encode(request), headers=headers)
         except (nats.errors.Error, TimeoutError) as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -48,6 +48,9 @@ class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     pin_file: str | None = None
     pin_env: str | None = None
     region: str | None = None
+    # "pool": signs and holds clones; "backup": an offline backup HSM that only receives
+    # clones (never asked to sign). Both must be admitted to the key domain.
+    role: Literal["pool", "backup"] = "pool"
     # Worker threads, each with its own PKCS#11 session. Keep 1 for SoftHSM: python-pkcs11
     # initialises the module with C_Initialize(NULL), which tells it the application is
     # single-threaded; SoftHSM then takes no locks and concurrent calls crash it (measured).

@@ -61,6 +61,16 @@ def public_key_from_ec_point(curve: Curve, ec_point: bytes) -> bytes:
     return raw
 
 
+def ec_point_from_public_key(curve: Curve, public_key: bytes) -> bytes:
+    """CKA_EC_POINT (DER OCTET STRING) for a public key in Lantau's form."""
+    raw = (
+        coincurve.PublicKey(public_key).format(compressed=False)
+        if curve == "secp256k1"
+        else public_key
+    )
+    return bytes([0x04, len(raw)]) + raw
+
+
 def _der_octet_string(data: bytes) -> bytes:
     # SoftHSM and most HSMs wrap the point in an OCTET STRING; some return it bare.
     if len(data) >= 2 and data[0] == 0x04:

@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from proto import SCHEMA_VERSION
+from proto.admin import PoolStatus
 from proto.audit import AuditIntent, AuditRecord
 from proto.errors import ErrorCode, LantauError
 from proto.events import Event, RejectedMessage
@@ -73,4 +74,5 @@ HEALTH_BEAT = Decoder[HealthBeat](HealthBeat, "health beat")
 KEY_RECORD = Decoder[KeyRecord](KeyRecord, "key record")
 AUDIT_INTENT = Decoder[AuditIntent](AuditIntent, "audit intent")
 AUDIT_RECORD = Decoder[AuditRecord](AuditRecord, "audit record")
+POOL_STATUS = Decoder[PoolStatus](PoolStatus, "pool status")
 REJECTED = Decoder[RejectedMessage](RejectedMessage, "rejected message")

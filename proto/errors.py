@@ -26,6 +26,8 @@ class ErrorCode(enum.StrEnum):
     UNKNOWN_KEY = "UNKNOWN_KEY"
     KEY_EXISTS = "KEY_EXISTS"
     CURVE_MISMATCH = "CURVE_MISMATCH"
+    # The HSM cannot export this key type even wrapped (SoftHSM 2.6: EdDSA keys).
+    KEY_NOT_WRAPPABLE = "KEY_NOT_WRAPPABLE"
     # Execution.
     HSM_UNAVAILABLE = "HSM_UNAVAILABLE"
     HSM_ERROR = "HSM_ERROR"

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from proto.admin import PoolStatus
 from proto.audit import AuditIntent, AuditRecord
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReply
@@ -36,6 +37,7 @@ FAMILIES: dict[str, Any] = {
     "key_record": KeyRecord,
     "audit_intent": AuditIntent,
     "audit_record": AuditRecord,
+    "pool_status": PoolStatus,
 }
 
 

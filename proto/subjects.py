@@ -28,6 +28,9 @@ DEAD_LETTER_PREFIX = f"{PREFIX}.dlq"
 HSM_RPC_PREFIX = f"{PREFIX}.hsm.rpc"
 HSM_BEAT_PREFIX = f"{PREFIX}.hsm.beat"
 HSM_SERVICE_NAME = "lantau-hsm-node"
+# Scatter-gather: every signer replica answers with its view of the pool.
+ADMIN_POOL_STATUS = f"{PREFIX}.admin.pool"
+SIGNER_SERVICE_NAME = "lantau-signer"
 
 
 def result_subject(request_id: str) -> str:

@@ -19,7 +19,7 @@ import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
-from libs.curves import public_key_from_ec_point
+from libs.curves import ec_point_from_public_key, public_key_from_ec_point
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import HsmKey
@@ -140,6 +140,94 @@ class Pkcs11Backend:
                 ErrorCode.CURVE_MISMATCH, f"key {key_id} is not a {curve} key"
             ) from None
 
+    def _wrap(self, key_id: str, kek_label: str) -> bytes:
+        session = self._session()
+        kek = _find_secret(session, kek_label)
+        key = _find(session, ObjectClass.PRIVATE_KEY, key_id)
+        try:
+            return bytes(kek.wrap_key(key, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+        except pkcs11.KeyNotWrappable:
+            raise LantauError(
+                ErrorCode.KEY_NOT_WRAPPABLE,
+                f"token {self.name} cannot wrap key {key_id} (its key type is not exportable)",
+            ) from None
+
+    def _unwrap(
+        self, key_id: str, curve: Curve, kek_label: str, wrapped: bytes, public_key: bytes
+    ) -> HsmKey:
+        with self._generate_lock:
+            try:
+                existing = self._public(key_id, curve)
+            except LantauError as e:
+                if e.code != ErrorCode.UNKNOWN_KEY:
+                    raise
+            else:
+                if existing.public_key != public_key:
+                    raise LantauError(
+                        ErrorCode.KEY_EXISTS, f"a different key {key_id} is already on this HSM"
+                    )
+                return existing
+            session = self._session()
+            kek = _find_secret(session, kek_label)
+            key_type, oid, _, _ = _CURVE_PARAMS[curve]
+            params = encode_named_curve_parameters(oid)
+            # Leave out what SoftHSM refuses on a private key (python-pkcs11 fills it in).
+            unset = {
+                a: pkcs11.DEFAULT
+                for a in (
+                    Attribute.ENCRYPT,
+                    Attribute.VERIFY,
+                    Attribute.WRAP,
+                    Attribute.DECRYPT,
+                    Attribute.UNWRAP,
+                    Attribute.DERIVE,
+                )
+            }
+            priv = kek.unwrap_key(
+                ObjectClass.PRIVATE_KEY,
+                key_type,
+                wrapped,
+                label=key_id,
+                id=key_id.encode(),
+                store=True,
+                mechanism=Mechanism.AES_KEY_WRAP_PAD,
+                template={
+                    **unset,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: True,
+                    Attribute.WRAP_WITH_TRUSTED: True,
+                    Attribute.SIGN: True,
+                },
+            )
+            try:
+                session.create_object(
+                    {
+                        Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                        Attribute.KEY_TYPE: key_type,
+                        Attribute.TOKEN: True,
+                        Attribute.PRIVATE: False,
+                        Attribute.LABEL: key_id,
+                        Attribute.ID: key_id.encode(),
+                        Attribute.EC_PARAMS: params,
+                        Attribute.EC_POINT: ec_point_from_public_key(curve, public_key),
+                        Attribute.VERIFY: True,
+                    }
+                )
+            except pkcs11.PKCS11Error:
+                priv.destroy()  # never leave a private key without its public half
+                raise
+            return HsmKey(key_id=key_id, curve=curve, public_key=public_key, created=True)
+
+    async def wrap(self, key_id: str, kek_label: str) -> bytes:
+        return await self._run(self._wrap, key_id, kek_label)
+
+    async def unwrap(
+        self, key_id: str, curve: Curve, kek_label: str, wrapped: bytes, public_key: bytes
+    ) -> HsmKey:
+        return await self._run(self._unwrap, key_id, curve, kek_label, wrapped, public_key)
+
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
@@ -179,6 +267,15 @@ def _find(session: Any, object_class: ObjectClass, key_id: str) -> Any:
         raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {key_id} is not on this HSM") from None
     except pkcs11.MultipleObjectsReturned:
         raise LantauError(ErrorCode.HSM_ERROR, f"key {key_id} exists twice on this HSM") from None
+
+
+def _find_secret(session: Any, label: str) -> Any:
+    try:
+        return session.get_key(object_class=ObjectClass.SECRET_KEY, label=label)
+    except pkcs11.NoSuchKey:
+        raise TransientError(
+            ErrorCode.HSM_UNAVAILABLE, f"this HSM holds no domain key {label!r}: admit it first"
+        ) from None
 
 
 def _curve_of(pub: Any) -> Curve:

@@ -8,6 +8,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client
 
+from libs import tracing
 from proto import codec
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
@@ -20,6 +21,9 @@ from proto.hsm import (
     HsmReply,
     HsmSign,
     HsmSignature,
+    HsmUnwrap,
+    HsmWrap,
+    HsmWrapped,
 )
 from proto.subjects import hsm_rpc_subject
 
@@ -34,9 +38,18 @@ class RemoteHsm:
 
     async def call(self, op: str, command: HsmCommand, timeout_s: float | None = None) -> HsmReply:
         subject = hsm_rpc_subject(self.name, op)
+        with tracing.span(f"hsm {op}", kind=tracing.SpanKind.CLIENT, node=self.name):
+            return await self._call(op, subject, command, timeout_s)
+
+    async def _call(
+        self, op: str, subject: str, command: HsmCommand, timeout_s: float | None
+    ) -> HsmReply:
         try:
             msg = await self._nc.request(
-                subject, codec.encode(command), timeout=timeout_s or self._timeout_s
+                subject,
+                codec.encode(command),
+                timeout=timeout_s or self._timeout_s,
+                headers=tracing.inject({}),
             )
         except nats.errors.NoRespondersError:
             raise TransientError(
@@ -69,6 +82,18 @@ class RemoteHsm:
     async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
         reply = await self.call("sign", HsmSign(key_id=key_id, curve=curve, data=data))
         return _expect(reply, HsmSignature).signature
+
+    async def wrap(self, key_id: str, kek_label: str) -> bytes:
+        reply = await self.call("wrap", HsmWrap(key_id=key_id, kek_label=kek_label))
+        return _expect(reply, HsmWrapped).wrapped
+
+    async def unwrap(
+        self, key_id: str, curve: Curve, kek_label: str, wrapped: bytes, public_key: bytes
+    ) -> HsmKey:
+        command = HsmUnwrap(
+            key_id=key_id, curve=curve, kek_label=kek_label, wrapped=wrapped, public_key=public_key
+        )
+        return _expect(await self.call("unwrap", command), HsmKey)
 
     async def close(self) -> None:
         return None

@@ -14,9 +14,10 @@ from typing import Any
 import msgspec
 
 from libs import config as config_mod
-from libs import logs
+from libs import logs, tracing
 from libs.client import CustodyClient, CustodyError, load_signing_key
 from libs.config import ConfigError
+from libs.hsm.ceremony import CeremonyError
 from libs.service import Runtime
 from libs.service import run as run_service
 from proto.errors import LantauError
@@ -50,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         section = getattr(cfg, args.service)
         name, port, provision, body = section.id, section.metrics_port, True, module.serve
     logs.setup(cfg.logging, name)
+    tracing.setup(name)
     return asyncio.run(run_service(Runtime(name, cfg, port, provision=provision), body))
 
 
@@ -235,6 +237,14 @@ def parser() -> argparse.ArgumentParser:
     _client_args(p)
     p.set_defaults(fn=cmd_result)
 
+    hsm = sub.add_parser("hsm", help="HSM pool and key domain").add_subparsers(
+        dest="hsm", required=True
+    )
+    from services.cli import hsm_admin
+
+    hsm_admin.add_parsers(hsm)
+    hsm_admin.add_view_parsers(hsm, keys)
+
     p = sub.add_parser("keygen", help="make an Ed25519 requester/approver key file")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_keygen)
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, UsageError, CustodyError) as e:
+    except (ConfigError, UsageError, CustodyError, CeremonyError) as e:
         print(f"lantau: {e}", file=sys.stderr)
         return 2
     except LantauError as e:

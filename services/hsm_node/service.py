@@ -16,7 +16,7 @@ import time
 from nats import micro
 from nats.micro.request import Request
 
-from libs import metrics
+from libs import metrics, tracing
 from libs.bus import now_ms
 from libs.config import HsmNodeConfig, read_pin
 from libs.hsm.pkcs11_backend import Pkcs11Backend
@@ -33,12 +33,21 @@ from proto.hsm import (
     HsmReply,
     HsmSign,
     HsmSignature,
+    HsmUnwrap,
+    HsmWrap,
+    HsmWrapped,
 )
 from proto.subjects import HSM_SERVICE_NAME, hsm_beat_subject, hsm_rpc_subject
 
 log = logging.getLogger("lantau.hsm_node")
 
-OPS: dict[str, type] = {"generate": HsmGenerate, "public_key": HsmPublicKey, "sign": HsmSign}
+OPS: dict[str, type] = {
+    "generate": HsmGenerate,
+    "public_key": HsmPublicKey,
+    "sign": HsmSign,
+    "wrap": HsmWrap,
+    "unwrap": HsmUnwrap,
+}
 # Token errors in a row after which the node reports itself unhealthy in its beats.
 UNHEALTHY_AFTER = 3
 
@@ -67,7 +76,13 @@ class HsmNode:
             started = time.perf_counter()
             outcome = "ok"
             try:
-                reply = await self._execute(op, req.data)
+                with tracing.span(
+                    f"hsm-node {op}",
+                    parent_headers=req.headers,
+                    kind=tracing.SpanKind.SERVER,
+                    node=self.node.id,
+                ):
+                    reply = await self._execute(op, req.data)
             except LantauError as e:
                 outcome = "refused"
                 reply = HsmFailure(code=str(e.code), message=e.message, retryable=False)
@@ -108,6 +123,17 @@ class HsmNode:
             if key.created:
                 log.info("generated %s key %s", command.curve, command.key_id)
             return key
+        if isinstance(command, HsmWrap):
+            wrapped = await self.backend.wrap(command.key_id, command.kek_label)
+            return HsmWrapped(key_id=command.key_id, wrapped=wrapped)
+        if isinstance(command, HsmUnwrap):
+            return await self.backend.unwrap(
+                command.key_id,
+                command.curve,
+                command.kek_label,
+                command.wrapped,
+                command.public_key,
+            )
         assert isinstance(command, HsmPublicKey)
         return await self.backend.public_key(command.key_id)
 

@@ -12,7 +12,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from libs import bus, curves, metrics
+from libs import bus, curves, metrics, tracing
 from libs.bus import Consumer, now_ms
 from libs.logs import request_id_var
 from libs.service import Runtime
@@ -49,6 +49,7 @@ class Policy:
     async def handle(self, msg: Msg) -> None:
         request = codec.REQUEST.decode(msg.data)
         request_id_var.set(request.request_id)
+        tracing.annotate(request_id=request.request_id, key_id=request.key_id)
         requester = auth.authenticate(request, self.rt.config.requester(request.requester))
         digest = request_hash(request)
         await self._claim(request.request_id, digest)

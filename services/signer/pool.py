@@ -22,6 +22,7 @@ from services.signer.balancer import Balancer, BalancerSettings, Circuit, NodeSt
 from libs import bus, metrics
 from libs.hsm.remote import RemoteHsm
 from proto import codec
+from proto.admin import NodeStatus, PoolStatus
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import NodeStateChanged
 from proto.hsm import HsmPublicKey
@@ -54,6 +55,9 @@ class HsmPool:
         self._js = js
         self._observer = observer
         self._timeout_s = timeout_s
+        node_ids = list(node_ids)
+        # With nodes configured, beats from anything else (e.g. backup HSMs) are ignored.
+        self._known = set(node_ids) or None
         self.balancer = Balancer(settings or BalancerSettings(), bus.now_ms(), node_ids)
         self._remotes: dict[str, RemoteHsm] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -83,6 +87,8 @@ class HsmPool:
             beat = codec.HEALTH_BEAT.decode(msg.data)
         except LantauError as e:
             log.warning("ignoring bad health beat on %s: %s", msg.subject, e.message)
+            return
+        if self._known is not None and beat.node_id not in self._known:
             return
         changes = self.balancer.on_beat(
             beat.node_id, bus.now_ms(), ok=beat.ok, in_flight=beat.in_flight, region=beat.region
@@ -147,6 +153,28 @@ class HsmPool:
             metrics.HSM_NODE_UP.labels(v.node_id).set(1 if v.state == NodeState.UP else 0)
             metrics.HSM_NODE_IN_FLIGHT.labels(v.node_id).set(v.in_flight)
             metrics.HSM_CIRCUIT_STATE.labels(v.node_id).set(_CIRCUIT_VALUE[v.circuit])
+
+    def status(self) -> PoolStatus:
+        now = bus.now_ms()
+        return PoolStatus(
+            signer=self._observer,
+            at_ms=now,
+            nodes=[
+                NodeStatus(
+                    node_id=v.node_id,
+                    state=str(v.state),
+                    circuit=str(v.circuit),
+                    in_flight=v.in_flight,
+                    remote_in_flight=v.remote_in_flight,
+                    errors=v.errors,
+                    timeouts=v.timeouts,
+                    successes=v.successes,
+                    last_beat_age_ms=None if not v.last_beat_ms else now - v.last_beat_ms,
+                    region=v.region,
+                )
+                for v in self.balancer.views()
+            ],
+        )
 
     async def run(
         self,

@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import uuid
 
+from nats import micro
 from nats.aio.msg import Msg
+from nats.micro.request import Request
 
-from libs import bus, curves, metrics
+from libs import bus, curves, metrics, tracing
 from libs.bus import Consumer, now_ms
 from libs.hsm.remote import RemoteHsm
 from libs.logs import request_id_var
@@ -27,10 +30,12 @@ from proto.keys import KeyRecord
 from proto.orders import CreateKeyOrder, SignOrder
 from proto.results import KeyResult, SignResult
 from proto.subjects import (
+    ADMIN_POOL_STATUS,
     AUDIT_INTENT,
     EVENT_KEY_CREATED,
     RESULTS,
     SIGNER_ORDERS,
+    SIGNER_SERVICE_NAME,
     result_subject,
 )
 from services.signer.keydir import KeyDirectory
@@ -45,12 +50,15 @@ class Signer:
         self.cfg = rt.config.signer
         self.pool = pool
         self.keys = keys
+        # Offline backup HSMs hold clones but are never asked to sign.
+        self.signing_nodes = {n.id for n in rt.config.hsm_nodes if n.role == "pool"}
 
     # -- consumer callbacks --------------------------------------------------
 
     async def handle(self, msg: Msg) -> None:
         order = codec.ORDER.decode(msg.data)
         request_id_var.set(order.request_id)
+        tracing.annotate(request_id=order.request_id, key_id=order.key_id)
         if await bus.last_on_subject(self.rt.js, RESULTS.name, result_subject(order.request_id)):
             return  # already answered: a redelivery after a crash, or a resend
         if now_ms() > order.deadline_ms:
@@ -134,8 +142,9 @@ class Signer:
             metrics.STAGE_DURATION.labels("verify").observe(time.perf_counter() - t2)
             return final
 
+        holders = [n for n in record.nodes if n in self.signing_nodes]
         final, node = await self.pool.run(
-            "sign", record.nodes, attempt, max_attempts=self.cfg.max_attempts
+            "sign", holders, attempt, max_attempts=self.cfg.max_attempts
         )
         t0 = time.perf_counter()
         result = SignResult(
@@ -241,7 +250,8 @@ class Signer:
         candidates = [
             v.node_id
             for v in self.pool.balancer.views()
-            if order.region is None or v.region == order.region
+            if v.node_id in self.signing_nodes
+            and (order.region is None or v.region == order.region)
         ]
         node = self.pool.balancer.choose(candidates, now_ms())
         if node is None:
@@ -302,7 +312,7 @@ async def serve(rt: Runtime) -> None:
         rt.nc,
         rt.js,
         observer=cfg.id,
-        node_ids=[n.id for n in rt.config.hsm_nodes],
+        node_ids=[n.id for n in rt.config.hsm_nodes if n.role == "pool"],
         timeout_s=cfg.hsm_timeout_ms / 1000,
     )
     await pool.start(rt.stopping)
@@ -317,6 +327,21 @@ async def serve(rt: Runtime) -> None:
         on_reject=signer.on_reject,
         name="signer",
     )
+    admin = await micro.add_service(
+        rt.nc, name=SIGNER_SERVICE_NAME, version="0.1.0", description="Lantau signer"
+    )
+
+    async def pool_status(req: Request) -> None:
+        await req.respond(codec.encode(pool.status()))
+
+    # A queue group per replica: `lantau hsm status` hears from every signer.
+    await admin.add_endpoint(
+        name="pool",
+        subject=ADMIN_POOL_STATUS,
+        queue_group=f"signer-{uuid.uuid4().hex}",
+        handler=pool_status,
+    )
     rt.set_ready("startup", True)
     await consumer.run(rt.stopping)
+    await admin.stop()
     await pool.stop()

@@ -1,0 +1,181 @@
+"""Key-domain ceremonies, run by an administrator directly on a token with its SO PIN.
+
+A key domain is a set of HSMs sharing one AES-256 domain key-encryption key (KEK):
+wrap/unwrap only, CKA_TRUSTED (only a Security Officer can set that), extractable
+only under another trusted key. Private keys are CKA_WRAP_WITH_TRUSTED, so the KEK
+is the only thing that can ever take them out of an HSM, and only wrapped.
+
+Admitting an HSM moves the KEK without it existing in plaintext outside an HSM:
+1. the new HSM's SO makes an ephemeral RSA-3072 transport key pair;
+2. a member's SO imports the transport public key as trusted and wraps the KEK (RSA-OAEP);
+3. the new HSM's SO unwraps it as a trusted KEK and destroys the transport pair.
+These functions never go over the bus: SO PINs stay with the administrator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pkcs11
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+
+TRANSPORT_LABEL = "lantau-transport"
+# SoftHSM wraps with RSA-OAEP only over SHA-1 (its MGF1 too); OAEP-SHA1 remains sound
+# for key transport (no collision resistance needed) and the key lives minutes.
+_OAEP = (Mechanism.SHA_1, MGF.SHA1, None)
+_UNUSED = {
+    Attribute.SIGN: pkcs11.DEFAULT,
+    Attribute.VERIFY: pkcs11.DEFAULT,
+    Attribute.DERIVE: pkcs11.DEFAULT,
+}
+
+
+class TransportKey(msgspec.Struct, frozen=True):
+    """The public half of a new HSM's transport key, handed to a domain member."""
+
+    modulus: bytes
+    public_exponent: bytes
+
+
+class CeremonyError(Exception):
+    pass
+
+
+def _so_session(module: str, token_label: str, so_pin: str) -> Any:
+    try:
+        token = pkcs11.lib(module).get_token(token_label=token_label)
+        return token.open(rw=True, so_pin=so_pin)
+    except pkcs11.NoSuchToken:
+        raise CeremonyError(f"no token labelled {token_label!r}") from None
+    except pkcs11.PinIncorrect:
+        raise CeremonyError(f"token {token_label!r} refused the SO PIN") from None
+
+
+def _find(session: Any, object_class: ObjectClass, label: str) -> Any | None:
+    try:
+        return session.get_key(object_class=object_class, label=label)
+    except pkcs11.NoSuchKey:
+        return None
+
+
+def has_domain_key(module: str, token_label: str, so_pin: str, kek_label: str) -> bool:
+    with _so_session(module, token_label, so_pin) as s:
+        return _find(s, ObjectClass.SECRET_KEY, kek_label) is not None
+
+
+def init_domain(module: str, token_label: str, so_pin: str, kek_label: str) -> bool:
+    """Create the domain KEK on the first HSM of a domain; False if it already has one."""
+    with _so_session(module, token_label, so_pin) as s:
+        if _find(s, ObjectClass.SECRET_KEY, kek_label) is not None:
+            return False
+        s.generate_key(
+            KeyType.AES,
+            256,
+            label=kek_label,
+            store=True,
+            template={
+                # A public object so worker sessions see it; SENSITIVE keeps its value inside.
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: False,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: True,
+                Attribute.WRAP_WITH_TRUSTED: True,
+                Attribute.TRUSTED: True,
+                Attribute.WRAP: True,
+                Attribute.UNWRAP: True,
+                Attribute.ENCRYPT: False,
+                Attribute.DECRYPT: False,
+            },
+        )
+        return True
+
+
+def make_transport_key(module: str, token_label: str, so_pin: str) -> TransportKey:
+    """Step 1 on the new HSM: an ephemeral key pair that only unwraps."""
+    with _so_session(module, token_label, so_pin) as s:
+        for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            old = _find(s, cls, TRANSPORT_LABEL)
+            if old is not None:
+                old.destroy()
+        pub, _ = s.generate_keypair(
+            KeyType.RSA,
+            3072,
+            label=TRANSPORT_LABEL,
+            store=True,
+            public_template={Attribute.TOKEN: True, Attribute.PRIVATE: False},
+            private_template={
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: False,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.UNWRAP: True,
+            },
+        )
+        return TransportKey(
+            modulus=bytes(pub[Attribute.MODULUS]),
+            public_exponent=bytes(pub[Attribute.PUBLIC_EXPONENT]),
+        )
+
+
+def export_domain_key(
+    module: str, token_label: str, so_pin: str, kek_label: str, transport: TransportKey
+) -> bytes:
+    """Step 2 on a member: the KEK wrapped under the new HSM's transport key."""
+    with _so_session(module, token_label, so_pin) as s:
+        kek = _find(s, ObjectClass.SECRET_KEY, kek_label)
+        if kek is None:
+            raise CeremonyError(f"token {token_label!r} is not a member of domain {kek_label!r}")
+        wrapping = s.create_object(
+            {
+                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                Attribute.KEY_TYPE: KeyType.RSA,
+                Attribute.TOKEN: False,  # a session object: gone when the ceremony ends
+                Attribute.MODULUS: transport.modulus,
+                Attribute.PUBLIC_EXPONENT: transport.public_exponent,
+                Attribute.WRAP: True,
+                Attribute.TRUSTED: True,
+                Attribute.LABEL: TRANSPORT_LABEL,
+            }
+        )
+        return bytes(
+            wrapping.wrap_key(kek, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=_OAEP)
+        )
+
+
+def import_domain_key(
+    module: str, token_label: str, so_pin: str, kek_label: str, wrapped: bytes
+) -> None:
+    """Step 3 on the new HSM: unwrap the KEK as trusted, then destroy the transport pair."""
+    with _so_session(module, token_label, so_pin) as s:
+        if _find(s, ObjectClass.SECRET_KEY, kek_label) is not None:
+            raise CeremonyError(f"token {token_label!r} already holds a domain key {kek_label!r}")
+        private = _find(s, ObjectClass.PRIVATE_KEY, TRANSPORT_LABEL)
+        if private is None:
+            raise CeremonyError(f"token {token_label!r} has no transport key: run step 1 first")
+        private.unwrap_key(
+            ObjectClass.SECRET_KEY,
+            KeyType.AES,
+            wrapped,
+            label=kek_label,
+            store=True,
+            mechanism=Mechanism.RSA_PKCS_OAEP,
+            mechanism_param=_OAEP,
+            template={
+                **_UNUSED,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: False,
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: True,
+                Attribute.WRAP_WITH_TRUSTED: True,
+                Attribute.TRUSTED: True,
+                Attribute.WRAP: True,
+                Attribute.UNWRAP: True,
+                Attribute.ENCRYPT: False,
+                Attribute.DECRYPT: False,
+            },
+        )
+        private.destroy()
+        public = _find(s, ObjectClass.PUBLIC_KEY, TRANSPORT_LABEL)
+        if public is not None:
+            public.destroy()

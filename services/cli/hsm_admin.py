@@ -1,0 +1,250 @@
+"""``lantau hsm domain-init`` and ``lantau hsm admit``: key-domain ceremonies.
+
+SoftHSM (like one HSM per host) reads its configuration once per process, so each
+step runs in a child process bound to one token; only the transport public key
+and the wrapped domain key pass between them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import nats
+from nats.aio.msg import Msg
+
+from libs import config as config_mod
+from libs.config import Config, HsmNodeConfig
+from libs.hsm import ceremony
+from proto import codec
+from proto.admin import PoolStatus
+from proto.errors import LantauError
+from proto.keys import KeyRecord
+from proto.subjects import ADMIN_POOL_STATUS
+from services.backup.plan import fully_replicated
+from services.signer.keydir import KeyDirectory
+
+
+def _so_pin(path: str) -> str:
+    try:
+        pin = Path(path).read_text().strip()
+    except OSError as e:
+        raise ceremony.CeremonyError(f"cannot read SO PIN file {path}: {e.strerror}") from None
+    if not pin:
+        raise ceremony.CeremonyError(f"SO PIN file {path} is empty")
+    return pin
+
+
+def _bind(node: HsmNodeConfig) -> None:
+    if node.softhsm_conf:
+        os.environ["SOFTHSM2_CONF"] = node.softhsm_conf
+
+
+def run_step(cfg: Config, node_id: str, step: str, so_pin_file: str, data: bytes) -> bytes:
+    """One ceremony step on one token, in this process. Input and output are opaque bytes."""
+    node = cfg.hsm_node(node_id)
+    _bind(node)
+    pin = _so_pin(so_pin_file)
+    kek = cfg.backup.kek_label
+    if step == "init":
+        return (
+            b"created"
+            if ceremony.init_domain(node.module, node.token_label, pin, kek)
+            else b"exists"
+        )
+    if step == "has":
+        return b"yes" if ceremony.has_domain_key(node.module, node.token_label, pin, kek) else b"no"
+    if step == "transport":
+        return msgspec.msgpack.encode(
+            ceremony.make_transport_key(node.module, node.token_label, pin)
+        )
+    if step == "export":
+        transport = msgspec.msgpack.decode(data, type=ceremony.TransportKey)
+        return ceremony.export_domain_key(node.module, node.token_label, pin, kek, transport)
+    if step == "import":
+        ceremony.import_domain_key(node.module, node.token_label, pin, kek, data)
+        return b"imported"
+    raise ceremony.CeremonyError(f"unknown ceremony step {step!r}")
+
+
+def _child(config_path: str, node_id: str, step: str, so_pin_file: str, data: bytes = b"") -> bytes:
+    argv = [
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        "hsm",
+        "ceremony-step",
+        step,
+        "--config",
+        config_path,
+        "--node",
+        node_id,
+        "--so-pin-file",
+        so_pin_file,
+    ]
+    proc = subprocess.run(argv, input=data, capture_output=True, check=False, timeout=120)
+    if proc.returncode != 0:
+        raise ceremony.CeremonyError(
+            f"{step} on {node_id} failed: {proc.stderr.decode(errors='replace').strip()}"
+        )
+    return proc.stdout
+
+
+def domain_init(config_path: str, node_id: str, so_pin_file: str) -> str:
+    return _child(config_path, node_id, "init", so_pin_file).decode()
+
+
+def admit(config_path: str, new: str, member: str, new_so_pin: str, member_so_pin: str) -> None:
+    """Give HSM ``new`` the domain key held by ``member``, never in plaintext outside an HSM."""
+    if _child(config_path, new, "has", new_so_pin) == b"yes":
+        return
+    transport = _child(config_path, new, "transport", new_so_pin)
+    wrapped = _child(config_path, member, "export", member_so_pin, transport)
+    _child(config_path, new, "import", new_so_pin, wrapped)
+
+
+def cmd_ceremony_step(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config)
+    out = run_step(cfg, args.node, args.step, args.so_pin_file, sys.stdin.buffer.read())
+    sys.stdout.buffer.write(out)
+    return 0
+
+
+def cmd_domain_init(args: argparse.Namespace) -> int:
+    outcome = domain_init(args.config, args.node, args.so_pin_file)
+    print(f"domain key on {args.node}: {outcome}")
+    return 0
+
+
+def cmd_admit(args: argparse.Namespace) -> int:
+    admit(args.config, args.node, args.member, args.so_pin_file, args.member_so_pin_file)
+    print(f"{args.node} admitted to the key domain (domain key received from {args.member})")
+    return 0
+
+
+def add_parsers(hsm: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = hsm.add_parser("domain-init", help="create the domain key on the first HSM (SO PIN)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--node", required=True)
+    p.add_argument("--so-pin-file", required=True)
+    p.set_defaults(fn=cmd_domain_init)
+
+    p = hsm.add_parser("admit", help="admit an HSM to the key domain (both SO PINs)")
+    p.add_argument("node", help="the new HSM node id")
+    p.add_argument("--member", required=True, help="an HSM node already in the domain")
+    p.add_argument("--config", required=True)
+    p.add_argument("--so-pin-file", required=True, help="the new HSM's SO PIN file")
+    p.add_argument("--member-so-pin-file", required=True)
+    p.set_defaults(fn=cmd_admit)
+
+    p = hsm.add_parser("ceremony-step", help=argparse.SUPPRESS)
+    p.add_argument("step", choices=["init", "has", "transport", "export", "import"])
+    p.add_argument("--config", required=True)
+    p.add_argument("--node", required=True)
+    p.add_argument("--so-pin-file", required=True)
+    p.set_defaults(fn=cmd_ceremony_step)
+
+
+# -- operator views ------------------------------------------------------------
+
+
+async def pool_status(servers: list[str], wait_s: float = 0.7) -> list[PoolStatus]:
+    """Ask every signer replica for its view of the pool (scatter-gather)."""
+    nc = await nats.connect(servers=servers, name="lantau-cli")
+    replies: list[PoolStatus] = []
+    try:
+        inbox = nc.new_inbox()
+
+        async def collect(msg: Msg) -> None:
+            with contextlib.suppress(LantauError):
+                replies.append(codec.POOL_STATUS.decode(msg.data))
+
+        sub = await nc.subscribe(inbox, cb=collect)
+        await nc.publish(ADMIN_POOL_STATUS, b"", reply=inbox)
+        await asyncio.sleep(wait_s)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return sorted(replies, key=lambda r: r.signer)
+
+
+def render_pool(statuses: list[PoolStatus]) -> str:
+    if not statuses:
+        return "no signer answered: is the platform running?"
+    lines = []
+    for status in statuses:
+        lines.append(f"signer {status.signer}")
+        lines.append(
+            f"  {'node':<12} {'state':<11} {'circuit':<10} {'in-flight':>9} {'ok':>8} "
+            f"{'errors':>7} {'timeouts':>8} {'last beat':>10}"
+        )
+        for n in status.nodes:
+            beat = (
+                "never" if n.last_beat_age_ms is None else f"{n.last_beat_age_ms / 1000:.1f}s ago"
+            )
+            lines.append(
+                f"  {n.node_id:<12} {n.state:<11} {n.circuit:<10} {n.in_flight:>9} "
+                f"{n.successes:>8} {n.errors:>7} {n.timeouts:>8} {beat:>10}"
+            )
+    return "\n".join(lines)
+
+
+async def key_list(cfg: Config) -> list[tuple[KeyRecord, bool]]:
+    nc = await nats.connect(servers=cfg.nats.servers, name="lantau-cli")
+    try:
+        directory = await KeyDirectory.open(nc.jetstream())
+        records = await directory.all()
+    finally:
+        await nc.close()
+    return [
+        (r, fully_replicated(r, cfg.hsm_nodes)) for r in sorted(records, key=lambda r: r.key_id)
+    ]
+
+
+def render_keys(rows: list[tuple[KeyRecord, bool]]) -> str:
+    if not rows:
+        return "no keys"
+    lines = [
+        f"{'key':<20} {'curve':<10} {'status':<8} {'region':<7} {'replicated':<10} "
+        "nodes / public key"
+    ]
+    for r, full in rows:
+        lines.append(
+            f"{r.key_id:<20} {r.curve:<10} {r.status:<8} {r.region or '-':<7} "
+            f"{'yes' if full else 'NO':<10} {','.join(r.nodes)}"
+        )
+        lines.append(f"{'':<20} {r.public_key.hex()}")
+    return "\n".join(lines)
+
+
+def _config_for_views(args: argparse.Namespace) -> Config:
+    path = args.config or os.environ.get("LANTAU_CONFIG") or ".lantau/run/lantau.toml"
+    return config_mod.load(path)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _config_for_views(args)
+    statuses = asyncio.run(pool_status(cfg.nats.servers))
+    print(render_pool(statuses))
+    return 0 if statuses else 1
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    rows = asyncio.run(key_list(_config_for_views(args)))
+    print(render_keys(rows))
+    return 0
+
+
+def add_view_parsers(hsm: argparse._SubParsersAction, keys: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = hsm.add_parser("status", help="each signer's view of the HSM pool")
+    p.add_argument("--config")
+    p.set_defaults(fn=cmd_status)
+    p = keys.add_parser("list", help="keys, curves, public keys and where they live")
+    p.add_argument("--config")
+    p.set_defaults(fn=cmd_keys_list)
