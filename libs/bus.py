@@ -114,7 +114,7 @@ async def provision(js: JetStreamContext, cfg: NatsConfig) -> None:
         except nats.js.errors.BadRequestError:
             await js.update_stream(config)
     for consumer in ALL_CONSUMERS:
-        await ensure_consumer(js, consumer)
+        await ensure_consumer(js, consumer, ack_wait_s=cfg.ack_wait_s)
     for bucket in ALL_BUCKETS:
         try:
             await js.key_value(bucket)
@@ -124,12 +124,14 @@ async def provision(js: JetStreamContext, cfg: NatsConfig) -> None:
             )
 
 
-async def ensure_consumer(js: JetStreamContext, spec: ConsumerSpec) -> None:
+async def ensure_consumer(
+    js: JetStreamContext, spec: ConsumerSpec, *, ack_wait_s: float = ACK_WAIT_S
+) -> None:
     config = ConsumerConfig(
         durable_name=spec.durable,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S,
+        ack_wait=ack_wait_s,
         max_deliver=MAX_DELIVER,
         max_ack_pending=4096,
         max_waiting=512,

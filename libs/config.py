@@ -33,6 +33,9 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # Window in which JetStream drops a republished message with the same Nats-Msg-Id.
     duplicate_window_s: Positive = 86400
     connect_timeout_s: float = 5.0
+    # A delivered message not acked within this time goes to another replica. Longer than
+    # any handler takes (HSM deadline x attempts), short enough to recover quickly.
+    ack_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
 
 
 class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
