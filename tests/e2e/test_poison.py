@@ -1,4 +1,4 @@
-"""Malformed bytes and wrong message types on every consumed subject: typed errors, no stuck consumer."""
+"""Malformed bytes and wrong types on every consumed subject: typed errors, nothing stuck."""
 
 from __future__ import annotations
 
