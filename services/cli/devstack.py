@@ -241,4 +241,3 @@ async def dev_up(
         unclean = {n: c for n, c in codes.items() if c not in (0, None)}
         print("stopped" + (f"; non-zero exits: {unclean}" if unclean else " cleanly"), flush=True)
     return code
-

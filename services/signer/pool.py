@@ -17,7 +17,6 @@ from typing import TypeVar
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from services.signer.balancer import Balancer, BalancerSettings, Circuit, NodeState, StateChange
 
 from libs import bus, metrics
 from libs.hsm.remote import RemoteHsm
@@ -27,6 +26,7 @@ from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import NodeStateChanged
 from proto.hsm import HsmPublicKey
 from proto.subjects import EVENT_NODE_STATE, HSM_BEAT_PREFIX
+from services.signer.balancer import Balancer, BalancerSettings, Circuit, NodeState, StateChange
 
 log = logging.getLogger("lantau.pool")
 
