@@ -68,7 +68,7 @@ class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 class SignerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str = "signer"
     # Deadline for one HSM operation; past it the pool fails over.
-    hsm_timeout_ms: Positive = 2000
+    hsm_timeout_ms: Positive = 1000
     # Distinct nodes tried for one order before it is retried later.
     max_attempts: Positive = 3
     fetch_batch: Positive = 64

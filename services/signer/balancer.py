@@ -2,7 +2,8 @@
 
 Node state from health beats:
     UP --beat late (> suspect_after)--> SUSPECT --no beat (> down_after)--> DOWN
-    DOWN --beat--> RECOVERING (circuit half-open: must answer a probe) --success--> UP
+    DOWN, or back after a silence with an open circuit --beat--> RECOVERING
+        (circuit half-open, back-off forgotten: must answer a probe) --success--> UP
     any --beat with ok=False--> SUSPECT;  SUSPECT --fresh ok beat--> UP
 Circuit breaker from operations:
     CLOSED --failure or missed deadline--> OPEN --open_for elapsed--> HALF_OPEN
@@ -89,13 +90,15 @@ class Balancer:
     ) -> list[StateChange]:
         self.add_node(node_id, now_ms)
         n = self._nodes[node_id]
+        silent = bool(n.last_beat_ms) and now_ms - n.last_beat_ms > self.settings.suspect_after_ms
         n.last_beat_ms, n.remote_in_flight, n.beat_ok = now_ms, in_flight, ok
         if region is not None:
             n.region = region
         if not ok:
             return self._move(n, NodeState.SUSPECT, "node reports itself unhealthy")
-        if n.state == NodeState.DOWN:
-            n.circuit, n.probing = Circuit.HALF_OPEN, 0
+        if n.state == NodeState.DOWN or (silent and n.circuit != Circuit.CLOSED):
+            # Back after a silence (restarted, or unfrozen): probe now, forget the back-off.
+            n.circuit, n.probing, n.open_for_ms = Circuit.HALF_OPEN, 0, 0
             return self._move(n, NodeState.RECOVERING, "beats again; must answer a probe")
         if n.state == NodeState.SUSPECT and n.circuit == Circuit.CLOSED:
             return self._move(n, NodeState.UP, "fresh healthy beat")
@@ -134,7 +137,7 @@ class Balancer:
             n.circuit, n.open_for_ms, n.probing = Circuit.CLOSED, 0, 0
             fresh = now_ms - n.last_beat_ms <= self.settings.suspect_after_ms and n.beat_ok
             if fresh and n.state != NodeState.UP:
-                changes += self._move(n, NodeState.UP, "answered after failures; re-admitted")
+                changes += self._move(n, NodeState.UP, "answered its probe; in service")
         return changes
 
     def failed(

@@ -1,0 +1,228 @@
+"""Load with faults injected: the chaos tests and ``lantau chaos`` share this runner.
+
+Several clients keep a steady number of sign requests in flight; faults (SIGKILL,
+SIGSTOP, SIGCONT, restart of hsm-nodes) fire at set times. Every request is followed
+to its terminal result and checked: exactly one result, signature verified
+independently, no request lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from libs.client import CustodyClient, CustodyError
+from proto.results import SignResult
+from proto.subjects import RESULT_PREFIX, RESULTS, result_subject
+from services.cli.devstack import DevStack
+
+Action = str  # "kill" | "stop" | "cont" | "restart"
+
+
+@dataclass(frozen=True)
+class Fault:
+    at_s: float
+    action: Action
+    target: str
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    sent_at: float
+    done_at: float | None = None
+    status: str | None = None
+    node: str | None = None
+    verified: bool = False
+
+
+@dataclass
+class FaultReport:
+    fault: Fault
+    at: float
+    in_flight: int = 0
+    worst_latency_ms: float = 0.0
+    added_latency_ms: float = 0.0
+
+
+@dataclass
+class ChaosReport:
+    sent: int = 0
+    signed: int = 0
+    failed: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    unverified: int = 0
+    baseline_p50_ms: float = 0.0
+    by_node: dict[str, int] = field(default_factory=dict)
+    faults: list[FaultReport] = field(default_factory=list)
+    signed_after: dict[str, int] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"requests sent {self.sent}, signed {self.signed}, failed {self.failed}, "
+            f"lost {self.lost}, duplicates {self.duplicates}, unverified {self.unverified}",
+            f"baseline latency p50 {self.baseline_p50_ms:.1f} ms; signed per node {self.by_node}",
+        ]
+        for f in self.faults:
+            out.append(
+                f"{f.fault.action:>7} {f.fault.target} at {f.fault.at_s:.1f}s: "
+                f"{f.in_flight} in flight, worst latency {f.worst_latency_ms:.0f} ms "
+                f"(+{f.added_latency_ms:.0f} ms over p50)"
+            )
+        for node, n in self.signed_after.items():
+            out.append(f"after its restart {node} signed {n} requests")
+        return out
+
+
+def _verify(result: SignResult, digest: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+    if result.signature is None or result.public_key is None:
+        return False
+    r = int.from_bytes(result.signature[:32], "big")
+    s = int.from_bytes(result.signature[32:], "big")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), result.public_key).verify(
+            utils.encode_dss_signature(r, s), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256()))
+        )
+    except InvalidSignature:
+        return False
+    return True
+
+
+async def wait_replicated(
+    client: CustodyClient, stack: DevStack, key_id: str, timeout_s: float = 30
+) -> None:
+    """Chaos needs the key on every node first: wait for the backup service's clones."""
+    from services.signer.keydir import KeyDirectory
+
+    directory = await KeyDirectory.open(client._js)
+    want = {n.id for n in stack.config.hsm_nodes}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        record, _ = await directory.get(key_id, fresh=True)
+        if record is not None and want <= set(record.nodes):
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"key {key_id} not replicated to {sorted(want)} within {timeout_s:.0f} s")
+
+
+async def run_chaos(
+    stack: DevStack,
+    clients: list[CustodyClient],
+    key_id: str,
+    faults: list[Fault],
+    *,
+    duration_s: float,
+    in_flight_per_client: int = 8,
+    tick: Callable[[float, list[Outcome]], None] | None = None,
+) -> ChaosReport:
+    outcomes: list[Outcome] = []
+    digests: dict[str, bytes] = {}
+    start = time.monotonic()
+    stop_at = start + duration_s
+    report = ChaosReport()
+
+    async def one(client: CustodyClient, n: int) -> None:
+        digest = hashlib.sha256(f"{key_id}-{id(client)}-{n}".encode()).digest()
+        request = client.sign_request(key_id, digest)
+        outcome = Outcome(request.request_id, time.monotonic())
+        outcomes.append(outcome)
+        digests[request.request_id] = digest
+        try:
+            result = await client.send(request, timeout=60)
+        except CustodyError:
+            return  # counted as lost unless it turns up when we look again at the end
+        outcome.done_at, outcome.status = time.monotonic(), result.status
+        if isinstance(result, SignResult):
+            outcome.node = result.node
+            outcome.verified = result.status == "signed" and _verify(result, digest)
+
+    async def worker(client: CustodyClient, w: int) -> None:
+        n = 0
+        while time.monotonic() < stop_at:
+            n += 1
+            await one(client, w * 1_000_000 + n)
+
+    async def fire() -> None:
+        for fault in sorted(faults, key=lambda f: f.at_s):
+            await asyncio.sleep(max(0.0, start + fault.at_s - time.monotonic()))
+            now = time.monotonic()
+            proc = stack.service(fault.target)
+            if fault.action == "kill":
+                proc.kill()
+            elif fault.action == "stop":
+                proc.stop()
+            elif fault.action == "cont":
+                proc.cont()
+            elif fault.action == "restart":
+                await stack.restart(fault.target, wait_ready=False)
+            in_flight = [o for o in outcomes if o.done_at is None]
+            report.faults.append(FaultReport(fault, now, in_flight=len(in_flight)))
+            fault_in_flight[id(report.faults[-1])] = in_flight
+
+    async def ticker() -> None:
+        while time.monotonic() < stop_at:
+            await asyncio.sleep(1.0)
+            if tick is not None:
+                tick(time.monotonic() - start, outcomes)
+
+    fault_in_flight: dict[int, list[Outcome]] = {}
+    tasks = [
+        asyncio.create_task(worker(c, i * in_flight_per_client + j))
+        for i, c in enumerate(clients)
+        for j in range(in_flight_per_client)
+    ]
+    await asyncio.gather(fire(), ticker(), *tasks)
+
+    # Anything without a result yet: look again (a result is durable even if we missed it).
+    for o in outcomes:
+        if o.status is None:
+            stored = await clients[0].get_result(o.request_id)
+            if stored is not None:
+                o.status, o.done_at = stored.status, o.done_at or time.monotonic()
+                if isinstance(stored, SignResult):
+                    o.node = stored.node
+                    o.verified = stored.status == "signed" and _verify(
+                        stored, digests[o.request_id]
+                    )
+
+    report.sent = len(outcomes)
+    report.signed = sum(o.status == "signed" for o in outcomes)
+    report.lost = sum(o.status is None for o in outcomes)
+    report.failed = report.sent - report.signed - report.lost
+    report.unverified = sum(o.status == "signed" and not o.verified for o in outcomes)
+    counts = await _result_counts(clients[0])
+    report.duplicates = sum(
+        max(0, counts.get(result_subject(o.request_id), 0) - 1) for o in outcomes
+    )
+    for o in outcomes:
+        if o.node:
+            report.by_node[o.node] = report.by_node.get(o.node, 0) + 1
+    first_fault = min((f.at for f in report.faults), default=stop_at)
+    calm = [
+        (o.done_at - o.sent_at) * 1000 for o in outcomes if o.done_at and o.done_at < first_fault
+    ]
+    report.baseline_p50_ms = statistics.median(calm) if calm else 0.0
+    for f in report.faults:
+        latencies = [(o.done_at - o.sent_at) * 1000 for o in fault_in_flight[id(f)] if o.done_at]
+        f.worst_latency_ms = max(latencies, default=0.0)
+        f.added_latency_ms = max(0.0, f.worst_latency_ms - report.baseline_p50_ms)
+        if f.fault.action == "restart":
+            report.signed_after[f.fault.target] = sum(
+                o.node == f.fault.target and o.sent_at > f.at for o in outcomes
+            )
+    return report
+
+
+async def _result_counts(client: CustodyClient) -> dict[str, int]:
+    """Messages per result subject, in one call: more than one would be a duplicate result."""
+    info = await client._js.stream_info(RESULTS.name, subjects_filter=f"{RESULT_PREFIX}.>")
+    return dict(info.state.subjects or {})
