@@ -12,8 +12,9 @@ import asyncio
 import hashlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from libs.client import CustodyClient, CustodyError
 from proto.results import SignResult
@@ -122,7 +123,7 @@ async def run_chaos(
     *,
     duration_s: float,
     in_flight_per_client: int = 8,
-    tick: Callable[[float, list[Outcome]], None] | None = None,
+    tick: Callable[[float, list[Outcome]], Awaitable[None]] | None = None,
 ) -> ChaosReport:
     outcomes: list[Outcome] = []
     digests: dict[str, bytes] = {}
@@ -172,7 +173,7 @@ async def run_chaos(
         while time.monotonic() < stop_at:
             await asyncio.sleep(1.0)
             if tick is not None:
-                tick(time.monotonic() - start, outcomes)
+                await tick(time.monotonic() - start, outcomes)
 
     fault_in_flight: dict[int, list[Outcome]] = {}
     tasks = [
@@ -226,3 +227,67 @@ async def _result_counts(client: CustodyClient) -> dict[str, int]:
     """Messages per result subject, in one call: more than one would be a duplicate result."""
     info = await client._js.stream_info(RESULTS.name, subjects_filter=f"{RESULT_PREFIX}.>")
     return dict(info.state.subjects or {})
+
+
+DEMO_FAULTS = [
+    Fault(4.0, "kill", "hsm-2"),
+    Fault(8.0, "stop", "hsm-3"),
+    Fault(11.0, "cont", "hsm-3"),
+    Fault(13.0, "restart", "hsm-2"),
+]
+
+
+async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
+    """``lantau chaos``: a 3-node dev stack under load, with nodes killed and frozen live."""
+    import nacl.signing
+
+    from libs.config import RequesterConfig
+    from services.cli.devstack import start_platform
+    from services.cli.hsm_admin import pool_status
+
+    key = nacl.signing.SigningKey.generate()
+    requester = RequesterConfig(
+        name="chaos",
+        public_key=key.verify_key.encode().hex(),
+        keys=["chaos-*"],
+        may_create_keys=True,
+    )
+    print(f"starting a 3-node dev stack in {run_dir} ...", flush=True)
+    stack = await start_platform(run_dir, nodes=3, requesters=[requester])
+    servers = stack.config.nats.servers
+    clients = [await CustodyClient.connect(servers, "chaos", key) for _ in range(3)]
+    try:
+        created = await clients[0].create_key("chaos-hot", "secp256k1")
+        await wait_replicated(clients[0], stack, "chaos-hot")
+        print(f"key chaos-hot on {created.node}, cloned to every node; load starts", flush=True)
+        print("faults: " + ", ".join(f"{f.action} {f.target} at {f.at_s:g}s" for f in DEMO_FAULTS))
+        print(
+            f"{'t':>5} {'signed/s':>9} {'p99 ms':>7} {'failed':>7}  pool (signer's view)",
+            flush=True,
+        )
+        seen = 0
+
+        async def tick(t: float, outcomes: list[Outcome]) -> None:
+            nonlocal seen
+            done = [o for o in outcomes[seen:] if o.done_at is not None]
+            seen = len(outcomes) - sum(1 for o in outcomes[seen:] if o.done_at is None)
+            lat = sorted((o.done_at - o.sent_at) * 1000 for o in done if o.done_at)
+            p99 = lat[int(len(lat) * 0.99) - 1] if lat else 0.0
+            failed = sum(o.status not in (None, "signed") for o in done)
+            views = await pool_status(servers, wait_s=0.2)
+            pool = (
+                " ".join(f"{n.node_id}:{n.state}/{n.circuit}" for n in views[0].nodes)
+                if views
+                else "?"
+            )
+            print(f"{t:5.1f} {len(done):>9} {p99:>7.0f} {failed:>7}  {pool}", flush=True)
+
+        report = await run_chaos(
+            stack, clients, "chaos-hot", DEMO_FAULTS, duration_s=duration_s, tick=tick
+        )
+        print("\n" + "\n".join(report.lines()), flush=True)
+        return 0 if report.lost == report.duplicates == report.failed == 0 else 1
+    finally:
+        for c in clients:
+            await c.close()
+        await stack.stop()

@@ -171,6 +171,15 @@ def cmd_result(args: argparse.Namespace) -> int:
     return asyncio.run(_with_client(args, go))
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    import shutil
+
+    from services.cli.chaos import chaos_demo
+
+    shutil.rmtree(args.dir, ignore_errors=True)
+    return asyncio.run(chaos_demo(Path(args.dir), duration_s=args.seconds))
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     import nacl.signing
 
@@ -244,6 +253,11 @@ def parser() -> argparse.ArgumentParser:
 
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
+
+    p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
+    p.add_argument("--dir", default=".lantau/chaos")
+    p.add_argument("--seconds", type=float, default=18.0)
+    p.set_defaults(fn=cmd_chaos)
 
     p = sub.add_parser("keygen", help="make an Ed25519 requester/approver key file")
     p.add_argument("--out", required=True)
