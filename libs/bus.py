@@ -66,8 +66,11 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def connect(cfg: NatsConfig, name: str) -> Client:
-    """Connect with endless reconnects: a bus outage pauses a service, never kills it."""
+async def connect(cfg: NatsConfig, name: str, *, patient: bool = True) -> Client:
+    """Connect with endless reconnects: a bus outage pauses a service, never kills it.
+
+    A command-line tool passes ``patient=False`` to fail after trying each server once.
+    """
 
     async def on_error(e: Exception) -> None:
         log.warning("nats error: %s", type(e).__name__)
@@ -82,8 +85,8 @@ async def connect(cfg: NatsConfig, name: str) -> Client:
         servers=cfg.servers,
         name=name,
         connect_timeout=cfg.connect_timeout_s,
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
+        allow_reconnect=patient,
+        max_reconnect_attempts=-1 if patient else 1,
         reconnect_time_wait=0.5,
         error_cb=on_error,
         disconnected_cb=on_disconnect,

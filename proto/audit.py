@@ -33,3 +33,25 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag="audit_record",
     prev_hash: str
     hash: str
     v: Version = SCHEMA_VERSION
+
+
+class AuditCheckpoint(
+    msgspec.Struct, frozen=True, kw_only=True, tag="audit_checkpoint", tag_field="type"
+):
+    """A signature over the chain's head: record ``seq`` has hash ``head_hash``.
+
+    Signed with a secp256k1 key held in the HSMs (ECDSA over SHA-256 of the canonical
+    bytes, low S). Auditors verify with a public key they obtained out of band, never
+    with one read from the log.
+    """
+
+    seq: int
+    head_hash: str
+    at_ms: TimestampMs
+    prev_checkpoint_seq: int
+    key_id: str
+    signature: bytes = b""
+    v: Version = SCHEMA_VERSION
+
+
+AuditEntry = AuditRecord | AuditCheckpoint

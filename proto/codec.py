@@ -8,7 +8,7 @@ import msgspec
 
 from proto import SCHEMA_VERSION
 from proto.admin import PoolStatus
-from proto.audit import AuditIntent, AuditRecord
+from proto.audit import AuditEntry, AuditIntent, AuditRecord
 from proto.errors import ErrorCode, LantauError
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReply
@@ -74,5 +74,6 @@ HEALTH_BEAT = Decoder[HealthBeat](HealthBeat, "health beat")
 KEY_RECORD = Decoder[KeyRecord](KeyRecord, "key record")
 AUDIT_INTENT = Decoder[AuditIntent](AuditIntent, "audit intent")
 AUDIT_RECORD = Decoder[AuditRecord](AuditRecord, "audit record")
+AUDIT_ENTRY = Decoder[AuditEntry](AuditEntry, "audit entry")
 POOL_STATUS = Decoder[PoolStatus](PoolStatus, "pool status")
 REJECTED = Decoder[RejectedMessage](RejectedMessage, "rejected message")

@@ -41,6 +41,19 @@ class NodeStateChanged(
     v: Version = SCHEMA_VERSION
 
 
+class AdminAction(msgspec.Struct, frozen=True, kw_only=True, tag="admin_action", tag_field="type"):
+    """An operator's command on the HSMs, recorded before it runs and again when it ends."""
+
+    actor: str
+    command: str
+    node: str
+    # "started", then "completed" or "failed"; a "started" alone means it was cut off.
+    phase: str
+    detail: str = ""
+    at_ms: TimestampMs
+    v: Version = SCHEMA_VERSION
+
+
 class RejectedMessage(
     msgspec.Struct, frozen=True, kw_only=True, tag="rejected_message", tag_field="type"
 ):
@@ -58,4 +71,4 @@ class RejectedMessage(
     v: Version = SCHEMA_VERSION
 
 
-Event = KeyCreated | KeyReplicated | NodeStateChanged
+Event = KeyCreated | KeyReplicated | NodeStateChanged | AdminAction

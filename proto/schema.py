@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from proto.admin import PoolStatus
-from proto.audit import AuditIntent, AuditRecord
+from proto.audit import AuditEntry, AuditIntent
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReply
 from proto.keys import KeyRecord
@@ -36,7 +36,7 @@ FAMILIES: dict[str, Any] = {
     "health_beat": HealthBeat,
     "key_record": KeyRecord,
     "audit_intent": AuditIntent,
-    "audit_record": AuditRecord,
+    "audit_entry": AuditEntry,
     "pool_status": PoolStatus,
 }
 

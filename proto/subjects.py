@@ -18,10 +18,13 @@ RESULT_PREFIX = f"{PREFIX}.result"
 EVENT_KEY_CREATED = f"{PREFIX}.event.key.created"
 EVENT_KEY_REPLICATED = f"{PREFIX}.event.key.replicated"
 EVENT_NODE_STATE = f"{PREFIX}.event.node.state"
+EVENT_ADMIN = f"{PREFIX}.event.admin"
 # Audit intents written by signers before each HSM signature.
 AUDIT_INTENT = f"{PREFIX}.audit.intent"
 # Hash-chained audit records appended by the audit service.
 AUDIT_LOG = f"{PREFIX}.auditlog.record"
+AUDIT_CHECKPOINT = f"{PREFIX}.auditlog.checkpoint"
+AUDIT_CHECKPOINT_KEY = "lantau-audit-checkpoint"
 # Dead letters, one subject per source stream.
 DEAD_LETTER_PREFIX = f"{PREFIX}.dlq"
 # Core NATS (not JetStream): HSM node RPC and heartbeats.

@@ -1,14 +1,17 @@
 """audit: appends every fact on the bus to one hash chain stored in LANTAU_AUDIT_LOG.
 
-Each source stream has its own durable consumer; records are appended one at a time
+Each source stream has its own durable consumer; entries are appended one at a time
 with JetStream's expected-last-sequence check, so two audit replicas can never fork
 the chain, and with the source ("<stream>:<seq>") as message id, so a redelivery
-after a crash never records the same fact twice.
+after a crash never records the same fact twice. Every CHECKPOINT_EVERY records, or
+CHECKPOINT_INTERVAL_S after the last change, a checkpoint over the head is signed
+with a key held in the HSMs (cloned like any key, so one dead node does not stop it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import msgspec
@@ -16,15 +19,30 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs import bus, metrics
+from libs import bus, curves, metrics
 from libs.bus import Consumer, now_ms
+from libs.hsm.remote import RemoteHsm
 from libs.service import Runtime
 from proto import codec
-from proto.audit import AuditRecord
-from proto.subjects import AUDIT_CHAIN, AUDIT_LOG, AUDIT_SOURCES, HDR_MSG_ID
+from proto.audit import AuditCheckpoint, AuditRecord
+from proto.errors import ErrorCode, LantauError, TransientError
+from proto.keys import KeyRecord
+from proto.subjects import (
+    AUDIT_CHAIN,
+    AUDIT_CHECKPOINT,
+    AUDIT_CHECKPOINT_KEY,
+    AUDIT_LOG,
+    AUDIT_SOURCES,
+    HDR_MSG_ID,
+)
 from services.audit import chain
+from services.audit import checkpoint as cp
+from services.signer.keydir import KeyDirectory
 
 log = logging.getLogger("lantau.audit")
+
+CHECKPOINT_EVERY = 100
+CHECKPOINT_INTERVAL_S = 5.0
 
 
 class _Envelope(msgspec.Struct):
@@ -37,6 +55,22 @@ class _Envelope(msgspec.Struct):
     observer: str | None = None
     consumer: str | None = None
     node_id: str | None = None
+    node: str | None = None
+
+    def who(self) -> str:
+        """The actor: who caused this fact (a requester, policy, a signer, a node...)."""
+        if self.type.endswith("_order"):
+            return "policy"
+        if self.type.endswith("_result"):
+            return f"signer@{self.node}" if self.node else "policy"
+        return (
+            self.actor
+            or self.requester
+            or self.observer
+            or self.consumer
+            or self.node_id
+            or "platform"
+        )
 
 
 _envelope = msgspec.msgpack.Decoder(_Envelope)
@@ -49,31 +83,111 @@ def describe(data: bytes) -> _Envelope:
         return _Envelope(type="malformed")
 
 
+class CheckpointKey:
+    """The audit's signing key, generated inside an HSM and found via the key directory."""
+
+    def __init__(self, rt: Runtime, keys: KeyDirectory) -> None:
+        self.rt = rt
+        self.keys = keys
+        self.timeout_s = rt.config.signer.hsm_timeout_ms / 1000
+
+    async def record(self) -> KeyRecord:
+        record, revision = await self.keys.get(AUDIT_CHECKPOINT_KEY, fresh=True)
+        if record is not None and record.status == "active":
+            return record
+        if record is None:
+            node = self.rt.config.hsm_nodes[0].id
+            pending = KeyRecord(
+                key_id=AUDIT_CHECKPOINT_KEY,
+                curve="secp256k1",
+                status="pending",
+                owner="audit",
+                nodes=[node],
+                created_at_ms=now_ms(),
+                created_by_request="audit-service",
+            )
+            await self.keys.create(pending)
+            record, revision = await self.keys.get(AUDIT_CHECKPOINT_KEY, fresh=True)
+            assert record is not None
+        made = await RemoteHsm(self.rt.nc, record.nodes[0], timeout_s=self.timeout_s).generate(
+            AUDIT_CHECKPOINT_KEY, "secp256k1"
+        )
+        active = msgspec.structs.replace(record, status="active", public_key=made.public_key)
+        await self.keys.update(active, revision)
+        log.info("audit checkpoint key created on %s", record.nodes[0])
+        return active
+
+    async def sign(self, digest: bytes) -> bytes:
+        record = await self.record()
+        last: Exception | None = None
+        for node in record.nodes:
+            try:
+                raw = await RemoteHsm(self.rt.nc, node, timeout_s=self.timeout_s).sign(
+                    AUDIT_CHECKPOINT_KEY, "secp256k1", digest
+                )
+                return curves.finalize("secp256k1", record.public_key, digest, raw).signature
+            except (TransientError, LantauError) as e:
+                last = e
+        raise TransientError(ErrorCode.HSM_UNAVAILABLE, f"cannot sign a checkpoint: {last}")
+
+
 class Chain:
     """The head of the chain and the only way to append to it."""
 
-    def __init__(self, js: JetStreamContext, actor: str) -> None:
+    def __init__(self, js: JetStreamContext, key: CheckpointKey | None) -> None:
         self._js = js
-        self._actor = actor
+        self._key = key
         self._lock = asyncio.Lock()
         self.head: AuditRecord | None = None
-        self.head_stream_seq = 0
+        self.last_checkpoint: AuditCheckpoint | None = None
+        self.stream_seq = 0
 
     async def load(self) -> None:
+        info = await self._js.stream_info(AUDIT_CHAIN.name)
+        self.stream_seq = info.state.last_seq
+        self.head = await self._last(AUDIT_LOG)  # type: ignore[assignment]
+        self.last_checkpoint = await self._last(AUDIT_CHECKPOINT)  # type: ignore[assignment]
+        if self.head is not None:
+            metrics.AUDIT_HEAD_SEQUENCE.set(self.head.seq)
+
+    async def _last(self, subject: str) -> AuditRecord | AuditCheckpoint | None:
         try:
-            raw = await self._js.get_last_msg(AUDIT_CHAIN.name, AUDIT_LOG)
+            raw = await self._js.get_last_msg(AUDIT_CHAIN.name, subject)
         except nats.js.errors.NotFoundError:
-            self.head, self.head_stream_seq = None, 0
-            return
-        self.head = codec.AUDIT_RECORD.decode(raw.data)
-        self.head_stream_seq = raw.seq or 0
-        metrics.AUDIT_HEAD_SEQUENCE.set(self.head.seq)
+            return None
+        return codec.AUDIT_ENTRY.decode(raw.data or b"")
+
+    async def _append(
+        self, subject: str, entry: AuditRecord | AuditCheckpoint, msg_id: str
+    ) -> bool:
+        """Append after exactly the entry we know of; False if the log moved (reload, rebuild).
+
+        True means the fact is in the log: appended now, or (a duplicate msg id) before a
+        crash, in which case the head is reloaded from the log rather than taken from
+        ``entry``, which was never written.
+        """
+        headers = {HDR_MSG_ID: msg_id, "Nats-Expected-Last-Sequence": str(self.stream_seq)}
+        try:
+            ack = await self._js.publish(subject, codec.encode(entry), headers=headers)
+        except nats.js.errors.APIError as e:
+            if e.err_code == bus.WRONG_LAST_SEQUENCE:
+                await self.load()
+                return False
+            raise
+        if ack.duplicate:
+            await self.load()  # recorded before a crash: nothing to add
+            return True
+        self.stream_seq = ack.seq
+        if isinstance(entry, AuditRecord):
+            self.head = entry
+            metrics.AUDIT_HEAD_SEQUENCE.set(entry.seq)
+        else:
+            self.last_checkpoint = entry
+        return True
 
     async def append(self, source: str, data: bytes) -> None:
         env = describe(data)
-        actor = (
-            env.requester or env.actor or env.observer or env.consumer or env.node_id or "platform"
-        )
+        actor = env.who()
         async with self._lock:
             for _ in range(5):
                 record = chain.next_record(
@@ -85,28 +199,42 @@ class Chain:
                     source=source,
                     content_sha256=chain.content_hash(data),
                 )
-                headers = {
-                    HDR_MSG_ID: f"audit:{source}",
-                    "Nats-Expected-Last-Sequence": str(self.head_stream_seq),
-                }
-                try:
-                    ack = await self._js.publish(AUDIT_LOG, codec.encode(record), headers=headers)
-                except nats.js.errors.APIError as e:
-                    if e.err_code == bus.WRONG_LAST_SEQUENCE:
-                        await self.load()  # another writer appended: rebuild on the new head
-                        continue
-                    raise
-                if ack.duplicate:
-                    await self.load()  # recorded before a crash; the head may have moved
-                    return
-                self.head, self.head_stream_seq = record, ack.seq
-                metrics.AUDIT_HEAD_SEQUENCE.set(record.seq)
+                if await self._append(AUDIT_LOG, record, f"audit:{source}"):
+                    break
+            else:
+                raise TransientError(ErrorCode.INTERNAL, "audit chain head kept moving")
+            if self.head and self.head.seq - self._checkpointed_seq() >= CHECKPOINT_EVERY:
+                await self._checkpoint()
+
+    def _checkpointed_seq(self) -> int:
+        return self.last_checkpoint.seq if self.last_checkpoint else 0
+
+    async def checkpoint_if_behind(self) -> None:
+        async with self._lock:
+            if self.head is not None and self.head.seq > self._checkpointed_seq():
+                await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        if self._key is None or self.head is None:
+            return
+        for _ in range(5):
+            head = self.head
+            unsigned = AuditCheckpoint(
+                seq=head.seq,
+                head_hash=head.hash,
+                at_ms=now_ms(),
+                prev_checkpoint_seq=self._checkpointed_seq(),
+                key_id=AUDIT_CHECKPOINT_KEY,
+            )
+            signed = msgspec.structs.replace(
+                unsigned, signature=await self._key.sign(cp.digest(unsigned))
+            )
+            if await self._append(AUDIT_CHECKPOINT, signed, f"checkpoint:{head.seq}"):
                 return
-            raise RuntimeError("audit chain head kept moving; will retry")
 
 
 async def serve(rt: Runtime) -> None:
-    chain_head = Chain(rt.js, rt.config.audit.id)
+    chain_head = Chain(rt.js, CheckpointKey(rt, await KeyDirectory.open(rt.js)))
     await chain_head.load()
 
     def handler_for(stream: str):
@@ -129,5 +257,19 @@ async def serve(rt: Runtime) -> None:
         )
         for spec in AUDIT_SOURCES
     ]
+
+    async def checkpoints() -> None:
+        while not rt.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(rt.stopping.wait(), timeout=CHECKPOINT_INTERVAL_S)
+            try:
+                await chain_head.checkpoint_if_behind()
+            except Exception as e:  # an HSM hiccup: records keep flowing, retry next time
+                log.warning("checkpoint not written: %s", getattr(e, "message", type(e).__name__))
+
+    ticker = asyncio.create_task(checkpoints())
     rt.set_ready("startup", True)
     await asyncio.gather(*(c.run(rt.stopping) for c in consumers))
+    ticker.cancel()
+    with contextlib.suppress(Exception):
+        await chain_head.checkpoint_if_behind()  # leave a signed head behind on shutdown

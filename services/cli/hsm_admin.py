@@ -10,23 +10,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import nats
 from nats.aio.msg import Msg
 
+from libs import bus
 from libs import config as config_mod
 from libs.config import Config, HsmNodeConfig
 from libs.hsm import ceremony
 from proto import codec
 from proto.admin import PoolStatus
 from proto.errors import LantauError
+from proto.events import AdminAction
 from proto.keys import KeyRecord
-from proto.subjects import ADMIN_POOL_STATUS
+from proto.subjects import ADMIN_POOL_STATUS, EVENT_ADMIN
 from services.backup.plan import fully_replicated
 from services.signer.keydir import KeyDirectory
 
@@ -96,17 +100,56 @@ def _child(config_path: str, node_id: str, step: str, so_pin_file: str, data: by
     return proc.stdout
 
 
+async def _record(cfg: Config, command: str, node: str, phase: str, detail: str = "") -> None:
+    nc = await bus.connect(cfg.nats, "lantau-admin", patient=False)
+    try:
+        js = nc.jetstream()
+        await bus.provision(js, cfg.nats)
+        action = AdminAction(
+            actor=getpass.getuser(),
+            command=command,
+            node=node,
+            phase=phase,
+            detail=detail,
+            at_ms=bus.now_ms(),
+        )
+        await bus.publish(js, EVENT_ADMIN, action)
+    finally:
+        await nc.close()
+
+
+@contextlib.contextmanager
+def audited(config_path: str, command: str, node: str) -> Iterator[None]:
+    """Fail closed, like the signer: an admin command that cannot be recorded does not run."""
+    cfg = config_mod.load(config_path)
+    try:
+        asyncio.run(_record(cfg, command, node, "started"))
+    except Exception as e:
+        raise ceremony.CeremonyError(
+            f"refusing to run {command}: the audit trail cannot record it ({type(e).__name__})"
+        ) from None
+    try:
+        yield
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            asyncio.run(_record(cfg, command, node, "failed", type(e).__name__))
+        raise
+    asyncio.run(_record(cfg, command, node, "completed"))
+
+
 def domain_init(config_path: str, node_id: str, so_pin_file: str) -> str:
-    return _child(config_path, node_id, "init", so_pin_file).decode()
+    with audited(config_path, "hsm domain-init", node_id):
+        return _child(config_path, node_id, "init", so_pin_file).decode()
 
 
 def admit(config_path: str, new: str, member: str, new_so_pin: str, member_so_pin: str) -> None:
     """Give HSM ``new`` the domain key held by ``member``, never in plaintext outside an HSM."""
-    if _child(config_path, new, "has", new_so_pin) == b"yes":
-        return
-    transport = _child(config_path, new, "transport", new_so_pin)
-    wrapped = _child(config_path, member, "export", member_so_pin, transport)
-    _child(config_path, new, "import", new_so_pin, wrapped)
+    with audited(config_path, f"hsm admit --member {member}", new):
+        if _child(config_path, new, "has", new_so_pin) == b"yes":
+            return
+        transport = _child(config_path, new, "transport", new_so_pin)
+        wrapped = _child(config_path, member, "export", member_so_pin, transport)
+        _child(config_path, new, "import", new_so_pin, wrapped)
 
 
 def cmd_ceremony_step(args: argparse.Namespace) -> int:
@@ -128,7 +171,7 @@ def cmd_admit(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(hsm: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p = hsm.add_parser("domain-init", help="create the domain key on the first HSM (SO PIN)")
     p.add_argument("--config", required=True)
     p.add_argument("--node", required=True)
@@ -241,7 +284,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_view_parsers(hsm: argparse._SubParsersAction, keys: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_view_parsers(hsm: argparse._SubParsersAction, keys: argparse._SubParsersAction) -> None:
     p = hsm.add_parser("status", help="each signer's view of the HSM pool")
     p.add_argument("--config")
     p.set_defaults(fn=cmd_status)

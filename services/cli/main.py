@@ -254,6 +254,10 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
+    from services.cli import audit_cmd
+
+    audit_cmd.add_parsers(sub)
+
     p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
     p.add_argument("--dir", default=".lantau/chaos")
     p.add_argument("--seconds", type=float, default=18.0)
