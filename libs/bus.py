@@ -294,6 +294,9 @@ class Consumer:
             count = deliveries(msg)
             if count > 1:
                 metrics.REDELIVERIES.labels(*self._labels).inc()
+            meta = _metadata(msg)
+            if meta is not None:
+                metrics.CONSUMER_PENDING.labels(*self._labels).set(meta.num_pending)
             try:
                 with tracing.span(
                     f"{self._name} handle",

@@ -94,6 +94,10 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     order_deadline_ms: Positive = 60_000
     fetch_batch: Positive = 64
     metrics_port: Port = 0
+    # The rules (docs/policy.md), reloaded when the file changes. Without one, every
+    # request that passes need-to-know is allowed.
+    rules_file: str | None = None
+    reload_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
 
 
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -156,6 +160,15 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any, env_name: 
             node = node.setdefault(part, {})
             if not isinstance(node, dict | list):
                 raise ConfigError(f"{env_name}: {part!r} is not a table")
+
+
+# Where `lantau dev up` writes its config: operator commands find the dev stack there.
+DEV_CONFIG = ".lantau/run/lantau.toml"
+
+
+def load_for_cli(path: str | None) -> Config:
+    """An operator command's config: --config, else $LANTAU_CONFIG, else the dev stack's."""
+    return load(path or os.environ.get("LANTAU_CONFIG") or DEV_CONFIG)
 
 
 def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None) -> Config:

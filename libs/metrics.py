@@ -37,6 +37,11 @@ POLICY_DECISIONS = Counter(
     "Policy decisions by rule and decision (allow, deny, approval).",
     ["rule", "decision"],
 )
+POLICY_RELOADS = Counter(
+    "lantau_policy_reloads",
+    "Policy file loads by outcome (loaded, refused); a refused file leaves the old one in force.",
+    ["outcome"],
+)
 APPROVALS_PENDING = Gauge("lantau_approvals_pending", "Requests waiting for human approvals.")
 APPROVALS_OLDEST_AGE = Gauge(
     "lantau_approvals_oldest_age_seconds", "Age of the oldest request waiting for approvals."

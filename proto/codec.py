@@ -8,6 +8,7 @@ import msgspec
 
 from proto import SCHEMA_VERSION
 from proto.admin import PoolStatus
+from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent, AuditRecord
 from proto.errors import ErrorCode, LantauError
 from proto.events import Event, RejectedMessage
@@ -65,6 +66,9 @@ class Decoder(Generic[T]):
 
 
 REQUEST = Decoder[Request](Request, "request")
+# What the policy consumer reads from the requests stream: requests and approvers' votes.
+POLICY_INPUT = Decoder[Request | ApprovalVote](Request | ApprovalVote, "request")
+PENDING_APPROVAL = Decoder[PendingApproval](PendingApproval, "pending approval")
 ORDER = Decoder[Order](Order, "order")
 RESULT = Decoder[Result](Result, "result")
 EVENT = Decoder[Event](Event, "event")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from proto import SCHEMA_VERSION
+from proto.approvals import ApprovalOutcome
 from proto.common import Curve, TimestampMs, Version
 
 
@@ -71,4 +72,4 @@ class RejectedMessage(
     v: Version = SCHEMA_VERSION
 
 
-Event = KeyCreated | KeyReplicated | NodeStateChanged | AdminAction
+Event = KeyCreated | KeyReplicated | NodeStateChanged | AdminAction | ApprovalOutcome

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from proto.admin import PoolStatus
+from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReply
@@ -38,6 +39,8 @@ FAMILIES: dict[str, Any] = {
     "audit_intent": AuditIntent,
     "audit_entry": AuditEntry,
     "pool_status": PoolStatus,
+    "approval_vote": ApprovalVote,
+    "pending_approval": PendingApproval,
 }
 
 

@@ -9,6 +9,7 @@ PREFIX = "lantau"
 # Requests from trading systems and approvers.
 SIGN_REQUEST = f"{PREFIX}.request.sign"
 CREATE_KEY_REQUEST = f"{PREFIX}.request.create_key"
+APPROVAL_VOTE = f"{PREFIX}.request.approval"
 # Orders from policy to signers.
 SIGN_ORDER = f"{PREFIX}.order.sign"
 CREATE_KEY_ORDER = f"{PREFIX}.order.create_key"
@@ -19,6 +20,13 @@ EVENT_KEY_CREATED = f"{PREFIX}.event.key.created"
 EVENT_KEY_REPLICATED = f"{PREFIX}.event.key.replicated"
 EVENT_NODE_STATE = f"{PREFIX}.event.node.state"
 EVENT_ADMIN = f"{PREFIX}.event.admin"
+EVENT_APPROVAL_PREFIX = f"{PREFIX}.event.approval"
+
+
+def approval_event_subject(request_id: str) -> str:
+    return f"{EVENT_APPROVAL_PREFIX}.{request_id}"
+
+
 # Audit intents written by signers before each HSM signature.
 AUDIT_INTENT = f"{PREFIX}.audit.intent"
 # Hash-chained audit records appended by the audit service.
@@ -91,7 +99,10 @@ ALL_CONSUMERS = (POLICY_REQUESTS, SIGNER_ORDERS, BACKUP_KEY_EVENTS, *AUDIT_SOURC
 # KV buckets.
 KEYS_BUCKET = "lantau_keys"
 REQUESTS_BUCKET = "lantau_requests"
-ALL_BUCKETS = (KEYS_BUCKET, REQUESTS_BUCKET)
+# Requests held for approval, and velocity windows: both changed only by compare-and-set.
+APPROVALS_BUCKET = "lantau_approvals"
+VELOCITY_BUCKET = "lantau_velocity"
+ALL_BUCKETS = (KEYS_BUCKET, REQUESTS_BUCKET, APPROVALS_BUCKET, VELOCITY_BUCKET)
 
 # Headers.
 HDR_MSG_ID = "Nats-Msg-Id"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,7 @@ async def read_log(js: JetStreamContext) -> list[AuditEntry]:
 
 
 def _servers(args: argparse.Namespace) -> list[str]:
-    path = args.config or os.environ.get("LANTAU_CONFIG") or ".lantau/run/lantau.toml"
-    return config_mod.load(path).nats.servers
+    return config_mod.load_for_cli(args.config).nats.servers
 
 
 async def _live(args: argparse.Namespace) -> tuple[list[AuditEntry], bytes | None]:

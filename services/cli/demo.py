@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
 from libs.client import CustodyClient
 from libs.config import RequesterConfig
+from proto.requests import Transfer
 from proto.results import SignResult
+from services.cli import demo_policy
 
 DEMO_REQUESTER = "demo-trader"
 
@@ -41,12 +46,12 @@ def independent_verify(result: SignResult, payload: bytes) -> str:
     return "valid (verified independently with OpenSSL)"
 
 
-async def run_demo(servers: list[str], key_file: Path, out: Any = print) -> bool:
+async def run_demo(stack: Any, key_file: Path, out: Any = print) -> bool:
     from libs.client import load_signing_key
 
     ok = True
     async with await CustodyClient.connect(
-        servers, DEMO_REQUESTER, load_signing_key(key_file)
+        stack.config.nats.servers, DEMO_REQUESTER, load_signing_key(key_file)
     ) as client:
         cases = [
             (
@@ -84,7 +89,66 @@ async def run_demo(servers: list[str], key_file: Path, out: Any = print) -> bool
             )
             same = again.signature == result.signature
             out(f"  resending request {result.request_id} returns the same signature: {same}")
+        ok = await policy_demo(stack, client, out) and ok
     return ok
+
+
+def _lantau(stack: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "services.cli.main", *args, "--config", str(stack.config_path)]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+
+
+async def policy_demo(stack: Any, client: CustodyClient, out: Any) -> bool:
+    """One transfer refused by a rule; one held until two of three approvers agree."""
+    key_id = "demo-btc-hot"
+    out("\n[policy] a transfer to a sanctioned address")
+    refused = await client.sign(
+        key_id,
+        hashlib.sha256(b"demo: pay the sanctioned address").digest(),
+        transfer=Transfer(asset="BTC", amount=2_500, destination=demo_policy.SANCTIONED),
+    )
+    out(f"  {refused.status}: {refused.error.code if refused.error else ''}")
+    out(f"  {refused.error.message if refused.error else ''}")
+    ok = refused.status == "rejected"
+
+    amount = demo_policy.LARGE * 3
+    out(
+        f"\n[policy] a large transfer ({amount} minor units of BTC) needs 2 of 3 treasury approvers"
+    )
+    payload = hashlib.sha256(b"demo: pay 0.03 BTC to the cold wallet").digest()
+    request = client.sign_request(
+        key_id, payload, transfer=Transfer(asset="BTC", amount=amount, destination="bc1q-cold")
+    )
+    await client.submit(request)
+    for _ in range(50):
+        listing = _lantau(stack, "approvals", "list")
+        if request.request_id in listing.stdout:
+            break
+        await asyncio.sleep(0.2)
+    out("  $ lantau approvals list")
+    out("    " + listing.stdout.strip().replace("\n", "\n    "))
+    for approver in ("alice", "bob"):
+        key_file = stack.run_dir / "approvers" / f"{approver}.key"
+        out(f"  $ lantau approve {request.request_id} --approver {approver} --key-file {key_file}")
+        voted = _lantau(
+            stack,
+            "approve",
+            request.request_id,
+            "--approver",
+            approver,
+            "--key-file",
+            str(key_file),
+        )
+        out("    " + (voted.stdout or voted.stderr).strip())
+        ok = ok and voted.returncode == 0
+    result = await client.send(request, timeout=30)
+    if not isinstance(result, SignResult) or result.signature is None:
+        out(f"  not signed: {result.status} {result.error}")
+        return False
+    verdict = independent_verify(result, payload)
+    out(f"  signed by {result.node} after approval: {result.signature.hex()}")
+    out(f"  check      {verdict}")
+    return ok and verdict.startswith("valid")
 
 
 def prepare_run_dir(run_dir: Path) -> RequesterConfig:
@@ -113,9 +177,7 @@ async def dev_up_with_demo(run_dir: Path, *, nodes: int, demo: bool, keep_runnin
     async def on_ready(stack: Any) -> None:
         if demo:
             print("\n=== demo traffic ===")
-            outcome["ok"] = await run_demo(
-                stack.config.nats.servers, run_dir / f"{DEMO_REQUESTER}.key"
-            )
+            outcome["ok"] = await run_demo(stack, run_dir / f"{DEMO_REQUESTER}.key")
             print("\n=== demo " + ("passed" if outcome["ok"] else "FAILED") + " ===")
 
     code = await devstack.dev_up(

@@ -31,7 +31,7 @@ from libs.config import (
 from libs.natsserver import NatsServer, free_port
 from libs.procs import ManagedProcess, ProcessGroup
 from libs.softhsm import SoftHsmToken, find_module, init_token
-from services.cli import hsm_admin
+from services.cli import demo_policy, hsm_admin
 
 READY_TIMEOUT_S = 60.0
 
@@ -136,6 +136,7 @@ async def start_platform(
         await asyncio.to_thread(init_token, run_dir / "hsm", f"lantau-hsm-{i}")
         for i in range(1, nodes + 1)
     ]
+    policy_file = demo_policy.write(run_dir, [r.name for r in requesters])
     cfg = Config(
         nats=NatsConfig(servers=[nats.url]),
         hsm_nodes=[
@@ -152,7 +153,7 @@ async def start_platform(
         ],
         requesters=list(requesters),
         signer=SignerConfig(metrics_port=free_port()),
-        policy=PolicyConfig(metrics_port=free_port()),
+        policy=PolicyConfig(metrics_port=free_port(), rules_file=str(policy_file)),
         audit=AuditConfig(metrics_port=free_port()),
         backup=BackupConfig(metrics_port=free_port()),
     )

@@ -266,20 +266,15 @@ def render_keys(rows: list[tuple[KeyRecord, bool]]) -> str:
     return "\n".join(lines)
 
 
-def _config_for_views(args: argparse.Namespace) -> Config:
-    path = args.config or os.environ.get("LANTAU_CONFIG") or ".lantau/run/lantau.toml"
-    return config_mod.load(path)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _config_for_views(args)
+    cfg = config_mod.load_for_cli(args.config)
     statuses = asyncio.run(pool_status(cfg.nats.servers))
     print(render_pool(statuses))
     return 0 if statuses else 1
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    rows = asyncio.run(key_list(_config_for_views(args)))
+    rows = asyncio.run(key_list(config_mod.load_for_cli(args.config)))
     print(render_keys(rows))
     return 0
 

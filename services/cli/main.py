@@ -21,6 +21,7 @@ from libs.hsm.ceremony import CeremonyError
 from libs.service import Runtime
 from libs.service import run as run_service
 from proto.errors import LantauError
+from services.policy.rules import PolicyFileError
 
 DEFAULT_RUN_DIR = Path(os.environ.get("LANTAU_RUN_DIR", ".lantau/run"))
 SERVICES = ("policy", "signer", "hsm-node", "backup", "audit")
@@ -48,6 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             await hsm_serve(rt, node)
     else:
         module = __import__(f"services.{args.service}.service", fromlist=["serve"])
+        if hasattr(module, "check"):
+            module.check(cfg)  # fail fast, before waiting for the bus
         section = getattr(cfg, args.service)
         name, port, provision, body = section.id, section.metrics_port, True, module.serve
     logs.setup(cfg.logging, name)
@@ -254,9 +257,10 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
-    from services.cli import audit_cmd
+    from services.cli import approvals_cmd, audit_cmd
 
     audit_cmd.add_parsers(sub)
+    approvals_cmd.add_parsers(sub)
 
     p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
     p.add_argument("--dir", default=".lantau/chaos")
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, UsageError, CustodyError, CeremonyError) as e:
+    except (ConfigError, UsageError, CustodyError, CeremonyError, PolicyFileError) as e:
         print(f"lantau: {e}", file=sys.stderr)
         return 2
     except LantauError as e:

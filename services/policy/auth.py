@@ -12,21 +12,26 @@ from proto.errors import ErrorCode, LantauError
 from proto.requests import CreateKeyRequest, Request, signing_bytes
 
 
+def signed_by(public_key_hex: str, data: bytes, signature: bytes) -> bool:
+    """True if ``signature`` is the Ed25519 signature of ``data`` by this public key."""
+    try:
+        nacl.signing.VerifyKey(bytes.fromhex(public_key_hex)).verify(data, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+    return True
+
+
 def authenticate(request: Request, requester: RequesterConfig | None) -> RequesterConfig:
     """The registered requester whose Ed25519 key signed this request, or a typed refusal."""
     if requester is None:
         raise LantauError(
             ErrorCode.UNKNOWN_REQUESTER, f"requester {request.requester!r} is not registered"
         )
-    try:
-        nacl.signing.VerifyKey(bytes.fromhex(requester.public_key)).verify(
-            signing_bytes(request), request.signature
-        )
-    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+    if not signed_by(requester.public_key, signing_bytes(request), request.signature):
         raise LantauError(
             ErrorCode.BAD_SIGNATURE,
             f"signature does not match requester {requester.name}'s registered key",
-        ) from None
+        )
     return requester
 
 

@@ -1,11 +1,15 @@
-"""policy: authenticates requests, enforces need-to-know and rules, and issues orders.
+"""policy: authenticates requests, enforces need-to-know and the rules, holds requests
+for approvals, and issues orders.
 
 For one request: decode -> authenticate -> claim the request id (KV create) ->
-freshness -> need-to-know -> payload fits the key -> order (or a typed rejection).
+freshness -> need-to-know -> payload fits the key -> rules with velocity windows
+(KV compare-and-set) -> order, refusal, or held for approvers. Votes from approvers
+arrive on the same stream and are counted against the held request by CAS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import nats.js.errors
@@ -14,23 +18,19 @@ from nats.js.kv import KeyValue
 
 from libs import bus, curves, metrics, tracing
 from libs.bus import Consumer, now_ms
+from libs.config import Config
 from libs.logs import request_id_var
 from libs.service import Runtime
 from proto import codec
-from proto.common import ErrorInfo
+from proto.approvals import ApprovalVote
 from proto.errors import ErrorCode, LantauError
-from proto.orders import CreateKeyOrder, Decision, SignOrder
-from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
-from proto.results import KeyResult, SignResult
-from proto.subjects import (
-    CREATE_KEY_ORDER,
-    HDR_REQUEST_ID,
-    POLICY_REQUESTS,
-    REQUESTS_BUCKET,
-    SIGN_ORDER,
-    result_subject,
-)
+from proto.orders import CreateKeyOrder, Decision
+from proto.requests import CreateKeyRequest, Request, request_hash
+from proto.subjects import APPROVALS_BUCKET, POLICY_REQUESTS, REQUESTS_BUCKET, VELOCITY_BUCKET
 from services.policy import auth
+from services.policy.held import Approvals, VelocityBook
+from services.policy.outcomes import publish_order, publish_refusal, sign_order
+from services.policy.store import PolicyStore
 from services.signer.keydir import KeyDirectory
 
 log = logging.getLogger("lantau.policy")
@@ -40,14 +40,29 @@ _UNAUTHENTICATED = {ErrorCode.UNKNOWN_REQUESTER, ErrorCode.BAD_SIGNATURE}
 
 
 class Policy:
-    def __init__(self, rt: Runtime, requests_kv: KeyValue, keys: KeyDirectory) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        requests_kv: KeyValue,
+        keys: KeyDirectory,
+        held: Approvals,
+        velocity: VelocityBook,
+        policies: PolicyStore,
+    ) -> None:
         self.rt = rt
         self.cfg = rt.config.policy
         self.requests_kv = requests_kv
         self.keys = keys
+        self.held = held
+        self.velocity = velocity
+        self.policies = policies
 
     async def handle(self, msg: Msg) -> None:
-        request = codec.REQUEST.decode(msg.data)
+        message = codec.POLICY_INPUT.decode(msg.data)
+        if isinstance(message, ApprovalVote):
+            await self.held.vote(message, self.policies.current)
+            return
+        request = message
         request_id_var.set(request.request_id)
         tracing.annotate(request_id=request.request_id, key_id=request.key_id)
         requester = auth.authenticate(request, self.rt.config.requester(request.requester))
@@ -56,32 +71,13 @@ class Policy:
         now = now_ms()
         auth.check_freshness(request, self.cfg, now)
         pattern = auth.check_access(request, requester)
-        decision = Decision(
-            policy_version="config",
-            rule="need-to-know",
-            explanation=f"{requester.name} may use keys matching {pattern!r}",
-        )
-        deadline = now + self.cfg.order_deadline_ms
-        order: SignOrder | CreateKeyOrder
-        if isinstance(request, SignRequest):
-            record, _ = await self.keys.get(request.key_id)
-            if record is None or record.status != "active":
-                raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {request.key_id} does not exist")
-            curves.check_payload(record.curve, request.payload_kind, request.payload)
-            order = SignOrder(
-                request_id=request.request_id,
-                request_hash=digest,
-                requester=requester.name,
-                key_id=request.key_id,
-                payload=request.payload,
-                payload_kind=request.payload_kind,
-                decision=decision,
-                requested_at_ms=request.created_at_ms,
-                deadline_ms=min(deadline, request.expires_at_ms),
+        if isinstance(request, CreateKeyRequest):
+            decision = Decision(
+                policy_version="config",
+                rule="need-to-know",
+                explanation=f"{requester.name} may create keys matching {pattern!r}",
             )
-            subject = SIGN_ORDER
-        else:
-            order = CreateKeyOrder(
+            create_order = CreateKeyOrder(
                 request_id=request.request_id,
                 request_hash=digest,
                 requester=requester.name,
@@ -90,18 +86,36 @@ class Policy:
                 region=request.region,
                 decision=decision,
                 requested_at_ms=request.created_at_ms,
-                deadline_ms=deadline,
+                deadline_ms=now + self.cfg.order_deadline_ms,
             )
-            subject = CREATE_KEY_ORDER
-        metrics.POLICY_DECISIONS.labels(decision.rule, "allow").inc()
-        # Same msg id on every redelivery: JetStream keeps one order per request.
-        await bus.publish(
-            self.rt.js,
-            subject,
-            order,
-            msg_id=f"order:{request.request_id}",
-            headers={HDR_REQUEST_ID: request.request_id},
-        )
+            metrics.POLICY_DECISIONS.labels(decision.rule, "allow").inc()
+            await publish_order(self.rt.js, create_order)
+            return
+        record, _ = await self.keys.get(request.key_id)
+        if record is None or record.status != "active":
+            raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {request.key_id} does not exist")
+        curves.check_payload(record.curve, request.payload_kind, request.payload)
+        policy = self.policies.current
+        verdict = await self.velocity.decide(policy, request, now)
+        metrics.POLICY_DECISIONS.labels(verdict.rule, verdict.action).inc()
+        tracing.annotate(rule=verdict.rule, decision=verdict.action)
+        if verdict.action == "deny":
+            await publish_refusal(
+                self.rt.js,
+                request.request_id,
+                request,
+                str(ErrorCode.POLICY_DENIED),
+                verdict.explanation,
+                "rejected",
+            )
+        elif verdict.action == "approve":
+            await self.held.hold(request, verdict, now)
+        else:
+            deadline = min(now + self.cfg.order_deadline_ms, request.expires_at_ms)
+            order = sign_order(
+                request, verdict.rule, verdict.explanation, verdict.policy_version, [], deadline
+            )
+            await publish_order(self.rt.js, order)
 
     async def _claim(self, request_id: str, digest: str) -> None:
         """Bind the id to this content forever; reusing it for other content is refused."""
@@ -120,9 +134,13 @@ class Policy:
 
     async def on_reject(self, msg: Msg, error: LantauError) -> None:
         try:
-            request: Request | None = codec.REQUEST.decode(msg.data)
+            message = codec.POLICY_INPUT.decode(msg.data)
         except LantauError:
-            request = None
+            message = None
+        if isinstance(message, ApprovalVote):
+            await self.held.refused(message, error)
+            return
+        request: Request | None = message
         request_id = request.request_id if request else bus.request_id_header(msg)
         if not request_id or error.code == ErrorCode.REQUEST_ID_CONFLICT:
             # No id to answer on, or the id belongs to another request: the dead-letter
@@ -135,34 +153,30 @@ class Policy:
             except nats.js.errors.KeyNotFoundError:
                 pass
         status = "expired" if error.code == ErrorCode.REQUEST_EXPIRED else "rejected"
-        info = ErrorInfo(code=str(error.code), message=error.message)
-        digest = request_hash(request) if request else ""
-        result: SignResult | KeyResult
-        if isinstance(request, CreateKeyRequest):
-            result = KeyResult(
-                request_id=request_id,
-                request_hash=digest,
-                status=status,  # type: ignore[arg-type]
-                key_id=request.key_id,
-                error=info,
-                completed_at_ms=now_ms(),
-            )
-        else:
-            result = SignResult(
-                request_id=request_id,
-                request_hash=digest,
-                status=status,  # type: ignore[arg-type]
-                key_id=request.key_id if request else "",
-                error=info,
-                completed_at_ms=now_ms(),
-            )
-        if await bus.publish(self.rt.js, result_subject(request_id), result, first_on_subject=True):
-            metrics.RESULTS.labels("policy", status, str(error.code)).inc()
-            metrics.POLICY_DECISIONS.labels("need-to-know", "deny").inc()
+        await publish_refusal(
+            self.rt.js, request_id, request, str(error.code), error.message, status
+        )
+
+
+def check(cfg: Config) -> None:
+    """Refuse to start on a policy file that does not load: there is no old one to keep."""
+    PolicyStore(cfg.policy.rules_file).load()
 
 
 async def serve(rt: Runtime) -> None:
-    policy = Policy(rt, await rt.js.key_value(REQUESTS_BUCKET), await KeyDirectory.open(rt.js))
+    policies = PolicyStore(rt.config.policy.rules_file)
+    policies.load()
+    held = Approvals(rt, await rt.js.key_value(APPROVALS_BUCKET))
+    velocity = VelocityBook(await rt.js.key_value(VELOCITY_BUCKET))
+    held.velocity = velocity
+    policy = Policy(
+        rt,
+        await rt.js.key_value(REQUESTS_BUCKET),
+        await KeyDirectory.open(rt.js),
+        held,
+        velocity,
+        policies,
+    )
     consumer = Consumer(
         rt.nc,
         rt.js,
@@ -173,5 +187,14 @@ async def serve(rt: Runtime) -> None:
         on_reject=policy.on_reject,
         name="policy",
     )
+    background = [
+        asyncio.create_task(policies.watch(rt.stopping, rt.config.policy.reload_interval_s)),
+        asyncio.create_task(held.sweep(rt.stopping)),
+    ]
     rt.set_ready("startup", True)
-    await consumer.run(rt.stopping)
+    try:
+        await consumer.run(rt.stopping)
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)

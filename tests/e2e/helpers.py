@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 from nats.js import JetStreamContext
@@ -35,3 +38,14 @@ async def results_on_subject(js: JetStreamContext, request_id: str) -> int:
 async def count_subjects(js: JetStreamContext, stream: str, subject_filter: str) -> dict[str, int]:
     info = await js.stream_info(stream, subjects_filter=subject_filter)
     return dict(info.state.subjects or {})
+
+
+def lantau(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real ``lantau`` command line, as an operator would."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 from proto.audit import AuditCheckpoint, AuditRecord
 from proto.subjects import AUDIT_CHECKPOINT_KEY, RESULTS, result_subject
 from services.audit.verify import missing_sources, verify
 from services.cli.audit_cmd import read_log
 from services.signer.keydir import KeyDirectory
+from tests.e2e.helpers import lantau
 from tests.e2e.test_crash import _submit_all, _wait_all, _wait_for_progress
 
 
@@ -21,15 +20,6 @@ async def _checkpoint_key(js) -> bytes:
             return record.public_key
         await asyncio.sleep(0.2)
     raise AssertionError("the audit service never made its checkpoint key")
-
-
-def lantau(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
 
 
 async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_signature(

@@ -1,0 +1,99 @@
+"""Human approvals: the signed vote an approver sends, the outcome policy announces,
+and the state of a request held for approval (kept in the ``lantau_approvals`` bucket).
+
+An approver signs ``signing_bytes(vote)`` with Ed25519: sorted-key JSON of every field
+but ``signature``, behind a domain prefix, like requests. The vote names what will be
+signed (``payload_sha256``), so an approval cannot be moved to other content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+import msgspec
+
+from proto import SCHEMA_VERSION
+from proto.common import KeyId, Name, RequestId, TimestampMs, Version
+
+Vote = Literal["approve", "reject"]
+
+
+class ApprovalVote(
+    msgspec.Struct, frozen=True, kw_only=True, tag="approval_vote", tag_field="type"
+):
+    vote_id: RequestId
+    request_id: RequestId
+    approver: Name
+    vote: Vote
+    payload_sha256: str
+    created_at_ms: TimestampMs
+    expires_at_ms: TimestampMs
+    signature: bytes = b""
+    v: Version = SCHEMA_VERSION
+
+
+_PREFIX = b"lantau/approval/v1\n"
+
+
+def signing_bytes(vote: ApprovalVote) -> bytes:
+    return _PREFIX + msgspec.json.encode(
+        msgspec.structs.replace(vote, signature=b""), order="sorted"
+    )
+
+
+def payload_sha256(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+PendingStatus = Literal["pending", "approved", "rejected", "expired"]
+
+
+class CastVote(msgspec.Struct, frozen=True, kw_only=True):
+    approver: Name
+    vote: Vote
+    vote_id: str
+    at_ms: TimestampMs
+
+
+class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
+    """A sign request held until M approvers of a group agree; changed only by CAS."""
+
+    request_id: RequestId
+    requester: Name
+    key_id: KeyId
+    payload_sha256: str
+    rule: str
+    group: str
+    quorum: int
+    eligible: list[str]
+    policy_version: str
+    created_at_ms: TimestampMs
+    expires_at_ms: TimestampMs
+    # The authenticated request, kept to issue the order once the quorum is met.
+    request: bytes
+    votes: list[CastVote] = []
+    status: PendingStatus = "pending"
+    # True once the order or the refusal for a decided request is published.
+    settled: bool = False
+    # Velocity windows this request was charged to: released if it is not signed.
+    charges: list[str] = []
+    v: Version = SCHEMA_VERSION
+
+
+class ApprovalOutcome(
+    msgspec.Struct, frozen=True, kw_only=True, tag="approval_outcome", tag_field="type"
+):
+    """What became of one vote (accepted or refused, and why) and of the request."""
+
+    request_id: str
+    vote_id: str
+    approver: str
+    accepted: bool
+    code: str = ""
+    message: str
+    approvals: int = 0
+    quorum: int = 0
+    status: str = ""
+    at_ms: TimestampMs
+    v: Version = SCHEMA_VERSION

@@ -1,0 +1,86 @@
+"""What policy publishes: orders for signers and terminal refusals for clients."""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+
+from libs import bus, metrics
+from libs.bus import now_ms
+from proto.common import ErrorInfo
+from proto.orders import CreateKeyOrder, Decision, SignOrder
+from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
+from proto.results import KeyResult, SignResult
+from proto.subjects import CREATE_KEY_ORDER, HDR_REQUEST_ID, SIGN_ORDER, result_subject
+
+
+def sign_order(
+    request: SignRequest,
+    rule: str,
+    explanation: str,
+    policy_version: str,
+    approvers: list[str],
+    deadline_ms: int,
+) -> SignOrder:
+    return SignOrder(
+        request_id=request.request_id,
+        request_hash=request_hash(request),
+        requester=request.requester,
+        key_id=request.key_id,
+        payload=request.payload,
+        payload_kind=request.payload_kind,
+        decision=Decision(
+            policy_version=policy_version,
+            rule=rule,
+            explanation=explanation,
+            approvers=approvers,
+        ),
+        requested_at_ms=request.created_at_ms,
+        deadline_ms=deadline_ms,
+    )
+
+
+async def publish_order(js: JetStreamContext, order: SignOrder | CreateKeyOrder) -> None:
+    # Same msg id on every redelivery and from every replica: one order per request.
+    await bus.publish(
+        js,
+        SIGN_ORDER if isinstance(order, SignOrder) else CREATE_KEY_ORDER,
+        order,
+        msg_id=f"order:{order.request_id}",
+        headers={HDR_REQUEST_ID: order.request_id},
+    )
+
+
+async def publish_refusal(
+    js: JetStreamContext,
+    request_id: str,
+    request: Request | None,
+    code: str,
+    message: str,
+    status: str,
+) -> bool:
+    """The request's one terminal result, unless it already has one."""
+    info = ErrorInfo(code=code, message=message)
+    digest = request_hash(request) if request else ""
+    result: SignResult | KeyResult
+    if isinstance(request, CreateKeyRequest):
+        result = KeyResult(
+            request_id=request_id,
+            request_hash=digest,
+            status=status,  # type: ignore[arg-type]
+            key_id=request.key_id,
+            error=info,
+            completed_at_ms=now_ms(),
+        )
+    else:
+        result = SignResult(
+            request_id=request_id,
+            request_hash=digest,
+            status=status,  # type: ignore[arg-type]
+            key_id=request.key_id if request else "",
+            error=info,
+            completed_at_ms=now_ms(),
+        )
+    published = await bus.publish(js, result_subject(request_id), result, first_on_subject=True)
+    if published:
+        metrics.RESULTS.labels("policy", status, code).inc()
+    return published
