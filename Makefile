@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml | system-deps
 	@touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/lantau dev up --demo
+	$(VENV)/bin/lantau dev up --demo --prometheus
 
 demo: setup
 	$(VENV)/bin/lantau dev up --demo --exit

@@ -168,7 +168,9 @@ def prepare_run_dir(run_dir: Path) -> RequesterConfig:
     )
 
 
-async def dev_up_with_demo(run_dir: Path, *, nodes: int, demo: bool, keep_running: bool) -> int:
+async def dev_up_with_demo(
+    run_dir: Path, *, nodes: int, demo: bool, keep_running: bool, prometheus: bool = False
+) -> int:
     from services.cli import devstack
 
     requester = prepare_run_dir(run_dir)
@@ -181,6 +183,11 @@ async def dev_up_with_demo(run_dir: Path, *, nodes: int, demo: bool, keep_runnin
             print("\n=== demo " + ("passed" if outcome["ok"] else "FAILED") + " ===")
 
     code = await devstack.dev_up(
-        run_dir, nodes=nodes, requesters=[requester], on_ready=on_ready, keep_running=keep_running
+        run_dir,
+        nodes=nodes,
+        requesters=[requester],
+        on_ready=on_ready,
+        keep_running=keep_running,
+        prometheus=prometheus,
     )
     return code or (0 if outcome["ok"] else 1)

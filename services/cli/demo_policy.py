@@ -39,6 +39,7 @@ approval_window_s = 600
 
 [[rules]]
 name = "requester-velocity"
+has_transfer = true
 velocity = {{ per = "requester", window_s = 3600, max_amount = 50000000 }}
 action = "approve"
 group = "treasury"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import time
@@ -33,6 +34,7 @@ from libs.procs import ManagedProcess, ProcessGroup
 from libs.softhsm import SoftHsmToken, find_module, init_token
 from services.cli import demo_policy, hsm_admin
 
+ALERT_RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
 READY_TIMEOUT_S = 60.0
 
 
@@ -92,6 +94,42 @@ class DevStack:
                     f"{name} not ready after {timeout_s:.0f} s; log tail:\n{proc.log_tail()}"
                 )
             await asyncio.sleep(0.1)
+
+    def start_prometheus(self) -> str | None:
+        """A real Prometheus (Debian package) scraping every process, with the alert rules;
+        returns its URL, or None when it is not installed."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            return None
+        home = self.run_dir / "prometheus"
+        home.mkdir(parents=True, exist_ok=True)
+        jobs: dict[str, list[str]] = {}
+        for name in self.procs.processes:
+            job = "hsm-node" if name.startswith("hsm-") else name.split("-")[0]
+            jobs.setdefault(f"lantau-{job}", []).append(f"127.0.0.1:{self.ports[name]}")
+        scrape = "".join(
+            f"  - job_name: {job}\n    static_configs:\n      - targets: {targets}\n"
+            for job, targets in sorted(jobs.items())
+        ).replace("'", '"')
+        (home / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 2s\n  evaluation_interval: 5s\n"
+            + (f"rule_files:\n  - {ALERT_RULES}\n" if ALERT_RULES.exists() else "")
+            + f"scrape_configs:\n{scrape}"
+        )
+        port = free_port()
+        proc = ManagedProcess(
+            "prometheus",
+            [
+                binary,
+                f"--config.file={home / 'prometheus.yml'}",
+                f"--storage.tsdb.path={home / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            log_path=self.run_dir / "logs" / "prometheus.log",
+            env=dict(os.environ),
+        )
+        self.procs.add(proc.start())
+        return f"http://127.0.0.1:{port}"
 
     async def stop(self) -> dict[str, int | None]:
         codes = await asyncio.to_thread(self.procs.stop_all)
@@ -207,6 +245,7 @@ async def dev_up(
     requesters: Sequence[RequesterConfig] = (),
     on_ready: Callable[[DevStack], Awaitable[None]] | None = None,
     keep_running: bool = True,
+    prometheus: bool = False,
 ) -> int:
     print(f"starting the Lantau dev stack in {run_dir} ({nodes} SoftHSM nodes) ...", flush=True)
     stack = await start_platform(run_dir, nodes=nodes, requesters=requesters)
@@ -217,6 +256,14 @@ async def dev_up(
     code = 0
     try:
         print("\n" + stack.summary(), flush=True)
+        if prometheus:
+            url = stack.start_prometheus()
+            print(
+                f"prometheus      {url} (scrapes every process every 2 s, with the alert rules)"
+                if url
+                else "prometheus      not installed (apt-get install prometheus); skipped",
+                flush=True,
+            )
         if on_ready is not None:
             await on_ready(stack)
         if keep_running:

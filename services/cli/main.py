@@ -66,7 +66,11 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
     return asyncio.run(
         dev_up_with_demo(
-            Path(args.dir), nodes=args.nodes, demo=args.demo, keep_running=not args.exit
+            Path(args.dir),
+            nodes=args.nodes,
+            demo=args.demo,
+            keep_running=not args.exit,
+            prometheus=args.prometheus,
         )
     )
 
@@ -226,6 +230,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--demo", action="store_true", help="send demo requests once ready")
     p.add_argument("--exit", action="store_true", help="stop after the demo instead of serving")
+    p.add_argument(
+        "--prometheus", action="store_true", help="also run Prometheus scraping the stack"
+    )
     p.set_defaults(fn=cmd_dev_up)
 
     p = sub.add_parser("sign", help="sign a payload with a key")

@@ -58,6 +58,10 @@ async def _write(kv: KeyValue, key: str, value: bytes, revision: int) -> int | N
 class VelocityBook:
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        # Requests of one replica touching the same windows take turns: compare-and-set
+        # then only conflicts across replicas, instead of every concurrent request
+        # re-evaluating against every other.
+        self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
 
     async def decide(self, policy: rules.Policy, request: SignRequest, now: int) -> rules.Decision:
         """Decide once per request, whatever the redeliveries and replicas.
@@ -71,7 +75,15 @@ class VelocityBook:
         data, _ = await _read(self.kv, memo_key)
         if data is not None:
             return _decision_decoder.decode(data)
-        decision = await self._evaluate_and_charge(policy, request, now)
+        counters = tuple(sorted(c.counter for c in rules.charges_for(policy, request)))
+        if counters:
+            lock = self._locks.setdefault(counters, asyncio.Lock())
+            async with lock:
+                decision = await self._evaluate_and_charge(policy, request, now)
+            if not lock.locked() and len(self._locks) > 10_000:
+                self._locks.pop(counters, None)
+        else:
+            decision = await self._evaluate_and_charge(policy, request, now)
         if await _write(self.kv, memo_key, _decision_encoder.encode(decision), 0) is None:
             data, _ = await _read(self.kv, memo_key)  # another replica decided first
             if data is not None:

@@ -1,0 +1,255 @@
+"""docker-compose.yml, its config file, NATS settings and entrypoint helpers.
+
+No Docker engine is needed: `docker-compose config` validates and resolves the file,
+nats-server checks its config, softhsm2-util initialises a token the way the
+hsm-node entrypoint does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from libs import config as config_mod
+from libs.natsserver import binary as nats_server_binary
+from services.policy import rules
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKER = ROOT / "deploy" / "docker"
+CONFIG_IN_CONTAINER = "/etc/lantau/lantau.toml"
+SERVICES = ("policy", "backup", "audit")
+
+
+@pytest.fixture(scope="module")
+def resolved() -> dict:
+    """The file as docker-compose resolves it (anchors merged, paths absolute)."""
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    proc = subprocess.run(
+        [tool, "-f", str(COMPOSE), "config"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    return yaml.safe_load(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def cfg() -> config_mod.Config:
+    return config_mod.load(DOCKER / "lantau.toml", env={})
+
+
+def test_docker_compose_config_is_valid() -> None:
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (Debian package docker-compose)")
+    proc = subprocess.run(
+        [tool, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def _flags(command: list[str]) -> dict[str, str]:
+    out = {}
+    for arg in command:
+        key, _, value = arg.partition("=")
+        out[key] = value
+    return out
+
+
+def test_three_nats_servers_with_jetstream_in_one_cluster(resolved: dict) -> None:
+    nats = {n: s for n, s in resolved["services"].items() if s.get("image", "").startswith("nats:")}
+    assert sorted(nats) == ["nats-1", "nats-2", "nats-3"]
+    for name, svc in nats.items():
+        assert svc["image"] == "nats:2.10-alpine"
+        flags = _flags(svc["command"])
+        assert "-js" in flags, name
+        assert flags["--server_name"] == name
+        assert flags["--cluster_name"] == "lantau"
+        routes = {r.split("//")[1].split(":")[0] for r in flags["--routes"].split(",")}
+        assert routes == set(nats) - {name}, name
+        store = [v for v in svc["volumes"] if v.split(":")[1] == flags["--store_dir"]]
+        assert store and store[0].split(":")[0] in resolved["volumes"], f"{name}: named volume"
+        assert "healthcheck" in svc
+
+
+def test_nats_config_is_valid_for_nats_server(resolved: dict) -> None:
+    """The mounted config plus the first server's flags, checked by nats-server -t."""
+    svc = resolved["services"]["nats-1"]
+    conf = next(v.split(":")[0] for v in svc["volumes"] if v.endswith("/etc/nats/lantau.conf:ro"))
+    text = Path(conf).read_text()
+    assert "sync_interval: always" in text
+    args = [a for a in svc["command"] if not a.startswith("--config=")]
+    proc = subprocess.run(
+        [nats_server_binary(), "-c", conf, "-t", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    output = proc.stdout + proc.stderr
+    # nats-server prints its usage and still exits 0 on an unknown flag: read the output.
+    assert proc.returncode == 0 and "is valid" in output, output
+    assert "flag provided but not defined" not in output, output
+
+
+def test_config_file_loads_with_libs_config(cfg: config_mod.Config) -> None:
+    assert cfg.nats.servers == [f"nats://nats-{i}:4222" for i in (1, 2, 3)]
+    assert cfg.nats.stream_replicas == 3
+    assert [n.id for n in cfg.hsm_nodes] == ["hsm-1", "hsm-2", "hsm-3"]
+    ports = {n.metrics_port for n in cfg.hsm_nodes}
+    ports |= {s.metrics_port for s in (cfg.signer, cfg.policy, cfg.audit, cfg.backup)}
+    assert ports == {9100}, "one port everywhere: the image's healthcheck and prometheus.yml"
+
+
+def test_three_hsm_nodes_each_with_its_own_token_volume(
+    resolved: dict, cfg: config_mod.Config
+) -> None:
+    services = resolved["services"]
+    hsm = {n: s for n, s in services.items() if s.get("entrypoint") == ["lantau-hsm-node"]}
+    assert sorted(hsm) == ["hsm-node-1", "hsm-node-2", "hsm-node-3"]
+    token_volumes = set()
+    for name, svc in hsm.items():
+        node = cfg.hsm_node(svc["environment"]["LANTAU_HSM_NODE"])
+        assert name == f"hsm-node-{node.id.removeprefix('hsm-')}"
+        assert node.softhsm_conf and node.pin_file
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        volume = mounts[str(Path(node.softhsm_conf).parent)]
+        assert volume in resolved["volumes"], f"{name}: token on a named volume"
+        token_volumes.add(volume)
+        assert mounts["/etc/lantau/lantau.toml"] == str(DOCKER / "lantau.toml")
+        secrets = {s["source"] for s in svc["secrets"]}
+        assert f"/run/secrets/{node.id}-pin" == node.pin_file
+        assert secrets == {f"{node.id}-pin", f"{node.id}-so-pin"}
+    assert len(token_volumes) == 3
+
+
+def test_every_service_runs_lantau_serve(resolved: dict) -> None:
+    services = resolved["services"]
+    signers = [n for n, s in services.items() if s.get("command", [])[:2] == ["serve", "signer"]]
+    assert len(signers) >= 2
+    ids = {services[n]["environment"]["LANTAU__SIGNER__ID"] for n in signers}
+    assert len(ids) == len(signers), "each signer replica has its own id"
+    for name in (*SERVICES, *signers):
+        svc = services[name]
+        assert svc["command"] == ["serve", name.split("-")[0], "--config", CONFIG_IN_CONTAINER]
+        assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+        assert f"{DOCKER / 'lantau.toml'}:{CONFIG_IN_CONTAINER}:ro" in svc["volumes"]
+        assert set(svc["depends_on"]) == {"nats-1", "nats-2", "nats-3"}
+    assert {"prometheus", "grafana"} <= set(services)
+
+
+def test_key_ceremony_is_a_one_shot_profile(resolved: dict, cfg: config_mod.Config) -> None:
+    svc = resolved["services"]["key-ceremony"]
+    assert svc["profiles"] == ["ceremony"]
+    assert svc["entrypoint"] == ["lantau-key-ceremony"]
+    assert svc["command"] == [n.id for n in cfg.hsm_nodes]
+    mounts = {v.split(":")[1] for v in svc["volumes"]}
+    assert {str(Path(n.softhsm_conf or "").parent) for n in cfg.hsm_nodes} <= mounts
+    secrets = {s["source"] for s in svc["secrets"]}
+    assert secrets == {f"{n.id}-{kind}" for n in cfg.hsm_nodes for kind in ("pin", "so-pin")}
+
+
+def test_secrets_are_made_by_make_secrets(resolved: dict) -> None:
+    script = (DOCKER / "make-secrets").read_text()
+    for name, secret in resolved["secrets"].items():
+        assert Path(secret["file"]).parent == DOCKER / "secrets", name
+        assert name in script, f"deploy/docker/make-secrets does not write {name}"
+
+
+def test_prometheus_scrapes_every_lantau_container(resolved: dict, cfg: config_mod.Config) -> None:
+    prom = resolved["services"]["prometheus"]
+    assert f"{ROOT / 'deploy' / 'prometheus'}:/etc/prometheus:ro" in prom["volumes"]
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    targets = {
+        t: job["job_name"]
+        for job in config["scrape_configs"]
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+    }
+    lantau = {
+        n
+        for n, s in resolved["services"].items()
+        if s.get("image") == "lantau:dev" and "ceremony" not in s.get("profiles", [])
+    }
+    assert {t.split(":")[0] for t, job in targets.items() if job.startswith("lantau-")} == lantau
+    for target, job in targets.items():
+        if job.startswith("lantau-"):
+            assert target.endswith(":9100") and job.removeprefix("lantau-") in target
+
+
+def test_dockerfile() -> None:
+    text = (DOCKER / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.splitlines()]
+    assert "FROM python:3.11-slim-bookworm" in lines
+    assert "softhsm2" in text and "pip install ." in text
+    user = [ln for ln in lines if ln.startswith("USER ")]
+    assert user and user[-1] not in ("USER root", "USER 0"), "runs as a non-root user"
+    assert 'ENTRYPOINT ["lantau"]' in lines
+    healthcheck = text[text.index("\nHEALTHCHECK ") :].split("\n\n")[0]
+    assert "/healthz" in healthcheck and "LANTAU_HEALTH_PORT" in healthcheck
+    # Every COPY source exists in the build context (the repository root) and is let
+    # through by Dockerfile.dockerignore (which BuildKit reads: "*", then "!" exceptions).
+    ignore = (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = [ln[1:].rstrip("/") for ln in ignore if ln.startswith("!")]
+    assert "*" in ignore
+    for ln in lines:
+        if ln.startswith("COPY "):
+            for src in ln.split()[1:-1]:
+                assert (ROOT / src).exists(), src
+                assert any(src.rstrip("/") == a or src.startswith(a + "/") for a in allowed), src
+
+
+def test_entrypoint_scripts_parse() -> None:
+    for name in ("lantau-hsm-node", "lantau-key-ceremony", "make-secrets"):
+        proc = subprocess.run(["sh", "-n", str(DOCKER / name)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        assert os.access(DOCKER / name, os.X_OK), f"{name} is not executable"
+
+
+def test_token_init_initialises_once(tmp_path: Path) -> None:
+    """lantau-token-init against the compose config, pointed at a temporary volume."""
+    if shutil.which("softhsm2-util") is None:
+        pytest.fail("softhsm2-util not found: apt-get install softhsm2 (make setup does)")
+    (tmp_path / "hsm-2-pin").write_text("2468\n")
+    (tmp_path / "hsm-2-so-pin").write_text("13579\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LANTAU__HSM_NODES__1__SOFTHSM_CONF": str(tmp_path / "hsm-2" / "softhsm2.conf"),
+        "LANTAU__HSM_NODES__1__PIN_FILE": str(tmp_path / "hsm-2-pin"),
+    }
+    argv = [sys.executable, str(DOCKER / "lantau_token_init.py")]
+    argv += ["--config", str(DOCKER / "lantau.toml"), "--node", "hsm-2"]
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        outputs.append(proc.stdout.strip())
+    assert outputs == [
+        "lantau-token-init: token of hsm-2: initialised",
+        "lantau-token-init: token of hsm-2: exists",
+    ]
+    conf = tmp_path / "hsm-2" / "softhsm2.conf"
+    slots = subprocess.run(
+        ["softhsm2-util", "--show-slots"],
+        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+    )
+    assert "lantau-hsm-2" in slots.stdout
+    assert "2468" not in "".join(outputs) and "13579" not in "".join(outputs)
+
+
+def test_the_policy_file_is_mounted_and_accepted(resolved: dict) -> None:
+    policy = resolved["services"]["policy"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in policy["volumes"]}
+    cfg = config_mod.load(DOCKER / "lantau.toml", env={})
+    assert cfg.policy.rules_file in mounts
+    text = Path(mounts[cfg.policy.rules_file]).read_text()
+    assert rules.parse(text).version.startswith("compose-1#")
