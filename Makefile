@@ -36,6 +36,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+bench: setup
+	$(VENV)/bin/lantau bench
+
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 

@@ -226,6 +226,10 @@ class Consumer:
         self._wake = asyncio.Event()
         self._last_pull = 0.0
         self._labels = (spec.stream.name, spec.durable)
+        # The hot path's series, looked up once instead of per message.
+        self._redelivered = metrics.REDELIVERIES.labels(*self._labels)
+        self._pending = metrics.CONSUMER_PENDING.labels(*self._labels)
+        self._acked = metrics.MESSAGES.labels(*self._labels, "ack")
         self.processed = 0
 
     @property
@@ -293,10 +297,10 @@ class Consumer:
         async with self._slots:
             count = deliveries(msg)
             if count > 1:
-                metrics.REDELIVERIES.labels(*self._labels).inc()
+                self._redelivered.inc()
             meta = _metadata(msg)
             if meta is not None:
-                metrics.CONSUMER_PENDING.labels(*self._labels).set(meta.num_pending)
+                self._pending.set(meta.num_pending)
             try:
                 with tracing.span(
                     f"{self._name} handle",
@@ -337,7 +341,7 @@ class Consumer:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(0.1 * 2 ** (count - 1), 5.0))
                 return
-            metrics.MESSAGES.labels(*self._labels, "ack").inc()
+            self._acked.inc()
             self.processed += 1
             with contextlib.suppress(Exception):
                 await msg.ack()

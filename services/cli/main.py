@@ -264,10 +264,11 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
-    from services.cli import approvals_cmd, audit_cmd
+    from services.cli import approvals_cmd, audit_cmd, bench
 
     audit_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
+    bench.add_parsers(sub)
 
     p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
     p.add_argument("--dir", default=".lantau/chaos")

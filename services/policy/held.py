@@ -63,18 +63,22 @@ class VelocityBook:
         # re-evaluating against every other.
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
 
-    async def decide(self, policy: rules.Policy, request: SignRequest, now: int) -> rules.Decision:
+    async def decide(
+        self, policy: rules.Policy, request: SignRequest, now: int, *, seen_before: bool = True
+    ) -> rules.Decision:
         """Decide once per request, whatever the redeliveries and replicas.
 
-        The first decision is kept (KV create); a later delivery returns it. Before it
+        A decision that counted towards velocity windows (or holds the request for
+        approval) is kept (KV create); a later delivery returns it. Before it
         is kept, every window is charged at the revision evaluated: a window that moved
         in between (another replica charged it) means evaluating again on fresh state,
         so a limit is never exceeded.
         """
         memo_key = f"decision.{request.request_id}"
-        data, _ = await _read(self.kv, memo_key)
-        if data is not None:
-            return _decision_decoder.decode(data)
+        if seen_before:  # a request id seen for the first time has no decision yet
+            data, _ = await _read(self.kv, memo_key)
+            if data is not None:
+                return _decision_decoder.decode(data)
         counters = tuple(sorted(c.counter for c in rules.charges_for(policy, request)))
         if counters:
             lock = self._locks.setdefault(counters, asyncio.Lock())
@@ -84,6 +88,10 @@ class VelocityBook:
                 self._locks.pop(counters, None)
         else:
             decision = await self._evaluate_and_charge(policy, request, now)
+        if not decision.charges and decision.action != "approve":
+            # Nothing counted: evaluating again gives the same answer under the same
+            # policy, so no stored decision (and no disk write) is needed.
+            return decision
         if await _write(self.kv, memo_key, _decision_encoder.encode(decision), 0) is None:
             data, _ = await _read(self.kv, memo_key)  # another replica decided first
             if data is not None:

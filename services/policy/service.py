@@ -26,7 +26,14 @@ from proto.approvals import ApprovalVote
 from proto.errors import ErrorCode, LantauError
 from proto.orders import CreateKeyOrder, Decision
 from proto.requests import CreateKeyRequest, Request, request_hash
-from proto.subjects import APPROVALS_BUCKET, POLICY_REQUESTS, REQUESTS_BUCKET, VELOCITY_BUCKET
+from proto.subjects import (
+    APPROVALS_BUCKET,
+    POLICY_REQUESTS,
+    REQUESTS_BUCKET,
+    RESULTS,
+    VELOCITY_BUCKET,
+    result_subject,
+)
 from services.policy import auth
 from services.policy.held import Approvals, VelocityBook
 from services.policy.outcomes import publish_order, publish_refusal, sign_order
@@ -67,7 +74,11 @@ class Policy:
         tracing.annotate(request_id=request.request_id, key_id=request.key_id)
         requester = auth.authenticate(request, self.rt.config.requester(request.requester))
         digest = request_hash(request)
-        await self._claim(request.request_id, digest)
+        fresh = await self._claim(request.request_id, digest)
+        if not fresh and await bus.last_on_subject(
+            self.rt.js, RESULTS.name, result_subject(request.request_id)
+        ):
+            return  # a resend of an answered request: the client reads the stored result
         now = now_ms()
         auth.check_freshness(request, self.cfg, now)
         pattern = auth.check_access(request, requester)
@@ -96,7 +107,7 @@ class Policy:
             raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {request.key_id} does not exist")
         curves.check_payload(record.curve, request.payload_kind, request.payload)
         policy = self.policies.current
-        verdict = await self.velocity.decide(policy, request, now)
+        verdict = await self.velocity.decide(policy, request, now, seen_before=not fresh)
         metrics.POLICY_DECISIONS.labels(verdict.rule, verdict.action).inc()
         tracing.annotate(rule=verdict.rule, decision=verdict.action)
         if verdict.action == "deny":
@@ -117,11 +128,12 @@ class Policy:
             )
             await publish_order(self.rt.js, order)
 
-    async def _claim(self, request_id: str, digest: str) -> None:
-        """Bind the id to this content forever; reusing it for other content is refused."""
+    async def _claim(self, request_id: str, digest: str) -> bool:
+        """Bind the id to this content forever; reusing it for other content is refused.
+        True the first time the id is seen."""
         try:
             await self.requests_kv.create(request_id, digest.encode())
-            return
+            return True
         except nats.js.errors.KeyWrongLastSequenceError:
             pass
         entry = await self.requests_kv.get(request_id)
@@ -131,6 +143,7 @@ class Policy:
                 f"request id {request_id} was already used for a different request",
             )
         # Same content: a resend or a redelivery; continuing is idempotent downstream.
+        return False
 
     async def on_reject(self, msg: Msg, error: LantauError) -> None:
         try:

@@ -59,8 +59,12 @@ class Signer:
         order = codec.ORDER.decode(msg.data)
         request_id_var.set(order.request_id)
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
-        if await bus.last_on_subject(self.rt.js, RESULTS.name, result_subject(order.request_id)):
-            return  # already answered: a redelivery after a crash, or a resend
+        # Policy sends one order per request (one msg id; a resend that finds a result
+        # stops at policy), so only a redelivery can find its request already answered.
+        if bus.deliveries(msg) > 1 and await bus.last_on_subject(
+            self.rt.js, RESULTS.name, result_subject(order.request_id)
+        ):
+            return  # already answered before a crash
         if now_ms() > order.deadline_ms:
             await self._finish(
                 order,

@@ -29,6 +29,7 @@ from tests.conftest import TRADER, _start
 SERVICE_TRACING = {
     "OTEL_TRACES_EXPORTER": "console",
     "OTEL_BSP_SCHEDULE_DELAY": "100",
+    "LANTAU__LOGGING__JSON": "true",
 }
 CLIENT_SPANS = InMemorySpanExporter()
 
@@ -206,3 +207,33 @@ async def test_a_real_prometheus_scrapes_the_dev_stack_with_the_alert_rules(trac
     rules = json.loads(scrape(f"{url}/api/v1/rules"))
     names = {r["name"] for g in rules["data"]["groups"] for r in g["rules"]}
     assert {"LantauHsmNodeDown", "LantauAuditLag", "LantauDeadLetters"} <= names
+
+
+async def test_json_log_lines_about_a_request_carry_its_request_and_trace_ids(
+    traced_platform, trader_key
+):
+    from libs.client import ResultTimeout
+
+    stack = traced_platform
+    CLIENT_SPANS.clear()
+    async with await CustodyClient.connect(stack.config.nats.servers, TRADER, trader_key) as c:
+        await c.create_key("desk-a-logged", "secp256k1")
+        CLIENT_SPANS.clear()
+        request = c.sign_request(
+            "desk-a-logged",
+            hashlib.sha256(b"held").digest(),
+            transfer=Transfer(asset="ETH", amount=demo_policy.LARGE + 1, destination="0xfeed"),
+        )
+        with pytest.raises(ResultTimeout):
+            await c.send(request, timeout=1.5)  # held for approvers: no result yet
+    (span,) = [s for s in CLIENT_SPANS.get_finished_spans() if s.name.startswith("lantau ")]
+    trace_id = f"{span.context.trace_id:032x}"
+    lines = [
+        json.loads(line)
+        for line in stack.service("policy").log_path.read_text().splitlines()
+        if line.startswith('{"ts"')
+    ]
+    about = [e for e in lines if e.get("request_id") == request.request_id]
+    assert about, "no JSON log line names the held request"
+    assert all(e["trace_id"] == trace_id for e in about), about
+    assert {"ts", "level", "service", "logger", "msg"} <= set(about[0])

@@ -1,0 +1,40 @@
+"""The benchmark keeps working: a short run of every stage (timings are not asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from services.cli.bench import Durations, percentile, run_bench, table
+
+
+def test_percentile_is_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.99) == 99.0
+    assert percentile(values, 0.999) == 100.0
+    assert percentile([], 0.5) == 0.0
+
+
+async def test_a_smoke_run_measures_every_stage(tmp_path: Path):
+    lines: list[str] = []
+    report = await run_bench(
+        tmp_path,
+        curves=["secp256k1", "ed25519"],
+        durations=Durations.smoke(),
+        in_flight=16,
+        say=lines.append,
+    )
+    data = json.loads(Path(report.json_path).read_text())
+    assert data["machine"]["cores"] >= 1 and data["machine"]["softhsm"]
+    assert [c["curve"] for c in data["curves"]] == ["secp256k1", "ed25519"]
+    for c in data["curves"]:
+        assert c["raw_per_s"] > 0 and c["sustained_per_s"] > 0
+        assert len(c["latency"]) == 3
+        assert all(p["lost"] == 0 and p["signed"] == p["sent"] for p in c["latency"])
+    assert [s["nodes"] for s in data["scaling"]] == [1, 2, 3]
+    kill = data["kill"]
+    assert kill["lost"] == 0 and kill["sent"] == kill["signed"] + kill["failed"]
+    assert Path(report.chart_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = table(report)
+    assert "SIGKILL of hsm-2" in text and "secp256k1" in text
