@@ -40,7 +40,7 @@ bench: setup
 	$(VENV)/bin/lantau bench
 
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy proto libs services
 
 schemas: setup
 	$(PY) -m proto.schema

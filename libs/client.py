@@ -12,12 +12,14 @@ import asyncio
 import contextlib
 import uuid
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import nacl.signing
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs import tracing
@@ -42,6 +44,8 @@ from proto.subjects import (
     SIGN_REQUEST,
     result_subject,
 )
+
+R = TypeVar("R", SignRequest, CreateKeyRequest)
 
 DEFAULT_TTL_MS = 120_000
 # While waiting, also look at the stored result now and then: covers a resend whose
@@ -164,7 +168,7 @@ class CustodyClient:
         )
         return self._signed(request)
 
-    def _signed(self, request: Request) -> Request:  # type: ignore[misc]
+    def _signed(self, request: R) -> R:
         try:
             validated = msgspec.convert(msgspec.to_builtins(request), type(request))
         except msgspec.ValidationError as e:
@@ -221,7 +225,7 @@ class CustodyClient:
         expected = request_hash(request)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
 
-        async def on_result(msg: nats.aio.msg.Msg) -> None:
+        async def on_result(msg: Msg) -> None:
             inbox.put_nowait(msg.data)
 
         sub = await self._nc.subscribe(subject, cb=on_result)

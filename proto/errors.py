@@ -56,9 +56,14 @@ class LantauError(Exception):
 
 
 class TransientError(Exception):
-    """A failure worth retrying later (HSM busy, node down, bus hiccup)."""
+    """A failure worth retrying later (HSM busy, node down, bus hiccup).
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    ``delivered`` is False only when the request certainly never reached its target
+    (NATS had no responder): the operation did not happen.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, *, delivered: bool = True) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.delivered = delivered

@@ -53,7 +53,9 @@ class RemoteHsm:
             )
         except nats.errors.NoRespondersError:
             raise TransientError(
-                ErrorCode.HSM_UNAVAILABLE, f"hsm node {self.name} is not serving"
+                ErrorCode.HSM_UNAVAILABLE,
+                f"hsm node {self.name} is not serving",
+                delivered=False,
             ) from None
         except (nats.errors.TimeoutError, TimeoutError):
             raise TransientError(

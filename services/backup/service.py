@@ -15,6 +15,7 @@ import hashlib
 import logging
 import time
 
+import msgspec
 from nats.aio.msg import Msg
 
 from libs import bus, curves, metrics
@@ -107,7 +108,7 @@ class Backup:
                 return
             if target in current.nodes:
                 break
-            updated = KeyRecord(**{**_fields(current), "nodes": [*current.nodes, target]})
+            updated = msgspec.structs.replace(current, nodes=[*current.nodes, target])
             if await self.keys.update(updated, revision):
                 break
         else:
@@ -141,10 +142,6 @@ class Backup:
                 oldest = min(oldest or record.created_at_ms, record.created_at_ms)
         metrics.KEYS_UNDER_REPLICATED.set(under)
         metrics.BACKUP_LAG.set(0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000))
-
-
-def _fields(record: KeyRecord) -> dict[str, object]:
-    return {f: getattr(record, f) for f in record.__struct_fields__}
 
 
 async def serve(rt: Runtime) -> None:

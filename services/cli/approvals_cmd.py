@@ -161,7 +161,7 @@ def cmd_reject(args: argparse.Namespace) -> int:
     return asyncio.run(_vote(args, "reject"))
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     approvals = sub.add_parser("approvals", help="requests held for human approval")
     actions = approvals.add_subparsers(dest="approvals", required=True)
     p = actions.add_parser("list", help="requests waiting for approvers")

@@ -181,7 +181,7 @@ def cmd_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser("audit", help="verify and read the audit trail").add_subparsers(
         dest="audit", required=True
     )

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
 from libs.client import CustodyClient
 from libs.config import RequesterConfig
+from proto.common import Curve, PayloadKind
 from proto.requests import Transfer
 from proto.results import SignResult
 from services.cli import demo_policy
@@ -53,7 +54,7 @@ async def run_demo(stack: Any, key_file: Path, out: Any = print) -> bool:
     async with await CustodyClient.connect(
         stack.config.nats.servers, DEMO_REQUESTER, load_signing_key(key_file)
     ) as client:
-        cases = [
+        cases: list[tuple[str, Curve, PayloadKind, bytes]] = [
             (
                 "demo-btc-hot",
                 "secp256k1",
@@ -63,7 +64,7 @@ async def run_demo(stack: Any, key_file: Path, out: Any = print) -> bool:
             ("demo-sol-hot", "ed25519", "message", b"demo: transfer 12 SOL to demo-wallet"),
         ]
         for key_id, curve, kind, payload in cases:
-            created = await client.create_key(key_id, curve)  # type: ignore[arg-type]
+            created = await client.create_key(key_id, curve)
             if created.status != "created":
                 out(f"  create {key_id}: {created.status} {created.error}")
                 ok = False
@@ -71,7 +72,7 @@ async def run_demo(stack: Any, key_file: Path, out: Any = print) -> bool:
             assert created.public_key is not None
             out(f"\n[{curve}] key {key_id} created on {created.node}")
             out(f"  public key {created.public_key.hex()}")
-            result = await client.sign(key_id, payload, payload_kind=kind)  # type: ignore[arg-type]
+            result = await client.sign(key_id, payload, payload_kind=kind)
             if result.status != "signed" or result.signature is None:
                 out(f"  sign: {result.status} {result.error}")
                 ok = False

@@ -20,6 +20,7 @@ from libs.config import ConfigError
 from libs.hsm.ceremony import CeremonyError
 from libs.service import Runtime
 from libs.service import run as run_service
+from proto.common import PayloadKind
 from proto.errors import LantauError
 from services.policy.rules import PolicyFileError
 
@@ -123,7 +124,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _payload(args: argparse.Namespace) -> tuple[bytes, str]:
+def _payload(args: argparse.Namespace) -> tuple[bytes, PayloadKind]:
     if args.hex is not None:
         try:
             return bytes.fromhex(args.hex), args.kind or "digest"
@@ -143,7 +144,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
             payload,
             payload_kind=kind,
             request_id=args.request_id,
-            timeout=args.timeout,  # type: ignore[arg-type]
+            timeout=args.timeout,
         )
         _print(result)
         return 0 if result.status == "signed" else 1

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 
 from nats import micro
 from nats.micro.request import Request
@@ -179,11 +180,13 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
         description=f"HSM node {node.id} (token {node.token_label})",
         metadata={"node": node.id, "region": node.region or ""},
     )
+
+    def handler_for(op: str) -> Callable[[Request], Awaitable[None]]:
+        return lambda req: hsm.on_request(op, req)
+
     for op in OPS:
         await service.add_endpoint(
-            name=op,
-            subject=hsm_rpc_subject(node.id, op),
-            handler=lambda req, op=op: hsm.on_request(op, req),
+            name=op, subject=hsm_rpc_subject(node.id, op), handler=handler_for(op)
         )
     beats = asyncio.create_task(hsm.beat_forever())
     rt.set_ready("startup", True)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -192,6 +192,7 @@ class HsmPool:
         holders = list(holders)
         tried: list[str] = []
         last_error: TransientError | None = None
+        delivered = False  # did any attempt possibly reach a node?
         for attempt in range(1, max_attempts + 1):
             node = self.balancer.choose(holders, bus.now_ms(), exclude=tried)
             if node is None:
@@ -207,13 +208,17 @@ class HsmPool:
                 self.balancer.succeeded(node, bus.now_ms())
                 raise
             except TransientError as e:
-                kind = "timeout" if e.code == ErrorCode.DEADLINE_EXCEEDED else "error"
+                kind: Literal["timeout", "error"] = (
+                    "timeout" if e.code == ErrorCode.DEADLINE_EXCEEDED else "error"
+                )
                 metrics.HSM_ERRORS.labels(node, kind).inc()
                 await self._report(self.balancer.failed(node, bus.now_ms(), kind))
                 log.warning("%s on %s failed (%s); failing over", op, node, e.message)
                 last_error = e
+                delivered = delivered or e.delivered
                 continue
             except Exception as e:
+                delivered = True
                 metrics.HSM_ERRORS.labels(node, "error").inc()
                 await self._report(self.balancer.failed(node, bus.now_ms(), "error"))
                 last_error = TransientError(ErrorCode.HSM_ERROR, f"{node}: {type(e).__name__}")
@@ -225,7 +230,10 @@ class HsmPool:
             raise NoNodeAvailable(
                 ErrorCode.HSM_UNAVAILABLE,
                 f"{op} failed on {', '.join(tried)}; last error: {last_error.message}",
+                delivered=delivered,
             )
         raise NoNodeAvailable(
-            ErrorCode.HSM_UNAVAILABLE, f"no healthy HSM node among {', '.join(holders) or 'none'}"
+            ErrorCode.HSM_UNAVAILABLE,
+            f"no healthy HSM node among {', '.join(holders) or 'none'}",
+            delivered=False,
         )

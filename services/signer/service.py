@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 
+import msgspec
 from nats import micro
 from nats.aio.msg import Msg
 from nats.micro.request import Request
@@ -39,7 +40,7 @@ from proto.subjects import (
     result_subject,
 )
 from services.signer.keydir import KeyDirectory
-from services.signer.pool import HsmPool
+from services.signer.pool import HsmPool, NoNodeAvailable
 
 log = logging.getLogger("lantau.signer")
 
@@ -170,6 +171,7 @@ class Signer:
 
     async def _create_key(self, order: CreateKeyOrder) -> None:
         record, revision = await self.keys.get(order.key_id, fresh=True)
+        reserved_now = record is None
         if record is None:
             node = self._placement(order)
             record = KeyRecord(
@@ -208,7 +210,23 @@ class Signer:
             async def generate(remote: RemoteHsm, _n: int) -> bytes:
                 return (await remote.generate(order.key_id, order.curve)).public_key
 
-            public_key, _ = await self.pool.run("generate", [node], generate, max_attempts=1)
+            try:
+                public_key, _ = await self.pool.run("generate", [node], generate, max_attempts=1)
+            except NoNodeAvailable as e:
+                if not reserved_now or e.delivered:
+                    raise  # the node may hold the key: wait for it
+                # Reserved just now and nothing reached the node (it died since its
+                # last beat): no key can exist there, so reserve another node.
+                node = self._placement(order)
+                moved = msgspec.structs.replace(record, nodes=[node])
+                if not await self.keys.update(moved, revision):
+                    raise TransientError(
+                        ErrorCode.INTERNAL, f"key {order.key_id} changed concurrently; retrying"
+                    ) from None
+                record, revision = await self.keys.get(order.key_id, fresh=True)
+                assert record is not None
+                log.warning("key %s: %s; reserved %s instead", order.key_id, e.message, node)
+                public_key, _ = await self.pool.run("generate", [node], generate, max_attempts=1)
             active = KeyRecord(
                 key_id=record.key_id,
                 curve=record.curve,

@@ -120,6 +120,35 @@ async def test_a_node_that_was_down_catches_up(fresh_platform, trader_key):
         await client.close()
 
 
+async def test_key_creation_right_after_a_node_dies_reserves_a_live_node(
+    fresh_platform, trader_key
+):
+    """The pool still counts the dead node as up until it misses beats: a key reserved on
+    it (nothing was delivered) moves to a live node instead of waiting for the dead one."""
+    from libs.client import CustodyClient
+    from services.cli.hsm_admin import pool_status
+    from tests.conftest import TRADER
+
+    servers = fresh_platform.config.nats.servers
+    client = await CustodyClient.connect(servers, TRADER, trader_key)
+    try:
+        for _ in range(100):  # the signer must see hsm-2 up (probed) before it dies
+            views = await pool_status(servers, wait_s=0.2)
+            if views and all(n.state == "up" for n in views[0].nodes):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the pool never saw every node up")
+        fresh_platform.service("hsm-2").kill()
+        results = await asyncio.gather(
+            *(client.create_key(f"desk-a-rush-{i}", "secp256k1") for i in range(8))
+        )
+        assert [r.status for r in results] == ["created"] * 8, [r.error for r in results]
+        assert all(r.node != "hsm-2" for r in results)
+    finally:
+        await client.close()
+
+
 def test_private_keys_only_leave_wrapped_under_a_trusted_key(tmp_path):
     """Invariant 4, straight at the token: no plaintext read, no wrap under an untrusted key."""
     script = tmp_path / "probe.py"
