@@ -47,3 +47,37 @@ class KeyResult(msgspec.Struct, frozen=True, kw_only=True, tag="key_result", tag
 
 
 Result = SignResult | KeyResult
+
+
+def unsuccessful(
+    *,
+    for_key: bool,
+    request_id: str,
+    request_hash: str,
+    status: str,
+    key_id: str,
+    code: str,
+    message: str,
+    completed_at_ms: int,
+    curve: Curve | None = None,
+) -> Result:
+    """The terminal result of a request that produced no signature (or no key)."""
+    error = ErrorInfo(code=code, message=message)
+    if for_key:
+        return KeyResult(
+            request_id=request_id,
+            request_hash=request_hash,
+            status=status,  # type: ignore[arg-type]
+            key_id=key_id,
+            curve=curve,
+            error=error,
+            completed_at_ms=completed_at_ms,
+        )
+    return SignResult(
+        request_id=request_id,
+        request_hash=request_hash,
+        status=status,  # type: ignore[arg-type]
+        key_id=key_id,
+        error=error,
+        completed_at_ms=completed_at_ms,
+    )

@@ -6,10 +6,9 @@ from nats.js import JetStreamContext
 
 from libs import bus, metrics
 from libs.bus import now_ms
-from proto.common import ErrorInfo
 from proto.orders import CreateKeyOrder, Decision, SignOrder
 from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
-from proto.results import KeyResult, SignResult
+from proto.results import unsuccessful
 from proto.subjects import CREATE_KEY_ORDER, HDR_REQUEST_ID, SIGN_ORDER, result_subject
 
 
@@ -59,27 +58,16 @@ async def publish_refusal(
     status: str,
 ) -> bool:
     """The request's one terminal result, unless it already has one."""
-    info = ErrorInfo(code=code, message=message)
-    digest = request_hash(request) if request else ""
-    result: SignResult | KeyResult
-    if isinstance(request, CreateKeyRequest):
-        result = KeyResult(
-            request_id=request_id,
-            request_hash=digest,
-            status=status,  # type: ignore[arg-type]
-            key_id=request.key_id,
-            error=info,
-            completed_at_ms=now_ms(),
-        )
-    else:
-        result = SignResult(
-            request_id=request_id,
-            request_hash=digest,
-            status=status,  # type: ignore[arg-type]
-            key_id=request.key_id if request else "",
-            error=info,
-            completed_at_ms=now_ms(),
-        )
+    result = unsuccessful(
+        for_key=isinstance(request, CreateKeyRequest),
+        request_id=request_id,
+        request_hash=request_hash(request) if request else "",
+        status=status,
+        key_id=request.key_id if request else "",
+        code=code,
+        message=message,
+        completed_at_ms=now_ms(),
+    )
     published = await bus.publish(js, result_subject(request_id), result, first_on_subject=True)
     if published:
         metrics.RESULTS.labels("policy", status, code).inc()

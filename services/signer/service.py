@@ -29,7 +29,7 @@ from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import KeyCreated
 from proto.keys import KeyRecord
 from proto.orders import CreateKeyOrder, SignOrder
-from proto.results import KeyResult, SignResult
+from proto.results import KeyResult, SignResult, unsuccessful
 from proto.subjects import (
     ADMIN_POOL_STATUS,
     AUDIT_INTENT,
@@ -288,27 +288,17 @@ class Signer:
     async def _finish(
         self, order: SignOrder | CreateKeyOrder, status: str, code: ErrorCode, message: str
     ) -> None:
-        error = ErrorInfo(code=str(code), message=message)
-        result: SignResult | KeyResult
-        if isinstance(order, SignOrder):
-            result = SignResult(
-                request_id=order.request_id,
-                request_hash=order.request_hash,
-                status=status,  # type: ignore[arg-type]
-                key_id=order.key_id,
-                error=error,
-                completed_at_ms=now_ms(),
-            )
-        else:
-            result = KeyResult(
-                request_id=order.request_id,
-                request_hash=order.request_hash,
-                status=status,  # type: ignore[arg-type]
-                key_id=order.key_id,
-                curve=order.curve,
-                error=error,
-                completed_at_ms=now_ms(),
-            )
+        result = unsuccessful(
+            for_key=isinstance(order, CreateKeyOrder),
+            request_id=order.request_id,
+            request_hash=order.request_hash,
+            status=status,
+            key_id=order.key_id,
+            code=str(code),
+            message=message,
+            completed_at_ms=now_ms(),
+            curve=order.curve if isinstance(order, CreateKeyOrder) else None,
+        )
         await self._publish_result(order, result)
 
     async def _publish_result(
