@@ -46,10 +46,18 @@ def _secret_file(path: Path, value: str) -> None:
 
 
 def init_token(workdir: Path, label: str) -> SoftHsmToken:
+    return _init(workdir / label, label)
+
+
+def init_slots(workdir: Path, labels: list[str]) -> list[SoftHsmToken]:
+    """Several tokens behind one configuration: the slots of one in-process module."""
+    return [_init(workdir, label) for label in labels]
+
+
+def _init(home: Path, label: str) -> SoftHsmToken:
     tool = shutil.which("softhsm2-util")
     if tool is None:
         raise RuntimeError("softhsm2-util not found: apt-get install -y softhsm2")
-    home = workdir / label
     token_dir = home / "tokens"
     token_dir.mkdir(parents=True, exist_ok=True)
     conf = home / "softhsm2.conf"
@@ -57,7 +65,7 @@ def init_token(workdir: Path, label: str) -> SoftHsmToken:
         f"directories.tokendir = {token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
     )
     pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
-    token = SoftHsmToken(label, conf, token_dir, home / "user.pin", home / "so.pin")
+    token = SoftHsmToken(label, conf, token_dir, home / f"{label}.pin", home / f"{label}.so-pin")
     _secret_file(token.pin_file, pin)
     _secret_file(token.so_pin_file, so_pin)
     proc = subprocess.run(

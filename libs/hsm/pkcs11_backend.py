@@ -41,7 +41,17 @@ _CURVE_PARAMS = {
 class Pkcs11Backend:
     """One token (one HSM, or one HA slot of a vendor client), several sessions."""
 
-    def __init__(self, module: str, token_label: str, pin: str, *, sessions: int = 1) -> None:
+    def __init__(
+        self,
+        module: str,
+        token_label: str,
+        pin: str,
+        *,
+        sessions: int = 1,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        """``executor``: worker threads shared with other slots of the same module (a
+        module initialised without locking, like SoftHSM here, must see one thread)."""
         self.name = token_label
         self._lib = pkcs11.lib(module)
         try:
@@ -61,7 +71,8 @@ class Pkcs11Backend:
         self._sessions_lock = threading.Lock()
         # Generation is serialised so two requests for one key id cannot make two keys.
         self._generate_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(
+        self._owns_pool = executor is None
+        self._pool = executor or ThreadPoolExecutor(
             max_workers=sessions, thread_name_prefix=f"p11-{token_label}"
         )
 
@@ -252,7 +263,13 @@ class Pkcs11Backend:
         return await self._run(self._sign, key_id, curve, data)
 
     async def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._owns_pool:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._close_sessions()
+        else:  # the shared worker thread owns the sessions: close them there
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sessions)
+
+    def _close_sessions(self) -> None:
         with self._sessions_lock:
             for session in self._sessions:
                 _quietly(session.close)

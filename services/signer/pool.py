@@ -11,14 +11,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Literal, TypeVar
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs import bus, metrics
+from libs.hsm.backend import HsmBackend
 from libs.hsm.remote import RemoteHsm
 from proto import codec
 from proto.admin import NodeStatus, PoolStatus
@@ -43,16 +44,22 @@ class NoNodeAvailable(TransientError):
 class HsmPool:
     def __init__(
         self,
-        nc: Client,
-        js: JetStreamContext,
+        nc: Client | None,
+        js: JetStreamContext | None,
         *,
         observer: str,
         node_ids: Iterable[str],
         timeout_s: float,
         settings: BalancerSettings | None = None,
+        local: Mapping[str, HsmBackend] | None = None,
     ) -> None:
+        """Remote hsm-nodes are reached over ``nc``; ``local`` backends (the slots of an
+        in-process PKCS#11 module, as a vendor HA client presents network HSMs) are
+        driven directly, with the same balancing, deadlines, failover and circuits."""
         self._nc = nc
         self._js = js
+        self._local = dict(local or {})
+        node_ids = [*node_ids, *(n for n in self._local if n not in node_ids)]
         self._observer = observer
         self._timeout_s = timeout_s
         node_ids = list(node_ids)
@@ -63,10 +70,19 @@ class HsmPool:
         self._tasks: list[asyncio.Task[None]] = []
         self._probing: set[str] = set()
         self._probe_tasks: set[asyncio.Task[None]] = set()
+        # Operations waiting on each node, so that when the node is seen gone they fail
+        # over at once instead of each waiting out its deadline.
+        self._waiting: dict[str, set[asyncio.Task[Any]]] = {}
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
-    def remote(self, node_id: str) -> RemoteHsm:
+    def remote(self, node_id: str) -> Any:
+        """The client for a node: its in-process backend, or a RemoteHsm."""
+        local = self._local.get(node_id)
+        if local is not None:
+            return local
         r = self._remotes.get(node_id)
         if r is None:
+            assert self._nc is not None, f"no NATS connection to reach {node_id}"
             r = self._remotes[node_id] = RemoteHsm(self._nc, node_id, timeout_s=self._timeout_s)
         return r
 
@@ -74,7 +90,8 @@ class HsmPool:
         return [v.node_id for v in self.balancer.views()]
 
     async def start(self, stopping: asyncio.Event) -> None:
-        await self._nc.subscribe(f"{HSM_BEAT_PREFIX}.*", cb=self._on_beat)
+        if self._nc is not None:
+            await self._nc.subscribe(f"{HSM_BEAT_PREFIX}.*", cb=self._on_beat)
         self._tasks.append(asyncio.create_task(self._tick_forever(stopping)))
 
     async def stop(self) -> None:
@@ -98,6 +115,8 @@ class HsmPool:
     async def _tick_forever(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             now = bus.now_ms()
+            for node in self._local:  # in process: alive as long as we are
+                self.balancer.on_beat(node, now, ok=True, in_flight=0, region=None)
             await self._report(self.balancer.tick(now))
             for node in self.balancer.probes_due(now):
                 if node not in self._probing:
@@ -112,11 +131,15 @@ class HsmPool:
     async def _probe(self, node: str) -> None:
         self.balancer.started(node)
         try:
-            await self.remote(node).call("public_key", _PROBE, timeout_s=self._timeout_s)
+            if node in self._local:
+                probe = self._local[node].public_key(_PROBE.key_id)
+                await asyncio.wait_for(probe, timeout=self._timeout_s)
+            else:
+                await self.remote(node).call("public_key", _PROBE, timeout_s=self._timeout_s)
             ok = True
         except LantauError:
             ok = True  # the node answered (the probe key does not exist): it serves
-        except TransientError:
+        except (TransientError, TimeoutError):
             ok = False
         finally:
             self._probing.discard(node)
@@ -145,8 +168,9 @@ class HsmPool:
                 reason=change.reason,
                 at_ms=bus.now_ms(),
             )
-            with contextlib.suppress(Exception):
-                await bus.publish(self._js, EVENT_NODE_STATE, event)
+            if self._js is not None:
+                with contextlib.suppress(Exception):
+                    await bus.publish(self._js, EVENT_NODE_STATE, event)
 
     def _export(self) -> None:
         for v in self.balancer.views():
@@ -176,18 +200,37 @@ class HsmPool:
             ],
         )
 
+    async def _deadline(self, node: str, op: Awaitable[T]) -> T:
+        """RemoteHsm keeps its own deadline; an in-process backend gets one here."""
+        if node not in self._local:
+            return await op
+        try:
+            return await asyncio.wait_for(op, timeout=self._timeout_s)
+        except TimeoutError:
+            raise TransientError(
+                ErrorCode.DEADLINE_EXCEEDED, f"slot {node} did not answer in time"
+            ) from None
+
+    def _abandon(self, node: str) -> None:
+        """NATS says nobody serves ``node`` any more (killed, or gone from the bus): what
+        was sent to it will not be answered, so stop waiting for it."""
+        for call in list(self._waiting.get(node, ())):
+            if not call.done():
+                self._abandoned.add(call)
+                call.cancel()
+
     async def run(
         self,
         op: str,
         holders: Iterable[str],
-        fn: Callable[[RemoteHsm, int], Awaitable[T]],
+        fn: Callable[[Any, int], Awaitable[T]],
         *,
         max_attempts: int,
     ) -> tuple[T, str]:
         """Run ``fn`` on the best node holding the key; fail over on error or missed deadline.
 
-        ``fn`` gets the node's client and the attempt number. A LantauError from ``fn``
-        (bad request, unknown key) is final and raised as is.
+        ``fn`` gets the node's client (``remote(node)``) and the attempt number. A
+        LantauError from ``fn`` (bad request, unknown key) is final and raised as is.
         """
         holders = list(holders)
         tried: list[str] = []
@@ -202,8 +245,25 @@ class HsmPool:
             tried.append(node)
             self.balancer.started(node)
             started = time.perf_counter()
+            call = asyncio.ensure_future(self._deadline(node, fn(self.remote(node), attempt)))
+            waiting = self._waiting.setdefault(node, set())
+            waiting.add(call)
             try:
-                result = await fn(self.remote(node), attempt)
+                try:
+                    result = await call
+                finally:
+                    waiting.discard(call)
+                self._abandoned.discard(call)  # it answered after all: use the answer
+            except asyncio.CancelledError:
+                if call not in self._abandoned:
+                    raise  # we are being cancelled, not the node abandoned
+                self._abandoned.discard(call)
+                metrics.HSM_ERRORS.labels(node, "error").inc()
+                await self._report(self.balancer.failed(node, bus.now_ms(), "error"))
+                log.warning("%s on %s abandoned: the node is gone; failing over", op, node)
+                last_error = TransientError(ErrorCode.HSM_UNAVAILABLE, f"hsm node {node} is gone")
+                delivered = True
+                continue
             except LantauError:
                 self.balancer.succeeded(node, bus.now_ms())
                 raise
@@ -216,6 +276,8 @@ class HsmPool:
                 log.warning("%s on %s failed (%s); failing over", op, node, e.message)
                 last_error = e
                 delivered = delivered or e.delivered
+                if not e.delivered:
+                    self._abandon(node)
                 continue
             except Exception as e:
                 delivered = True
