@@ -64,6 +64,15 @@ class KeyDirectory:
         self._cache.pop(record.key_id, None)
         return True
 
+    async def release(self, key_id: str, revision: int) -> bool:
+        """Remove a reservation nobody changed since ``revision``; False otherwise."""
+        try:
+            await self._kv.delete(key_id, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+        self._cache.pop(key_id, None)
+        return True
+
     async def all(self) -> list[KeyRecord]:
         try:
             keys = await self._kv.keys()

@@ -12,7 +12,6 @@ import logging
 import time
 import uuid
 
-import msgspec
 from nats import micro
 from nats.aio.msg import Msg
 from nats.micro.request import Request
@@ -216,17 +215,16 @@ class Signer:
                 if not reserved_now or e.delivered:
                     raise  # the node may hold the key: wait for it
                 # Reserved just now and nothing reached the node (it died since its
-                # last beat): no key can exist there, so reserve another node.
-                node = self._placement(order)
-                moved = msgspec.structs.replace(record, nodes=[node])
-                if not await self.keys.update(moved, revision):
-                    raise TransientError(
-                        ErrorCode.INTERNAL, f"key {order.key_id} changed concurrently; retrying"
-                    ) from None
-                record, revision = await self.keys.get(order.key_id, fresh=True)
-                assert record is not None
-                log.warning("key %s: %s; reserved %s instead", order.key_id, e.message, node)
-                public_key, _ = await self.pool.run("generate", [node], generate, max_attempts=1)
+                # last beat): no key can exist there. Give the reservation back; the
+                # redelivery places the key afresh on a node that serves.
+                released = await self.keys.release(order.key_id, revision)
+                log.warning(
+                    "key %s: %s; reservation %s",
+                    order.key_id,
+                    e.message,
+                    "released" if released else "kept (changed meanwhile)",
+                )
+                raise
             active = KeyRecord(
                 key_id=record.key_id,
                 curve=record.curve,
