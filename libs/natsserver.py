@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import sys
@@ -13,9 +14,31 @@ from libs.procs import ManagedProcess
 
 
 def free_port() -> int:
+    """A port nothing listens on, chosen below the kernel's ephemeral range.
+
+    A port from bind(0) comes from the ephemeral range, where the outgoing connections
+    of every process pick their local ports too: one could take it before our server
+    binds it. Ports below that range are only ever taken on purpose.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def binary() -> str:
