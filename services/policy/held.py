@@ -166,7 +166,7 @@ class Approvals:
         # create() fails on a redelivery: the request is already held, nothing to add.
         if await _write(self.kv, request.request_id, codec.encode(pending), 0) is not None:
             log.info("request held for approval: %s", decision.explanation)
-            await self._announce(pending, "", "", True, "", decision.explanation)
+            await self._announce(pending, "", "", decision.explanation)
 
     async def vote(self, vote: ApprovalVote, policy: rules.Policy) -> None:
         approvals.check_signature(vote, policy)
@@ -193,27 +193,19 @@ class Approvals:
             "approved": f"quorum met ({yes} of {updated.quorum}): the request goes to signing",
             "rejected": f"rejected by {vote.approver}",
         }.get(updated.status, updated.status)
-        await self._announce(updated, vote.vote_id, vote.approver, True, "", text)
+        await self._announce(updated, vote.vote_id, vote.approver, text)
 
     async def refused(self, vote: ApprovalVote, error: LantauError) -> None:
         data, _ = await _read(self.kv, vote.request_id)
         pending = codec.PENDING_APPROVAL.decode(data) if data else None
         log.warning("vote %s by %s refused: %s", vote.vote_id, vote.approver, error.message)
-        await bus.publish(
-            self.rt.js,
-            approval_event_subject(vote.request_id),
-            ApprovalOutcome(
-                request_id=vote.request_id,
-                vote_id=vote.vote_id,
-                approver=vote.approver,
-                accepted=False,
-                code=str(error.code),
-                message=error.message,
-                approvals=len(approvals.approvers(pending.votes)) if pending else 0,
-                quorum=pending.quorum if pending else 0,
-                status=pending.status if pending else "",
-                at_ms=now_ms(),
-            ),
+        await self._announce(
+            pending,
+            vote.vote_id,
+            vote.approver,
+            error.message,
+            request_id=vote.request_id,
+            code=str(error.code),
         )
 
     async def _settle(self, pending: PendingApproval, revision: int) -> None:
@@ -262,30 +254,33 @@ class Approvals:
 
     async def _announce(
         self,
-        pending: PendingApproval,
+        pending: PendingApproval | None,
         vote_id: str,
         approver: str,
-        accepted: bool,
-        code: str,
         message: str,
+        *,
+        request_id: str = "",
+        code: str = "",
     ) -> None:
-        await bus.publish(
-            self.rt.js,
-            approval_event_subject(pending.request_id),
-            ApprovalOutcome(
-                request_id=pending.request_id,
-                vote_id=vote_id,
-                approver=approver,
-                accepted=accepted,
-                code=code,
-                message=message,
-                approvals=len(approvals.approvers(pending.votes)),
-                quorum=pending.quorum,
-                status=pending.status,
-                at_ms=now_ms(),
-            ),
-            msg_id=f"approval:{pending.request_id}:{vote_id or 'held'}:{pending.status}",
+        """What became of a vote (refused when ``code`` is set) and of its request."""
+        request_id = pending.request_id if pending else request_id
+        outcome = ApprovalOutcome(
+            request_id=request_id,
+            vote_id=vote_id,
+            approver=approver,
+            accepted=not code,
+            code=code,
+            message=message,
+            approvals=len(approvals.approvers(pending.votes)) if pending else 0,
+            quorum=pending.quorum if pending else 0,
+            status=pending.status if pending else "",
+            at_ms=now_ms(),
         )
+        # An accepted outcome is announced once per state, whichever replica gets there.
+        msg_id = None
+        if not code and pending is not None:
+            msg_id = f"approval:{request_id}:{vote_id or 'held'}:{pending.status}"
+        await bus.publish(self.rt.js, approval_event_subject(request_id), outcome, msg_id=msg_id)
 
     async def pending(self) -> list[tuple[PendingApproval, int]]:
         try:
@@ -324,7 +319,7 @@ class Approvals:
             written = await _write(self.kv, pending.request_id, codec.encode(expired), revision)
             if written is not None:
                 await self._settle(expired, written)
-                await self._announce(expired, "", "", True, "", "approval window closed")
+                await self._announce(expired, "", "", "approval window closed")
         metrics.APPROVALS_PENDING.set(len(waiting))
         oldest = min((p.created_at_ms for p in waiting), default=now)
         metrics.APPROVALS_OLDEST_AGE.set((now - oldest) / 1000)
