@@ -23,7 +23,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs import tracing
-from libs.bus import last_on_subject, now_ms
+from libs.bus.publish import last_on_subject
+from libs.clock import now_ms
 from proto import codec
 from proto.common import Curve, PayloadKind
 from proto.errors import ErrorCode, LantauError
@@ -53,20 +54,32 @@ DEFAULT_TTL_MS = 120_000
 POLL_INTERVAL_S = 1.0
 
 
-class CustodyError(Exception):
+class CustodyError(LantauError):
     """Base of the client's exceptions; carries the request id when there is one."""
 
+    code_for_class = ErrorCode.BUS_UNAVAILABLE
+
     def __init__(self, message: str, request_id: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(self.code_for_class, message)
         self.request_id = request_id
 
 
 class ResultTimeout(CustodyError):
     """No terminal result in time; the request may still complete: ask get_result() later."""
 
+    code_for_class = ErrorCode.RESULT_TIMEOUT
+
 
 class RequestIdConflict(CustodyError):
     """The request id was already used for a different request."""
+
+    code_for_class = ErrorCode.REQUEST_ID_CONFLICT
+
+
+class BadKeyFile(CustodyError):
+    """A key file that does not hold what it should."""
+
+    code_for_class = ErrorCode.CONFIG_INVALID
 
 
 def load_signing_key(path: str | Path) -> nacl.signing.SigningKey:
@@ -77,7 +90,7 @@ def load_signing_key(path: str | Path) -> nacl.signing.SigningKey:
         if len(seed) != 32:
             raise ValueError
     except ValueError:
-        raise CustodyError(f"{path} does not hold a 32-byte Ed25519 seed in hex") from None
+        raise BadKeyFile(f"{path} does not hold a 32-byte Ed25519 seed in hex") from None
     return nacl.signing.SigningKey(seed)
 
 
@@ -110,6 +123,11 @@ class CustodyClient:
         except Exception as e:
             raise CustodyError(f"cannot connect to NATS at {servers}: {type(e).__name__}") from None
         return cls(nc, requester, signing_key, owns_connection=True)
+
+    @property
+    def connection(self) -> Client:
+        """The NATS connection this client uses (shared with the caller when it passed one)."""
+        return self._nc
 
     async def close(self) -> None:
         if self._owns:
@@ -145,7 +163,7 @@ class CustodyClient:
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
         )
-        return self._signed(request)
+        return self.signed(request)
 
     def create_key_request(
         self,
@@ -166,9 +184,11 @@ class CustodyClient:
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
         )
-        return self._signed(request)
+        return self.signed(request)
 
-    def _signed(self, request: R) -> R:
+    def signed(self, request: R) -> R:
+        """``request`` validated and signed with this requester's key (for requests built
+        or changed by the caller; ``sign_request`` and ``create_key_request`` call it)."""
         try:
             validated = msgspec.convert(msgspec.to_builtins(request), type(request))
         except msgspec.ValidationError as e:

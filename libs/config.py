@@ -15,13 +15,18 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from proto.errors import ErrorCode, LantauError
+
 ENV_PREFIX = "LANTAU__"
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 
 
-class ConfigError(Exception):
+class ConfigError(LantauError):
     """The configuration cannot be used; the message names the file and field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.CONFIG_INVALID, message)
 
 
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -65,12 +70,19 @@ class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     metrics_port: Port = 0
 
 
+class HsmConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How every caller of the HSM pool (signer, backup, audit) treats HSM operations."""
+
+    # Deadline for one HSM operation; past it the pool fails over.
+    timeout_ms: Positive = 1000
+    # Distinct nodes tried for one operation before it is retried later.
+    max_attempts: Positive = 3
+    # Wrap/unwrap of a key for cloning may take longer than a signature.
+    clone_timeout_ms: Positive = 2000
+
+
 class SignerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str = "signer"
-    # Deadline for one HSM operation; past it the pool fails over.
-    hsm_timeout_ms: Positive = 1000
-    # Distinct nodes tried for one order before it is retried later.
-    max_attempts: Positive = 3
     fetch_batch: Positive = 64
     max_concurrency: Positive = 128
     metrics_port: Port = 0
@@ -116,6 +128,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     nats: NatsConfig = NatsConfig()
     logging: LoggingConfig = LoggingConfig()
     hsm_nodes: list[HsmNodeConfig] = []
+    hsm: HsmConfig = HsmConfig()
     requesters: list[RequesterConfig] = []
     signer: SignerConfig = SignerConfig()
     policy: PolicyConfig = PolicyConfig()

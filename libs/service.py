@@ -7,12 +7,16 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import prometheus_client
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
-from libs import bus
+from libs.bus.connect import connect
+from libs.bus.provision import provision as provision_streams
+from libs.clock import wait_or_stop
 from libs.config import Config
 
 log = logging.getLogger("lantau.service")
@@ -60,10 +64,10 @@ class Runtime:
         return True, "ready"
 
     async def connect(self, *, provision: bool = True) -> None:
-        self._nc = await bus.connect(self.config.nats, self.name)
+        self._nc = await connect(self.config.nats, self.name)
         self._js = self._nc.jetstream()
         if provision:
-            await bus.provision(self._js, self.config.nats)
+            await provision_streams(self._js, self.config.nats)
 
     async def serve_http(self) -> int:
         self._http = await asyncio.start_server(self._handle_http, "0.0.0.0", self.metrics_port)
@@ -138,8 +142,7 @@ async def run(runtime: Runtime, body: Callable[[Runtime], Awaitable[None]]) -> i
             except Exception as e:  # bus not up yet: keep trying, stay not-ready
                 runtime.set_ready("nats", False, f"cannot reach NATS ({type(e).__name__})")
                 log.warning("cannot reach NATS (%s); retrying", type(e).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(runtime.stopping.wait(), timeout=1.0)
+                await wait_or_stop(runtime.stopping, 1.0)
         runtime.set_ready("nats", True)
         if not runtime.stopping.is_set():
             await body(runtime)
@@ -147,3 +150,36 @@ async def run(runtime: Runtime, body: Callable[[Runtime], Awaitable[None]]) -> i
         await runtime.close()
     log.info("stopped cleanly")
     return 0
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    """How ``lantau serve`` runs one service: its name and port from the config, an early
+    check of the config, and the body that runs once connected."""
+
+    # The config section holding ``id`` and ``metrics_port`` (per-node services: the node).
+    section: str
+    # serve(runtime), or serve(runtime, node config) for a per-node service.
+    serve: Callable[..., Awaitable[None]]
+    per_node: bool = False
+    provision: bool = True
+    check: Callable[[Config], None] | None = None
+
+    def identity(self, cfg: Config, node_id: str | None) -> tuple[str, int]:
+        if self.per_node:
+            node = cfg.hsm_node(node_id or "")
+            return f"{self.section}-{node.id}", node.metrics_port
+        section: Any = getattr(cfg, self.section)
+        return section.id, section.metrics_port
+
+    def check_config(self, cfg: Config, node_id: str | None) -> None:
+        if self.per_node:
+            cfg.hsm_node(node_id or "")
+        if self.check is not None:
+            self.check(cfg)
+
+    def body(self, cfg: Config, node_id: str | None) -> Callable[[Runtime], Awaitable[None]]:
+        if not self.per_node:
+            return self.serve
+        node = cfg.hsm_node(node_id or "")
+        return lambda rt: self.serve(rt, node)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from proto import SCHEMA_VERSION
-from proto.common import TimestampMs, Version
+from proto.base import Message
+from proto.common import TimestampMs
 
 
 class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,10 +21,9 @@ class NodeStatus(msgspec.Struct, frozen=True, kw_only=True):
     region: str | None = None
 
 
-class PoolStatus(msgspec.Struct, frozen=True, kw_only=True, tag="pool_status", tag_field="type"):
+class PoolStatus(Message, tag="pool_status", frozen=True, kw_only=True):
     """One signer replica's view of the HSM pool."""
 
     signer: str
     at_ms: TimestampMs
     nodes: list[NodeStatus]
-    v: Version = SCHEMA_VERSION

@@ -13,15 +13,13 @@ from typing import Literal
 
 import msgspec
 
-from proto import SCHEMA_VERSION
-from proto.common import KeyId, Name, RequestId, TimestampMs, Version
+from proto.base import Message
+from proto.common import KeyId, Name, RequestId, TimestampMs
 
 Vote = Literal["approve", "reject"]
 
 
-class ApprovalVote(
-    msgspec.Struct, frozen=True, kw_only=True, tag="approval_vote", tag_field="type"
-):
+class ApprovalVote(Message, tag="approval_vote", frozen=True, kw_only=True):
     vote_id: RequestId
     request_id: RequestId
     approver: Name
@@ -30,7 +28,6 @@ class ApprovalVote(
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
-    v: Version = SCHEMA_VERSION
 
 
 _PREFIX = b"lantau/approval/v1\n"
@@ -56,7 +53,7 @@ class CastVote(msgspec.Struct, frozen=True, kw_only=True):
     at_ms: TimestampMs
 
 
-class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
+class PendingApproval(Message, tag="pending_approval", frozen=True, kw_only=True):
     """A sign request held until M approvers of a group agree; changed only by CAS."""
 
     request_id: RequestId
@@ -78,12 +75,18 @@ class PendingApproval(msgspec.Struct, frozen=True, kw_only=True):
     settled: bool = False
     # Velocity windows this request was charged to: released if it is not signed.
     charges: list[str] = []
-    v: Version = SCHEMA_VERSION
 
 
-class ApprovalOutcome(
-    msgspec.Struct, frozen=True, kw_only=True, tag="approval_outcome", tag_field="type"
-):
+def approvers(votes: list[CastVote]) -> list[str]:
+    """Distinct approvers who said yes, in the order they did."""
+    seen: list[str] = []
+    for v in votes:
+        if v.vote == "approve" and v.approver not in seen:
+            seen.append(v.approver)
+    return seen
+
+
+class ApprovalOutcome(Message, tag="approval_outcome", frozen=True, kw_only=True):
     """What became of one vote (accepted or refused, and why) and of the request."""
 
     request_id: str
@@ -96,4 +99,3 @@ class ApprovalOutcome(
     quorum: int = 0
     status: str = ""
     at_ms: TimestampMs
-    v: Version = SCHEMA_VERSION

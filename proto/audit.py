@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from proto import SCHEMA_VERSION
-from proto.common import TimestampMs, Version
+from proto.base import Message
+from proto.common import TimestampMs
 
 
-class AuditIntent(msgspec.Struct, frozen=True, kw_only=True, tag="audit_intent", tag_field="type"):
+class AuditIntent(Message, tag="audit_intent", frozen=True, kw_only=True):
     """Durably stored before an HSM is asked to sign: no signature without its record."""
 
     request_id: str
@@ -18,10 +16,9 @@ class AuditIntent(msgspec.Struct, frozen=True, kw_only=True, tag="audit_intent",
     attempt: int
     actor: str
     at_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
-class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag="audit_record", tag_field="type"):
+class AuditRecord(Message, tag="audit_record", frozen=True, kw_only=True):
     seq: int
     at_ms: TimestampMs
     actor: str
@@ -32,12 +29,9 @@ class AuditRecord(msgspec.Struct, frozen=True, kw_only=True, tag="audit_record",
     content_sha256: str
     prev_hash: str
     hash: str
-    v: Version = SCHEMA_VERSION
 
 
-class AuditCheckpoint(
-    msgspec.Struct, frozen=True, kw_only=True, tag="audit_checkpoint", tag_field="type"
-):
+class AuditCheckpoint(Message, tag="audit_checkpoint", frozen=True, kw_only=True):
     """A signature over the chain's head: record ``seq`` has hash ``head_hash``.
 
     Signed with a secp256k1 key held in the HSMs (ECDSA over SHA-256 of the canonical
@@ -51,7 +45,6 @@ class AuditCheckpoint(
     prev_checkpoint_seq: int
     key_id: str
     signature: bytes = b""
-    v: Version = SCHEMA_VERSION
 
 
 AuditEntry = AuditRecord | AuditCheckpoint

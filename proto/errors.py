@@ -41,6 +41,13 @@ class ErrorCode(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     DEAD_LETTER = "DEAD_LETTER"
     INTERNAL = "INTERNAL"
+    # The caller's side: configuration, ceremonies, policy files, the client and the CLI.
+    CONFIG_INVALID = "CONFIG_INVALID"
+    CEREMONY_FAILED = "CEREMONY_FAILED"
+    POLICY_FILE_INVALID = "POLICY_FILE_INVALID"
+    USAGE = "USAGE"
+    BUS_UNAVAILABLE = "BUS_UNAVAILABLE"
+    RESULT_TIMEOUT = "RESULT_TIMEOUT"
 
 
 class LantauError(Exception):

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from proto import SCHEMA_VERSION
 from proto.approvals import ApprovalOutcome
-from proto.common import Curve, TimestampMs, Version
+from proto.base import Message
+from proto.common import Curve, TimestampMs
 
 
-class KeyCreated(msgspec.Struct, frozen=True, kw_only=True, tag="key_created", tag_field="type"):
+class KeyCreated(Message, tag="key_created", frozen=True, kw_only=True):
     key_id: str
     curve: Curve
     public_key: bytes
@@ -17,32 +15,25 @@ class KeyCreated(msgspec.Struct, frozen=True, kw_only=True, tag="key_created", t
     region: str | None = None
     request_id: str
     at_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
-class KeyReplicated(
-    msgspec.Struct, frozen=True, kw_only=True, tag="key_replicated", tag_field="type"
-):
+class KeyReplicated(Message, tag="key_replicated", frozen=True, kw_only=True):
     key_id: str
     node: str
     source_node: str
     at_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
-class NodeStateChanged(
-    msgspec.Struct, frozen=True, kw_only=True, tag="node_state_changed", tag_field="type"
-):
+class NodeStateChanged(Message, tag="node_state_changed", frozen=True, kw_only=True):
     node_id: str
     observer: str
     old: str
     new: str
     reason: str
     at_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
-class AdminAction(msgspec.Struct, frozen=True, kw_only=True, tag="admin_action", tag_field="type"):
+class AdminAction(Message, tag="admin_action", frozen=True, kw_only=True):
     """An operator's command on the HSMs, recorded before it runs and again when it ends."""
 
     actor: str
@@ -52,12 +43,9 @@ class AdminAction(msgspec.Struct, frozen=True, kw_only=True, tag="admin_action",
     phase: str
     detail: str = ""
     at_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
-class RejectedMessage(
-    msgspec.Struct, frozen=True, kw_only=True, tag="rejected_message", tag_field="type"
-):
+class RejectedMessage(Message, tag="rejected_message", frozen=True, kw_only=True):
     """A message a consumer could not process, kept on the dead-letter stream."""
 
     stream: str
@@ -69,7 +57,6 @@ class RejectedMessage(
     message: str
     request_id: str | None = None
     at_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
 Event = KeyCreated | KeyReplicated | NodeStateChanged | AdminAction | ApprovalOutcome

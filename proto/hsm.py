@@ -2,90 +2,98 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from proto import SCHEMA_VERSION
-from proto.common import Curve, KeyId, NodeId, TimestampMs, Version
+from proto.base import Message
+from proto.common import Curve, KeyId, NodeId, TimestampMs
 
 
-class HsmGenerate(msgspec.Struct, frozen=True, kw_only=True, tag="hsm_generate", tag_field="type"):
+class HsmGenerate(Message, tag="hsm_generate", frozen=True, kw_only=True):
     """Create a key pair inside the token; idempotent: an existing key_id is returned as is."""
 
     key_id: KeyId
     curve: Curve
-    v: Version = SCHEMA_VERSION
 
 
-class HsmPublicKey(
-    msgspec.Struct, frozen=True, kw_only=True, tag="hsm_public_key", tag_field="type"
-):
+class HsmPublicKey(Message, tag="hsm_public_key", frozen=True, kw_only=True):
     key_id: KeyId
-    v: Version = SCHEMA_VERSION
 
 
-class HsmSign(msgspec.Struct, frozen=True, kw_only=True, tag="hsm_sign", tag_field="type"):
+class HsmSign(Message, tag="hsm_sign", frozen=True, kw_only=True):
     key_id: KeyId
     curve: Curve
     data: bytes
     request_id: str = ""
-    v: Version = SCHEMA_VERSION
 
 
-class HsmWrap(msgspec.Struct, frozen=True, kw_only=True, tag="hsm_wrap", tag_field="type"):
+class HsmWrap(Message, tag="hsm_wrap", frozen=True, kw_only=True):
     """Wrap a private key under the domain key-encryption key (never plaintext)."""
 
     key_id: KeyId
     kek_label: str
-    v: Version = SCHEMA_VERSION
 
 
-class HsmUnwrap(msgspec.Struct, frozen=True, kw_only=True, tag="hsm_unwrap", tag_field="type"):
+class HsmUnwrap(Message, tag="hsm_unwrap", frozen=True, kw_only=True):
     key_id: KeyId
     curve: Curve
     kek_label: str
     wrapped: bytes
     public_key: bytes
-    v: Version = SCHEMA_VERSION
 
 
-HsmCommand = HsmGenerate | HsmPublicKey | HsmSign | HsmWrap | HsmUnwrap
+class HsmCapabilitiesQuery(Message, tag="hsm_capabilities_query", frozen=True, kw_only=True):
+    """Which mechanisms and key types the token supports (new key types ask first)."""
 
 
-class HsmKey(msgspec.Struct, frozen=True, kw_only=True, tag="hsm_key", tag_field="type"):
+HsmCommand = HsmGenerate | HsmPublicKey | HsmSign | HsmWrap | HsmUnwrap | HsmCapabilitiesQuery
+
+# The operations an hsm-node serves, one RPC subject each, and the command each takes.
+COMMANDS: dict[str, type] = {
+    "generate": HsmGenerate,
+    "public_key": HsmPublicKey,
+    "sign": HsmSign,
+    "wrap": HsmWrap,
+    "unwrap": HsmUnwrap,
+    "capabilities": HsmCapabilitiesQuery,
+}
+
+
+class HsmKey(Message, tag="hsm_key", frozen=True, kw_only=True):
     key_id: str
     curve: Curve
     public_key: bytes
     created: bool = False
-    v: Version = SCHEMA_VERSION
 
 
-class HsmSignature(
-    msgspec.Struct, frozen=True, kw_only=True, tag="hsm_signature", tag_field="type"
-):
+class HsmSignature(Message, tag="hsm_signature", frozen=True, kw_only=True):
     key_id: str
     # As the token returns it: r||s for ECDSA, R||S for EdDSA.
     signature: bytes
-    v: Version = SCHEMA_VERSION
 
 
-class HsmWrapped(msgspec.Struct, frozen=True, kw_only=True, tag="hsm_wrapped", tag_field="type"):
+class HsmWrapped(Message, tag="hsm_wrapped", frozen=True, kw_only=True):
     key_id: str
     wrapped: bytes
-    v: Version = SCHEMA_VERSION
 
 
-class HsmFailure(msgspec.Struct, frozen=True, kw_only=True, tag="hsm_failure", tag_field="type"):
+class HsmFailure(Message, tag="hsm_failure", frozen=True, kw_only=True):
     code: str
     message: str
     # False when retrying elsewhere cannot help (unknown key, bad input).
     retryable: bool = True
-    v: Version = SCHEMA_VERSION
 
 
-HsmReply = HsmKey | HsmSignature | HsmWrapped | HsmFailure
+class HsmCapabilities(Message, tag="hsm_capabilities", frozen=True, kw_only=True):
+    # PKCS#11 mechanism names the token reports (e.g. "ECDSA", "EDDSA", "AES_KEY_WRAP_PAD").
+    mechanisms: list[str]
+    # Curves / key types this node can generate and sign with natively.
+    key_types: list[str]
+    # True if the token can wrap private keys of each type for cloning (by key type).
+    wrappable: list[str] = []
 
 
-class HealthBeat(msgspec.Struct, frozen=True, kw_only=True, tag="health_beat", tag_field="type"):
+HsmReply = HsmKey | HsmSignature | HsmWrapped | HsmCapabilities | HsmFailure
+
+
+class HealthBeat(Message, tag="health_beat", frozen=True, kw_only=True):
     node_id: NodeId
     region: str | None = None
     seq: int
@@ -94,4 +102,3 @@ class HealthBeat(msgspec.Struct, frozen=True, kw_only=True, tag="health_beat", t
     in_flight: int
     ok: bool
     detail: str = ""
-    v: Version = SCHEMA_VERSION

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
-
-from proto import SCHEMA_VERSION
-from proto.common import Curve, TimestampMs, Version
+from proto.base import Message
+from proto.common import Curve, TimestampMs
 
 
-class KeyRecord(msgspec.Struct, frozen=True, kw_only=True, tag="key_record", tag_field="type"):
+class KeyRecord(Message, tag="key_record", frozen=True, kw_only=True):
     key_id: str
     curve: Curve
     # "pending": the id is reserved and the key is being generated on nodes[0];
@@ -24,4 +22,3 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True, tag="key_record", tag
     nodes: list[str]
     created_at_ms: TimestampMs
     created_by_request: str
-    v: Version = SCHEMA_VERSION

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import msgspec
 
-from proto import SCHEMA_VERSION
-from proto.common import Curve, KeyId, Name, Payload, PayloadKind, RequestId, TimestampMs, Version
+from proto.base import Message
+from proto.common import Curve, KeyId, Name, Payload, PayloadKind, RequestId, TimestampMs
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -17,7 +17,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     approvers: list[str] = []
 
 
-class SignOrder(msgspec.Struct, frozen=True, kw_only=True, tag="sign_order", tag_field="type"):
+class SignOrder(Message, tag="sign_order", frozen=True, kw_only=True):
     request_id: RequestId
     request_hash: str
     requester: Name
@@ -27,12 +27,9 @@ class SignOrder(msgspec.Struct, frozen=True, kw_only=True, tag="sign_order", tag
     decision: Decision
     requested_at_ms: TimestampMs
     deadline_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
-class CreateKeyOrder(
-    msgspec.Struct, frozen=True, kw_only=True, tag="create_key_order", tag_field="type"
-):
+class CreateKeyOrder(Message, tag="create_key_order", frozen=True, kw_only=True):
     request_id: RequestId
     request_hash: str
     requester: Name
@@ -42,7 +39,6 @@ class CreateKeyOrder(
     decision: Decision
     requested_at_ms: TimestampMs
     deadline_ms: TimestampMs
-    v: Version = SCHEMA_VERSION
 
 
 Order = SignOrder | CreateKeyOrder

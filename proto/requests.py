@@ -12,8 +12,8 @@ from typing import Annotated
 
 import msgspec
 
-from proto import SCHEMA_VERSION
-from proto.common import Curve, KeyId, Name, Payload, PayloadKind, RequestId, TimestampMs, Version
+from proto.base import Message
+from proto.common import Curve, KeyId, Name, Payload, PayloadKind, RequestId, TimestampMs
 
 
 class Transfer(msgspec.Struct, frozen=True, kw_only=True):
@@ -24,7 +24,7 @@ class Transfer(msgspec.Struct, frozen=True, kw_only=True):
     destination: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class SignRequest(msgspec.Struct, frozen=True, kw_only=True, tag="sign_request", tag_field="type"):
+class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
     request_id: RequestId
     requester: Name
     key_id: KeyId
@@ -34,12 +34,9 @@ class SignRequest(msgspec.Struct, frozen=True, kw_only=True, tag="sign_request",
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
-    v: Version = SCHEMA_VERSION
 
 
-class CreateKeyRequest(
-    msgspec.Struct, frozen=True, kw_only=True, tag="create_key_request", tag_field="type"
-):
+class CreateKeyRequest(Message, tag="create_key_request", frozen=True, kw_only=True):
     request_id: RequestId
     requester: Name
     key_id: KeyId
@@ -49,7 +46,6 @@ class CreateKeyRequest(
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
-    v: Version = SCHEMA_VERSION
 
 
 Request = SignRequest | CreateKeyRequest

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-import msgspec
-
-from proto import SCHEMA_VERSION
-from proto.common import Curve, ErrorInfo, TimestampMs, Version
+from proto.base import Message
+from proto.common import Curve, ErrorInfo, TimestampMs
 
 SignStatus = Literal["signed", "rejected", "expired", "failed"]
 KeyStatus = Literal["created", "rejected", "expired", "failed"]
 
 
-class SignResult(msgspec.Struct, frozen=True, kw_only=True, tag="sign_result", tag_field="type"):
+class SignResult(Message, tag="sign_result", frozen=True, kw_only=True):
     request_id: str
     # Hash of the request this answers; a client that reused an id for different
     # content sees a mismatch and knows the result is not its own.
@@ -30,10 +28,9 @@ class SignResult(msgspec.Struct, frozen=True, kw_only=True, tag="sign_result", t
     node: str | None = None
     error: ErrorInfo | None = None
     completed_at_ms: TimestampMs = 0
-    v: Version = SCHEMA_VERSION
 
 
-class KeyResult(msgspec.Struct, frozen=True, kw_only=True, tag="key_result", tag_field="type"):
+class KeyResult(Message, tag="key_result", frozen=True, kw_only=True):
     request_id: str
     request_hash: str = ""
     status: KeyStatus
@@ -43,7 +40,6 @@ class KeyResult(msgspec.Struct, frozen=True, kw_only=True, tag="key_result", tag
     node: str | None = None
     error: ErrorInfo | None = None
     completed_at_ms: TimestampMs = 0
-    v: Version = SCHEMA_VERSION
 
 
 Result = SignResult | KeyResult

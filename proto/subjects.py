@@ -60,9 +60,6 @@ def hsm_beat_subject(node_id: str) -> str:
     return f"{HSM_BEAT_PREFIX}.{node_id}"
 
 
-HSM_OPS = ("generate", "public_key", "sign", "wrap", "unwrap")
-
-
 class StreamSpec(NamedTuple):
     name: str
     subjects: tuple[str, ...]

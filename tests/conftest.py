@@ -9,10 +9,10 @@ import nacl.signing
 import nats
 import pytest
 
+from devkit.natsserver import NatsServer
+from devkit.stack import DevStack, start_platform
 from libs.client import CustodyClient
 from libs.config import Config, RequesterConfig
-from libs.natsserver import NatsServer
-from services.cli.devstack import DevStack, start_platform
 
 TRADER = "desk-a"
 

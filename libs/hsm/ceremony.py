@@ -20,6 +20,8 @@ import msgspec
 import pkcs11
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 
+from proto.errors import ErrorCode, LantauError
+
 TRANSPORT_LABEL = "lantau-transport"
 # SoftHSM wraps with RSA-OAEP only over SHA-1 (its MGF1 too); OAEP-SHA1 remains sound
 # for key transport (no collision resistance needed) and the key lives minutes.
@@ -28,6 +30,21 @@ _UNUSED = {
     Attribute.SIGN: pkcs11.DEFAULT,
     Attribute.VERIFY: pkcs11.DEFAULT,
     Attribute.DERIVE: pkcs11.DEFAULT,
+}
+# The domain KEK on every HSM of the domain, created or imported: a public object so
+# worker sessions see it; SENSITIVE keeps its value inside; TRUSTED (SO only) makes it
+# the one key WRAP_WITH_TRUSTED private keys can leave under; wrap/unwrap only.
+KEK_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: False,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: True,
+    Attribute.WRAP_WITH_TRUSTED: True,
+    Attribute.TRUSTED: True,
+    Attribute.WRAP: True,
+    Attribute.UNWRAP: True,
+    Attribute.ENCRYPT: False,
+    Attribute.DECRYPT: False,
 }
 
 
@@ -38,8 +55,11 @@ class TransportKey(msgspec.Struct, frozen=True):
     public_exponent: bytes
 
 
-class CeremonyError(Exception):
-    pass
+class CeremonyError(LantauError):
+    """A key-domain ceremony step that cannot be done; nothing was changed by it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.CEREMONY_FAILED, message)
 
 
 def _so_session(module: str, token_label: str, so_pin: str) -> Any:
@@ -74,19 +94,7 @@ def init_domain(module: str, token_label: str, so_pin: str, kek_label: str) -> b
             256,
             label=kek_label,
             store=True,
-            template={
-                # A public object so worker sessions see it; SENSITIVE keeps its value inside.
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: False,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: True,
-                Attribute.WRAP_WITH_TRUSTED: True,
-                Attribute.TRUSTED: True,
-                Attribute.WRAP: True,
-                Attribute.UNWRAP: True,
-                Attribute.ENCRYPT: False,
-                Attribute.DECRYPT: False,
-            },
+            template=KEK_TEMPLATE,
         )
         return True
 
@@ -161,20 +169,16 @@ def import_domain_key(
             store=True,
             mechanism=Mechanism.RSA_PKCS_OAEP,
             mechanism_param=_OAEP,
-            template={
-                **_UNUSED,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: False,
-                Attribute.SENSITIVE: True,
-                Attribute.EXTRACTABLE: True,
-                Attribute.WRAP_WITH_TRUSTED: True,
-                Attribute.TRUSTED: True,
-                Attribute.WRAP: True,
-                Attribute.UNWRAP: True,
-                Attribute.ENCRYPT: False,
-                Attribute.DECRYPT: False,
-            },
+            template={**_UNUSED, **KEK_TEMPLATE},
         )
+        imported = _find(s, ObjectClass.SECRET_KEY, kek_label)
+        if imported is None:
+            raise CeremonyError(f"token {token_label!r} did not keep the imported domain key")
+        mismatched = [a.name for a, want in KEK_TEMPLATE.items() if imported[a] != want]
+        if mismatched:
+            # Never leave a domain key with other rights than the domain's.
+            imported.destroy()
+            raise CeremonyError(f"the imported domain key differs in {', '.join(mismatched)}")
         private.destroy()
         public = _find(s, ObjectClass.PUBLIC_KEY, TRANSPORT_LABEL)
         if public is not None:

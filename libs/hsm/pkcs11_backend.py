@@ -20,11 +20,33 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from libs.curves import ec_point_from_public_key, public_key_from_ec_point
+from libs.hsm.backend import Liveness
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
-from proto.hsm import HsmKey
+from proto.hsm import HsmCapabilities, HsmKey
 
 T = TypeVar("T")
+
+# Every private key Lantau stores, generated or unwrapped: sensitive, extractable only
+# wrapped under a trusted key (the domain KEK), and usable for signing only: no ECDH
+# (DERIVE), no DECRYPT/UNWRAP. A clone gets exactly the original's rights.
+PRIVATE_KEY_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: True,
+    Attribute.WRAP_WITH_TRUSTED: True,
+    Attribute.SIGN: True,
+    Attribute.DERIVE: False,
+    Attribute.DECRYPT: False,
+    Attribute.UNWRAP: False,
+}
+# python-pkcs11 fills these in for a private key and SoftHSM refuses them
+# (AttributeTypeInvalid): DEFAULT leaves them out of the template.
+_NOT_ON_PRIVATE_KEYS = {
+    a: pkcs11.DEFAULT for a in (Attribute.ENCRYPT, Attribute.VERIFY, Attribute.WRAP)
+}
+_PROBE_LABEL = "lantau-probe"
 
 _CURVE_PARAMS = {
     "secp256k1": (KeyType.EC, "secp256k1", None, Mechanism.ECDSA),
@@ -40,6 +62,8 @@ _CURVE_PARAMS = {
 
 class Pkcs11Backend:
     """One token (one HSM, or one HA slot of a vendor client), several sessions."""
+
+    liveness: Liveness = "in_process"
 
     def __init__(
         self,
@@ -125,14 +149,7 @@ class Pkcs11Backend:
                 id=key_id.encode(),
                 mechanism=mechanism,
                 public_template={Attribute.TOKEN: True},
-                private_template={
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    # Extractable only by wrapping under a trusted key (the domain KEK).
-                    Attribute.EXTRACTABLE: True,
-                    Attribute.WRAP_WITH_TRUSTED: True,
-                },
+                private_template={**_NOT_ON_PRIVATE_KEYS, **PRIVATE_KEY_TEMPLATE},
             )
             return HsmKey(
                 key_id=key_id,
@@ -182,18 +199,6 @@ class Pkcs11Backend:
             kek = _find_secret(session, kek_label)
             key_type, oid, _, _ = _CURVE_PARAMS[curve]
             params = encode_named_curve_parameters(oid)
-            # Leave out what SoftHSM refuses on a private key (python-pkcs11 fills it in).
-            unset = {
-                a: pkcs11.DEFAULT
-                for a in (
-                    Attribute.ENCRYPT,
-                    Attribute.VERIFY,
-                    Attribute.WRAP,
-                    Attribute.DECRYPT,
-                    Attribute.UNWRAP,
-                    Attribute.DERIVE,
-                )
-            }
             priv = kek.unwrap_key(
                 ObjectClass.PRIVATE_KEY,
                 key_type,
@@ -202,15 +207,7 @@ class Pkcs11Backend:
                 id=key_id.encode(),
                 store=True,
                 mechanism=Mechanism.AES_KEY_WRAP_PAD,
-                template={
-                    **unset,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: True,
-                    Attribute.WRAP_WITH_TRUSTED: True,
-                    Attribute.SIGN: True,
-                },
+                template={**_NOT_ON_PRIVATE_KEYS, **PRIVATE_KEY_TEMPLATE},
             )
             try:
                 session.create_object(
@@ -261,6 +258,34 @@ class Pkcs11Backend:
 
     async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
         return await self._run(self._sign, key_id, curve, data)
+
+    async def probe(self) -> None:
+        """Any answer from the token proves it serves; only token failures raise."""
+        try:
+            await self._run(self._public, _PROBE_LABEL)
+        except LantauError:
+            return
+
+    async def capabilities(self) -> HsmCapabilities:
+        return await self._run(self._capabilities)
+
+    def _capabilities(self) -> HsmCapabilities:
+        mechanisms = {m.name for m in self._token.slot.get_mechanisms() if hasattr(m, "name")}
+        key_types = []
+        if {"ECDSA", "EC_KEY_PAIR_GEN"} <= mechanisms:
+            key_types.append("secp256k1")
+        if {"EDDSA", "EC_EDWARDS_KEY_PAIR_GEN"} <= mechanisms:
+            key_types.append("ed25519")
+        wrappable = []
+        if "AES_KEY_WRAP_PAD" in mechanisms:
+            wrappable.append("secp256k1")
+            # SoftHSM 2.6 answers CKR_KEY_NOT_WRAPPABLE for EdDSA keys whatever the
+            # attributes (measured); other tokens are asked, not assumed to fail.
+            if "ed25519" in key_types and "SoftHSM" not in self._token.manufacturer_id:
+                wrappable.append("ed25519")
+        return HsmCapabilities(
+            mechanisms=sorted(mechanisms), key_types=key_types, wrappable=wrappable
+        )
 
     async def close(self) -> None:
         if self._owns_pool:

@@ -9,10 +9,13 @@ import nats.errors
 from nats.aio.client import Client
 
 from libs import tracing
+from libs.hsm.backend import Liveness
 from proto import codec
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import (
+    HsmCapabilities,
+    HsmCapabilitiesQuery,
     HsmCommand,
     HsmFailure,
     HsmGenerate,
@@ -30,7 +33,15 @@ from proto.subjects import hsm_rpc_subject
 R = TypeVar("R", bound=msgspec.Struct)
 
 
+# A probe asks for a key that cannot exist: any answer proves the node serves requests.
+_PROBE = HsmPublicKey(key_id="lantau-probe")
+
+
 class RemoteHsm:
+    """An hsm-node process reached over NATS; alive as long as its health beats say so."""
+
+    liveness: Liveness = "beats"
+
     def __init__(self, nc: Client, node_id: str, *, timeout_s: float) -> None:
         self.name = node_id
         self._nc = nc
@@ -96,6 +107,15 @@ class RemoteHsm:
             key_id=key_id, curve=curve, kek_label=kek_label, wrapped=wrapped, public_key=public_key
         )
         return _expect(await self.call("unwrap", command), HsmKey)
+
+    async def probe(self) -> None:
+        try:
+            await self.call("public_key", _PROBE)
+        except LantauError:
+            return  # the node answered (the probe key does not exist): it serves
+
+    async def capabilities(self) -> HsmCapabilities:
+        return _expect(await self.call("capabilities", HsmCapabilitiesQuery()), HsmCapabilities)
 
     async def close(self) -> None:
         return None

@@ -13,19 +13,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs import bus, curves, metrics
-from libs.bus import Consumer, now_ms
-from libs.hsm.remote import RemoteHsm
-from libs.service import Runtime
+from libs import curves, metrics
+from libs.audit import chain
+from libs.audit import checkpoint as cp
+from libs.bus.consume import Consumer, Delivery
+from libs.bus.publish import WRONG_LAST_SEQUENCE
+from libs.clock import now_ms, wait_or_stop
+from libs.hsm.backend import HsmBackend
+from libs.hsm.pool import HsmPool
+from libs.keys import creation
+from libs.keys.directory import KeyDirectory
+from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.audit import AuditCheckpoint, AuditRecord
-from proto.errors import ErrorCode, LantauError, TransientError
+from proto.errors import ErrorCode, TransientError
 from proto.keys import KeyRecord
 from proto.subjects import (
     AUDIT_CHAIN,
@@ -35,9 +42,6 @@ from proto.subjects import (
     AUDIT_SOURCES,
     HDR_MSG_ID,
 )
-from services.audit import chain
-from services.audit import checkpoint as cp
-from services.signer.keydir import KeyDirectory
 
 log = logging.getLogger("lantau.audit")
 
@@ -86,49 +90,47 @@ def describe(data: bytes) -> _Envelope:
 class CheckpointKey:
     """The audit's signing key, generated inside an HSM and found via the key directory."""
 
-    def __init__(self, rt: Runtime, keys: KeyDirectory) -> None:
+    def __init__(self, rt: Runtime, pool: HsmPool, keys: KeyDirectory) -> None:
         self.rt = rt
+        self.pool = pool
         self.keys = keys
-        self.timeout_s = rt.config.signer.hsm_timeout_ms / 1000
 
     async def record(self) -> KeyRecord:
-        record, revision = await self.keys.get(AUDIT_CHECKPOINT_KEY, fresh=True)
-        if record is not None and record.status == "active":
-            return record
-        if record is None:
-            node = self.rt.config.hsm_nodes[0].id
-            pending = KeyRecord(
-                key_id=AUDIT_CHECKPOINT_KEY,
-                curve="secp256k1",
-                status="pending",
-                owner="audit",
-                nodes=[node],
-                created_at_ms=now_ms(),
-                created_by_request="audit-service",
-            )
-            await self.keys.create(pending)
-            record, revision = await self.keys.get(AUDIT_CHECKPOINT_KEY, fresh=True)
-            assert record is not None
-        made = await RemoteHsm(self.rt.nc, record.nodes[0], timeout_s=self.timeout_s).generate(
-            AUDIT_CHECKPOINT_KEY, "secp256k1"
+        async def generate(node: str) -> bytes:
+            async def on_node(backend: HsmBackend, _n: int) -> bytes:
+                return (await backend.generate(AUDIT_CHECKPOINT_KEY, "secp256k1")).public_key
+
+            public_key, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
+            return public_key
+
+        return await creation.create(
+            self.keys,
+            key_id=AUDIT_CHECKPOINT_KEY,
+            curve="secp256k1",
+            request_id="audit-service",
+            owner="audit",
+            region=None,
+            choose_node=self._placement,
+            generate=generate,
         )
-        active = msgspec.structs.replace(record, status="active", public_key=made.public_key)
-        await self.keys.update(active, revision)
-        log.info("audit checkpoint key created on %s", record.nodes[0])
-        return active
+
+    def _placement(self) -> str:
+        node = self.pool.balancer.choose(self.pool.node_ids(), now_ms())
+        if node is None:
+            raise TransientError(ErrorCode.HSM_UNAVAILABLE, "no healthy HSM node for the audit key")
+        return node
 
     async def sign(self, digest: bytes) -> bytes:
         record = await self.record()
-        last: Exception | None = None
-        for node in record.nodes:
-            try:
-                raw = await RemoteHsm(self.rt.nc, node, timeout_s=self.timeout_s).sign(
-                    AUDIT_CHECKPOINT_KEY, "secp256k1", digest
-                )
-                return curves.finalize("secp256k1", record.public_key, digest, raw).signature
-            except (TransientError, LantauError) as e:
-                last = e
-        raise TransientError(ErrorCode.HSM_UNAVAILABLE, f"cannot sign a checkpoint: {last}")
+
+        async def sign_on(backend: HsmBackend, _n: int) -> bytes:
+            raw = await backend.sign(AUDIT_CHECKPOINT_KEY, "secp256k1", digest)
+            return curves.finalize("secp256k1", record.public_key, digest, raw).signature
+
+        signature, _ = await self.pool.run(
+            "sign", record.nodes, sign_on, max_attempts=self.rt.config.hsm.max_attempts
+        )
+        return signature
 
 
 class Chain:
@@ -170,7 +172,7 @@ class Chain:
         try:
             ack = await self._js.publish(subject, codec.encode(entry), headers=headers)
         except nats.js.errors.APIError as e:
-            if e.err_code == bus.WRONG_LAST_SEQUENCE:
+            if e.err_code == WRONG_LAST_SEQUENCE:
                 await self.load()
                 return False
             raise
@@ -234,14 +236,22 @@ class Chain:
 
 
 async def serve(rt: Runtime) -> None:
-    chain_head = Chain(rt.js, CheckpointKey(rt, await KeyDirectory.open(rt.js)))
+    pool = HsmPool.of_nodes(
+        rt.nc,
+        rt.js,
+        observer=rt.config.audit.id,
+        node_ids=[n.id for n in rt.config.hsm_nodes if n.role == "pool"],
+        timeout_s=rt.config.hsm.timeout_ms / 1000,
+        publish_state=False,
+    )
+    await pool.start(rt.stopping)
+    chain_head = Chain(rt.js, CheckpointKey(rt, pool, await KeyDirectory.open(rt.js)))
     await chain_head.load()
 
-    def handler_for(stream: str):
-        async def handle(msg: Msg) -> None:
-            meta = msg.metadata
-            await chain_head.append(f"{stream}:{meta.sequence.stream}", msg.data)
-            metrics.AUDIT_LAG.set(meta.num_pending)
+    def handler_for(stream: str) -> Callable[[bytes, Delivery], Awaitable[None]]:
+        async def handle(data: bytes, delivery: Delivery) -> None:
+            await chain_head.append(f"{stream}:{delivery.stream_seq}", data)
+            metrics.AUDIT_LAG.set(delivery.pending)
 
         return handle
 
@@ -250,6 +260,7 @@ async def serve(rt: Runtime) -> None:
             rt.nc,
             rt.js,
             spec,
+            bytes,
             handler_for(spec.stream.name),
             batch=rt.config.audit.fetch_batch,
             concurrency=rt.config.audit.fetch_batch,
@@ -259,9 +270,7 @@ async def serve(rt: Runtime) -> None:
     ]
 
     async def checkpoints() -> None:
-        while not rt.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(rt.stopping.wait(), timeout=CHECKPOINT_INTERVAL_S)
+        while not await wait_or_stop(rt.stopping, CHECKPOINT_INTERVAL_S):
             try:
                 await chain_head.checkpoint_if_behind()
             except Exception as e:  # an HSM hiccup: records keep flowing, retry next time
@@ -273,3 +282,7 @@ async def serve(rt: Runtime) -> None:
     ticker.cancel()
     with contextlib.suppress(Exception):
         await chain_head.checkpoint_if_behind()  # leave a signed head behind on shutdown
+    await pool.stop()
+
+
+ENTRY = ServiceEntry(section="audit", serve=serve)

@@ -10,58 +10,46 @@ nodes that were down, and keys created while the backup service was down.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-import time
 
-import msgspec
-from nats.aio.msg import Msg
-
-from libs import bus, curves, metrics
-from libs.bus import Consumer, now_ms
-from libs.hsm.remote import RemoteHsm
-from libs.service import Runtime
+from libs import curves, metrics
+from libs.bus.consume import Consumer, Delivery
+from libs.bus.publish import publish
+from libs.clock import now_ms, wait_or_stop
+from libs.hsm.backend import HsmBackend
+from libs.hsm.balancer import NodeState
+from libs.hsm.pool import HsmPool
+from libs.keys.directory import KeyDirectory
+from libs.keys.residency import fully_replicated, plan
+from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.errors import ErrorCode, LantauError, TransientError
-from proto.events import KeyCreated, KeyReplicated
+from proto.events import Event, KeyCreated, KeyReplicated
 from proto.keys import KeyRecord
-from proto.subjects import BACKUP_KEY_EVENTS, EVENT_KEY_REPLICATED, HSM_BEAT_PREFIX
-from services.backup.plan import fully_replicated, plan
-from services.signer.keydir import KeyDirectory
+from proto.subjects import BACKUP_KEY_EVENTS, EVENT_KEY_REPLICATED
 
 log = logging.getLogger("lantau.backup")
 
 SWEEP_INTERVAL_S = 2.0
-# A node whose last beat is older than this is not sent clones.
-BEAT_FRESH_MS = 3000
 _TEST_DIGEST = hashlib.sha256(b"lantau clone check").digest()
 
 
 class Backup:
-    def __init__(self, rt: Runtime, keys: KeyDirectory) -> None:
+    def __init__(self, rt: Runtime, pool: HsmPool, keys: KeyDirectory) -> None:
         self.rt = rt
+        self.pool = pool
         self.keys = keys
         self.nodes = rt.config.hsm_nodes
         self.kek = rt.config.backup.kek_label
-        self.timeout_s = rt.config.signer.hsm_timeout_ms / 1000 * 2
-        self.last_beat: dict[str, int] = {}
         # Keys the HSM model cannot export at all: reported, not retried forever.
         self.unwrappable: set[str] = set()
         self._lock = asyncio.Lock()
 
     def up(self) -> set[str]:
-        now = now_ms()
-        return {n for n, t in self.last_beat.items() if now - t < BEAT_FRESH_MS}
+        return {v.node_id for v in self.pool.balancer.views() if v.state == NodeState.UP}
 
-    async def on_beat(self, msg: Msg) -> None:
-        with contextlib.suppress(LantauError):
-            beat = codec.HEALTH_BEAT.decode(msg.data)
-            if beat.ok:
-                self.last_beat[beat.node_id] = now_ms()
-
-    async def handle(self, msg: Msg) -> None:
-        event = codec.EVENT.decode(msg.data)
+    async def handle(self, event: Event, _delivery: Delivery) -> None:
         if not isinstance(event, KeyCreated):
             raise LantauError(
                 ErrorCode.WRONG_MESSAGE_TYPE, f"expected key_created, got {type(event).__name__}"
@@ -76,10 +64,12 @@ class Backup:
             p = plan(record, self.nodes, self.up())
             if not p.targets or p.source is None:
                 return record
+
+            async def wrap(backend: HsmBackend, _n: int) -> bytes:
+                return await backend.wrap(key_id, self.kek)
+
             try:
-                wrapped = await RemoteHsm(self.rt.nc, p.source, timeout_s=self.timeout_s).wrap(
-                    key_id, self.kek
-                )
+                wrapped, source = await self.pool.run("wrap", [p.source], wrap, max_attempts=1)
             except LantauError as e:
                 if e.code == ErrorCode.KEY_NOT_WRAPPABLE:
                     self.unwrappable.add(key_id)
@@ -87,44 +77,34 @@ class Backup:
                     return record
                 raise
             for target in p.targets:
-                await self._clone(record, wrapped, p.source, target)
+                await self._clone(record, wrapped, source, target)
             return (await self.keys.get(key_id, fresh=True))[0]
 
     async def _clone(self, record: KeyRecord, wrapped: bytes, source: str, target: str) -> None:
-        remote = RemoteHsm(self.rt.nc, target, timeout_s=self.timeout_s)
-        clone = await remote.unwrap(
-            record.key_id, record.curve, self.kek, wrapped, record.public_key
-        )
-        if clone.public_key != record.public_key:
-            raise TransientError(
-                ErrorCode.HSM_ERROR, f"clone of {record.key_id} on {target} differs"
+        async def unwrap_and_check(backend: HsmBackend, _n: int) -> None:
+            clone = await backend.unwrap(
+                record.key_id, record.curve, self.kek, wrapped, record.public_key
             )
-        data = _TEST_DIGEST if record.curve == "secp256k1" else b"lantau clone check"
-        raw = await remote.sign(record.key_id, record.curve, data)
-        curves.finalize(record.curve, record.public_key, data, raw)  # raises if it does not verify
-        for _ in range(10):  # compare-and-set: signers or other backups may update concurrently
-            current, revision = await self.keys.get(record.key_id, fresh=True)
-            if current is None:
-                return
-            if target in current.nodes:
-                break
-            updated = msgspec.structs.replace(current, nodes=[*current.nodes, target])
-            if await self.keys.update(updated, revision):
-                break
-        else:
-            raise TransientError(
-                ErrorCode.INTERNAL, f"key directory entry {record.key_id} kept changing"
-            )
+            if clone.public_key != record.public_key:
+                raise TransientError(
+                    ErrorCode.HSM_ERROR, f"clone of {record.key_id} on {target} differs"
+                )
+            data = _TEST_DIGEST if record.curve == "secp256k1" else b"lantau clone check"
+            raw = await backend.sign(record.key_id, record.curve, data)
+            # Raises if the clone's signature does not verify under the original public key.
+            curves.finalize(record.curve, record.public_key, data, raw)
+
+        await self.pool.run("unwrap", [target], unwrap_and_check, max_attempts=1)
+        if await self.keys.add_node(record.key_id, target) is None:
+            return  # the key was removed meanwhile
         log.info("key %s cloned %s -> %s and verified", record.key_id, source, target)
         event = KeyReplicated(key_id=record.key_id, node=target, source_node=source, at_ms=now_ms())
-        await bus.publish(
+        await publish(
             self.rt.js, EVENT_KEY_REPLICATED, event, msg_id=f"replicated:{record.key_id}:{target}"
         )
 
     async def sweep_forever(self) -> None:
-        while not self.rt.stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.rt.stopping.wait(), timeout=SWEEP_INTERVAL_S)
+        while not await wait_or_stop(self.rt.stopping, SWEEP_INTERVAL_S):
             try:
                 await self.sweep()
             except Exception as e:  # a node or the bus hiccuped; the next sweep retries
@@ -145,15 +125,32 @@ class Backup:
 
 
 async def serve(rt: Runtime) -> None:
-    backup = Backup(rt, await KeyDirectory.open(rt.js))
-    await rt.nc.subscribe(f"{HSM_BEAT_PREFIX}.*", cb=backup.on_beat)
+    # Every HSM of the domain, offline backup HSMs included: they receive clones.
+    pool = HsmPool.of_nodes(
+        rt.nc,
+        rt.js,
+        observer=rt.config.backup.id,
+        node_ids=[n.id for n in rt.config.hsm_nodes],
+        timeout_s=rt.config.hsm.clone_timeout_ms / 1000,
+        publish_state=False,  # the signers report node state; one voice is enough
+    )
+    await pool.start(rt.stopping)
+    backup = Backup(rt, pool, await KeyDirectory.open(rt.js))
     consumer = Consumer(
-        rt.nc, rt.js, BACKUP_KEY_EVENTS, backup.handle, concurrency=8, name="backup"
+        rt.nc,
+        rt.js,
+        BACKUP_KEY_EVENTS,
+        codec.EVENT.decode,
+        backup.handle,
+        concurrency=8,
+        name="backup",
     )
     sweeper = asyncio.create_task(backup.sweep_forever())
-    started = time.monotonic()
     rt.set_ready("startup", True)
     log.info("backup replicating %d hsm nodes (domain key %s)", len(backup.nodes), backup.kek)
     await consumer.run(rt.stopping)
     sweeper.cancel()
-    log.debug("ran %.0f s", time.monotonic() - started)
+    await pool.stop()
+
+
+ENTRY = ServiceEntry(section="backup", serve=serve)

@@ -19,15 +19,22 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from libs import bus
 from libs import config as config_mod
+from libs.bus.connect import connect
+from libs.bus.publish import publish
 from libs.client import load_signing_key
+from libs.clock import now_ms
 from proto import codec
-from proto.approvals import ApprovalOutcome, ApprovalVote, PendingApproval, signing_bytes
+from proto.approvals import (
+    ApprovalOutcome,
+    ApprovalVote,
+    PendingApproval,
+    approvers,
+    signing_bytes,
+)
 from proto.errors import LantauError
 from proto.requests import SignRequest
 from proto.subjects import APPROVAL_VOTE, APPROVALS_BUCKET, approval_event_subject
-from services.policy.approvals import approvers
 
 VOTE_TTL_MS = 300_000
 OUTCOME_WAIT_S = 15.0
@@ -67,7 +74,7 @@ def describe(p: PendingApproval, now_ms: int) -> str:
 
 async def _list(args: argparse.Namespace) -> int:
     cfg = config_mod.load_for_cli(args.config)
-    nc = await bus.connect(cfg.nats, "lantau-approvals", patient=False)
+    nc = await connect(cfg.nats, "lantau-approvals", patient=False)
     try:
         held = [p for p in await _held(nc) if args.all or p.status == "pending"]
     finally:
@@ -75,7 +82,7 @@ async def _list(args: argparse.Namespace) -> int:
     if not held:
         print("no requests waiting for approval")
         return 0
-    now = bus.now_ms()
+    now = now_ms()
     for p in held:
         print(describe(p, now))
     return 0
@@ -84,7 +91,7 @@ async def _list(args: argparse.Namespace) -> int:
 async def _vote(args: argparse.Namespace, vote: str) -> int:
     cfg = config_mod.load_for_cli(args.config)
     key = load_signing_key(args.key_file)
-    nc = await bus.connect(cfg.nats, "lantau-approvals", patient=False)
+    nc = await connect(cfg.nats, "lantau-approvals", patient=False)
     try:
         kv = await nc.jetstream().key_value(APPROVALS_BUCKET)
         try:
@@ -100,7 +107,7 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
                 file=sys.stderr,
             )
             return 1
-        now = bus.now_ms()
+        now = now_ms()
         unsigned = ApprovalVote(
             vote_id=uuid.uuid4().hex,
             request_id=args.request_id,
@@ -128,7 +135,7 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
                 outcome.set_result(event)
 
         sub = await nc.subscribe(approval_event_subject(args.request_id), cb=on_outcome)
-        await bus.publish(nc.jetstream(), APPROVAL_VOTE, signed, msg_id=f"vote:{signed.vote_id}")
+        await publish(nc.jetstream(), APPROVAL_VOTE, signed, msg_id=f"vote:{signed.vote_id}")
         try:
             result = await asyncio.wait_for(outcome, timeout=OUTCOME_WAIT_S)
         except TimeoutError:

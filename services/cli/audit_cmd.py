@@ -13,13 +13,13 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from libs import config as config_mod
+from libs.audit.export import from_lines, to_lines
+from libs.audit.verify import verify
+from libs.keys.directory import KeyDirectory
 from proto import codec
 from proto.audit import AuditCheckpoint, AuditEntry, AuditRecord
 from proto.errors import LantauError
 from proto.subjects import AUDIT_CHAIN, AUDIT_CHECKPOINT_KEY
-from services.audit.export import from_lines, to_lines
-from services.audit.verify import verify
-from services.signer.keydir import KeyDirectory
 
 
 async def read_log(js: JetStreamContext) -> list[AuditEntry]:

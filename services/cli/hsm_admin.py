@@ -21,18 +21,21 @@ import msgspec
 import nats
 from nats.aio.msg import Msg
 
-from libs import bus
 from libs import config as config_mod
+from libs.bus.connect import connect
+from libs.bus.provision import provision
+from libs.bus.publish import publish
+from libs.clock import now_ms
 from libs.config import Config, HsmNodeConfig
 from libs.hsm import ceremony
+from libs.keys.directory import KeyDirectory
+from libs.keys.residency import fully_replicated
 from proto import codec
 from proto.admin import PoolStatus
 from proto.errors import LantauError
 from proto.events import AdminAction
 from proto.keys import KeyRecord
 from proto.subjects import ADMIN_POOL_STATUS, EVENT_ADMIN
-from services.backup.plan import fully_replicated
-from services.signer.keydir import KeyDirectory
 
 
 def _so_pin(path: str) -> str:
@@ -101,19 +104,19 @@ def _child(config_path: str, node_id: str, step: str, so_pin_file: str, data: by
 
 
 async def _record(cfg: Config, command: str, node: str, phase: str, detail: str = "") -> None:
-    nc = await bus.connect(cfg.nats, "lantau-admin", patient=False)
+    nc = await connect(cfg.nats, "lantau-admin", patient=False)
     try:
         js = nc.jetstream()
-        await bus.provision(js, cfg.nats)
+        await provision(js, cfg.nats)
         action = AdminAction(
             actor=getpass.getuser(),
             command=command,
             node=node,
             phase=phase,
             detail=detail,
-            at_ms=bus.now_ms(),
+            at_ms=now_ms(),
         )
-        await bus.publish(js, EVENT_ADMIN, action)
+        await publish(js, EVENT_ADMIN, action)
     finally:
         await nc.close()
 

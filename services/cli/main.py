@@ -15,65 +15,77 @@ import msgspec
 
 from libs import config as config_mod
 from libs import logs, tracing
-from libs.client import CustodyClient, CustodyError, load_signing_key
-from libs.config import ConfigError
-from libs.hsm.ceremony import CeremonyError
-from libs.service import Runtime
+from libs.client import CustodyClient, load_signing_key
+from libs.secret_files import write_secret
+from libs.service import Runtime, ServiceEntry
 from libs.service import run as run_service
 from proto.common import PayloadKind
-from proto.errors import LantauError
-from services.policy.rules import PolicyFileError
+from proto.errors import ErrorCode, LantauError
 
 DEFAULT_RUN_DIR = Path(os.environ.get("LANTAU_RUN_DIR", ".lantau/run"))
-SERVICES = ("policy", "signer", "hsm-node", "backup", "audit")
 
 
-class UsageError(Exception):
-    pass
+class UsageError(LantauError):
+    """The command line asks for something that cannot be done as given."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.USAGE, message)
 
 
 # -- serve -------------------------------------------------------------------
 
 
+def _policy() -> ServiceEntry:
+    from services.policy.service import ENTRY
+
+    return ENTRY
+
+
+def _signer() -> ServiceEntry:
+    from services.signer.service import ENTRY
+
+    return ENTRY
+
+
+def _hsm_node() -> ServiceEntry:
+    from services.hsm_node.service import ENTRY
+
+    return ENTRY
+
+
+def _backup() -> ServiceEntry:
+    from services.backup.service import ENTRY
+
+    return ENTRY
+
+
+def _audit() -> ServiceEntry:
+    from services.audit.service import ENTRY
+
+    return ENTRY
+
+
+# Every service `lantau serve` runs; each imported only when it is the one served.
+SERVICES: dict[str, Callable[[], ServiceEntry]] = {
+    "policy": _policy,
+    "signer": _signer,
+    "hsm-node": _hsm_node,
+    "backup": _backup,
+    "audit": _audit,
+}
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
-    body: Callable[[Runtime], Awaitable[None]]
-    if args.service == "hsm-node":
-        if not args.node:
-            raise UsageError("serve hsm-node needs --node NODE_ID")
-        node = cfg.hsm_node(args.node)
-        from services.hsm_node.service import serve as hsm_serve
-
-        name, port, provision = f"hsm-node-{node.id}", node.metrics_port, False
-
-        async def body(rt: Runtime) -> None:
-            await hsm_serve(rt, node)
-    else:
-        module = __import__(f"services.{args.service}.service", fromlist=["serve"])
-        if hasattr(module, "check"):
-            module.check(cfg)  # fail fast, before waiting for the bus
-        section = getattr(cfg, args.service)
-        name, port, provision, body = section.id, section.metrics_port, True, module.serve
+    entry = SERVICES[args.service]()
+    if entry.per_node and not args.node:
+        raise UsageError(f"serve {args.service} needs --node NODE_ID")
+    name, port = entry.identity(cfg, args.node)
+    entry.check_config(cfg, args.node)  # fail fast, before waiting for the bus
     logs.setup(cfg.logging, name)
     tracing.setup(name)
-    return asyncio.run(run_service(Runtime(name, cfg, port, provision=provision), body))
-
-
-# -- dev stack ---------------------------------------------------------------
-
-
-def cmd_dev_up(args: argparse.Namespace) -> int:
-    from services.cli.demo import dev_up_with_demo
-
-    return asyncio.run(
-        dev_up_with_demo(
-            Path(args.dir),
-            nodes=args.nodes,
-            demo=args.demo,
-            keep_running=not args.exit,
-            prometheus=args.prometheus,
-        )
-    )
+    runtime = Runtime(name, cfg, port, provision=entry.provision)
+    return asyncio.run(run_service(runtime, entry.body(cfg, args.node)))
 
 
 # -- client commands -----------------------------------------------------------
@@ -179,15 +191,6 @@ def cmd_result(args: argparse.Namespace) -> int:
     return asyncio.run(_with_client(args, go))
 
 
-def cmd_chaos(args: argparse.Namespace) -> int:
-    import shutil
-
-    from services.cli.chaos import chaos_demo
-
-    shutil.rmtree(args.dir, ignore_errors=True)
-    return asyncio.run(chaos_demo(Path(args.dir), duration_s=args.seconds))
-
-
 def cmd_keygen(args: argparse.Namespace) -> int:
     import nacl.signing
 
@@ -195,10 +198,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if out.exists():
         raise UsageError(f"{out} exists; refusing to overwrite a key")
     key = nacl.signing.SigningKey.generate()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.encode().hex() + "\n")
+    write_secret(out, key.encode().hex() + "\n")
     print(key.verify_key.encode().hex())
     return 0
 
@@ -220,21 +220,10 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="run one service process")
-    p.add_argument("service", choices=SERVICES)
+    p.add_argument("service", choices=list(SERVICES))
     p.add_argument("--config", required=True)
     p.add_argument("--node", help="hsm-node: the [[hsm_nodes]] id to serve")
     p.set_defaults(fn=cmd_serve)
-
-    dev = sub.add_parser("dev", help="embedded dev stack").add_subparsers(dest="dev", required=True)
-    p = dev.add_parser("up", help="start nats-server, SoftHSM tokens, hsm-nodes and services")
-    p.add_argument("--dir", default=str(DEFAULT_RUN_DIR))
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--demo", action="store_true", help="send demo requests once ready")
-    p.add_argument("--exit", action="store_true", help="stop after the demo instead of serving")
-    p.add_argument(
-        "--prometheus", action="store_true", help="also run Prometheus scraping the stack"
-    )
-    p.set_defaults(fn=cmd_dev_up)
 
     p = sub.add_parser("sign", help="sign a payload with a key")
     p.add_argument("key_id")
@@ -265,16 +254,16 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
-    from services.cli import approvals_cmd, audit_cmd, bench
+    from services.cli import approvals_cmd, audit_cmd
 
     audit_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
-    bench.add_parsers(sub)
-
-    p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
-    p.add_argument("--dir", default=".lantau/chaos")
-    p.add_argument("--seconds", type=float, default=18.0)
-    p.set_defaults(fn=cmd_chaos)
+    try:
+        from devkit import commands as dev_commands
+    except ImportError:  # an operator install: no dev stack, demo, chaos or bench
+        pass
+    else:
+        dev_commands.add_parsers(sub, DEFAULT_RUN_DIR)
 
     p = sub.add_parser("keygen", help="make an Ed25519 requester/approver key file")
     p.add_argument("--out", required=True)
@@ -286,9 +275,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.fn(args))
-    except (ConfigError, UsageError, CustodyError, CeremonyError, PolicyFileError) as e:
-        print(f"lantau: {e}", file=sys.stderr)
-        return 2
     except LantauError as e:
         print(f"lantau: {e.code}: {e.message}", file=sys.stderr)
         return 2

@@ -18,14 +18,16 @@ from nats import micro
 from nats.micro.request import Request
 
 from libs import metrics, tracing
-from libs.bus import now_ms
+from libs.clock import now_ms, wait_or_stop
 from libs.config import HsmNodeConfig, read_pin
 from libs.hsm.pkcs11_backend import Pkcs11Backend
-from libs.service import Runtime
+from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import (
+    COMMANDS,
     HealthBeat,
+    HsmCapabilitiesQuery,
     HsmCommand,
     HsmFailure,
     HsmGenerate,
@@ -42,13 +44,6 @@ from proto.subjects import HSM_SERVICE_NAME, hsm_beat_subject, hsm_rpc_subject
 
 log = logging.getLogger("lantau.hsm_node")
 
-OPS: dict[str, type] = {
-    "generate": HsmGenerate,
-    "public_key": HsmPublicKey,
-    "sign": HsmSign,
-    "wrap": HsmWrap,
-    "unwrap": HsmUnwrap,
-}
 # Token errors in a row after which the node reports itself unhealthy in its beats.
 UNHEALTHY_AFTER = 3
 
@@ -111,7 +106,7 @@ class HsmNode:
 
     async def _execute(self, op: str, data: bytes) -> HsmReply:
         command: HsmCommand = codec.HSM_COMMAND.decode(data)
-        if not isinstance(command, OPS[op]):
+        if not isinstance(command, COMMANDS[op]):
             raise LantauError(
                 ErrorCode.WRONG_MESSAGE_TYPE,
                 f"{type(command).__name__} sent to the {op} endpoint",
@@ -135,6 +130,8 @@ class HsmNode:
                 command.wrapped,
                 command.public_key,
             )
+        if isinstance(command, HsmCapabilitiesQuery):
+            return await self.backend.capabilities()
         assert isinstance(command, HsmPublicKey)
         return await self.backend.public_key(command.key_id)
 
@@ -155,10 +152,7 @@ class HsmNode:
             )
             with contextlib.suppress(Exception):
                 await self.rt.nc.publish(subject, codec.encode(beat))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.rt.stopping.wait(), timeout=self.node.beat_interval_ms / 1000
-                )
+            await wait_or_stop(self.rt.stopping, self.node.beat_interval_ms / 1000)
 
     async def drain(self) -> None:
         if self._tasks:
@@ -184,7 +178,7 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     def handler_for(op: str) -> Callable[[Request], Awaitable[None]]:
         return lambda req: hsm.on_request(op, req)
 
-    for op in OPS:
+    for op in COMMANDS:
         await service.add_endpoint(
             name=op, subject=hsm_rpc_subject(node.id, op), handler=handler_for(op)
         )
@@ -196,3 +190,6 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     await hsm.drain()
     beats.cancel()
     await backend.close()
+
+
+ENTRY = ServiceEntry(section="hsm-node", serve=serve, per_node=True, provision=False)

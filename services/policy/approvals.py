@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import msgspec
 
-from proto.approvals import ApprovalVote, CastVote, PendingApproval, PendingStatus, signing_bytes
+from proto.approvals import (
+    ApprovalVote,
+    CastVote,
+    PendingApproval,
+    PendingStatus,
+    approvers,
+    signing_bytes,
+)
 from proto.errors import ErrorCode, LantauError
 from services.policy.auth import signed_by
 from services.policy.rules import Policy
@@ -63,12 +70,3 @@ def apply(pending: PendingApproval, vote: ApprovalVote, now_ms: int) -> PendingA
     elif len(approvers(votes)) >= pending.quorum:
         status = "approved"
     return msgspec.structs.replace(pending, votes=votes, status=status)
-
-
-def approvers(votes: list[CastVote]) -> list[str]:
-    """Distinct approvers who said yes, in the order they did."""
-    seen: list[str] = []
-    for v in votes:
-        if v.vote == "approve" and v.approver not in seen:
-            seen.append(v.approver)
-    return seen

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from libs import bus, metrics
-from libs.bus import now_ms
+from libs import metrics
+from libs.bus.publish import publish
+from libs.clock import now_ms
 from proto.orders import CreateKeyOrder, Decision, SignOrder
 from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
 from proto.results import unsuccessful
@@ -40,7 +41,7 @@ def sign_order(
 
 async def publish_order(js: JetStreamContext, order: SignOrder | CreateKeyOrder) -> None:
     # Same msg id on every redelivery and from every replica: one order per request.
-    await bus.publish(
+    await publish(
         js,
         SIGN_ORDER if isinstance(order, SignOrder) else CREATE_KEY_ORDER,
         order,
@@ -68,7 +69,7 @@ async def publish_refusal(
         message=message,
         completed_at_ms=now_ms(),
     )
-    published = await bus.publish(js, result_subject(request_id), result, first_on_subject=True)
+    published = await publish(js, result_subject(request_id), result, first_on_subject=True)
     if published:
         metrics.RESULTS.labels("policy", status, code).inc()
     return published

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from proto.common import PayloadKind
+from proto.errors import ErrorCode, LantauError
 from proto.requests import SignRequest
 from services.policy.velocity import Window
 
@@ -29,8 +30,11 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
-class PolicyFileError(Exception):
+class PolicyFileError(LantauError):
     """A policy file that cannot be used; the message names the line and the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.POLICY_FILE_INVALID, message)
 
 
 class Hours(
@@ -138,7 +142,7 @@ class Charge:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Verdict:
     action: Literal["allow", "deny", "approve"]
     rule: str
     explanation: str
@@ -328,7 +332,7 @@ def matches(
 
 def evaluate(
     policy: Policy, request: SignRequest, now_ms: int, windows: Mapping[str, Window]
-) -> Decision:
+) -> Verdict:
     """First matching rule wins; none matching denies."""
     for rule in policy.rules:
         why = matches(policy, rule, request, now_ms, windows)
@@ -336,20 +340,20 @@ def evaluate(
             continue
         text = f"rule {rule.name!r} ({why})" + (f": {rule.reason}" if rule.reason else "")
         if rule.action == "deny":
-            return Decision("deny", rule.name, text, policy.version)
+            return Verdict("deny", rule.name, text, policy.version)
         charges = charges_for(policy, request)
         if rule.action == "allow":
-            return Decision("allow", rule.name, text, policy.version, charges=charges)
+            return Verdict("allow", rule.name, text, policy.version, charges=charges)
         assert rule.group is not None and rule.quorum is not None
         group = policy.group(rule.group)
         if request.requester not in group.approves_for:
-            return Decision(
+            return Verdict(
                 "deny",
                 rule.name,
                 f"{text}: group {rule.group!r} does not approve for {request.requester}",
                 policy.version,
             )
-        return Decision(
+        return Verdict(
             "approve",
             rule.name,
             f"{text}: needs {rule.quorum} of {len(group.approvers)} approvers of {rule.group!r}",
@@ -360,6 +364,6 @@ def evaluate(
             eligible=tuple(group.approvers),
             charges=charges,
         )
-    return Decision(
+    return Verdict(
         "deny", DEFAULT_DENY, "no rule allows this request (deny by default)", policy.version
     )

@@ -13,14 +13,17 @@ import asyncio
 import logging
 
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
-from libs import bus, curves, metrics, tracing
-from libs.bus import Consumer, now_ms
+from libs import curves, metrics, tracing
+from libs.bus import kv
+from libs.bus.consume import Consumer, Delivery
+from libs.bus.publish import last_on_subject
+from libs.clock import now_ms
 from libs.config import Config
+from libs.keys.directory import KeyDirectory
 from libs.logs import request_id_var
-from libs.service import Runtime
+from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.approvals import ApprovalVote
 from proto.errors import ErrorCode, LantauError
@@ -35,10 +38,10 @@ from proto.subjects import (
     result_subject,
 )
 from services.policy import auth
-from services.policy.held import Approvals, VelocityBook
+from services.policy.approval_state import Approvals
 from services.policy.outcomes import publish_order, publish_refusal, sign_order
 from services.policy.store import PolicyStore
-from services.signer.keydir import KeyDirectory
+from services.policy.velocity_state import VelocityBook
 
 log = logging.getLogger("lantau.policy")
 
@@ -46,7 +49,7 @@ log = logging.getLogger("lantau.policy")
 _UNAUTHENTICATED = {ErrorCode.UNKNOWN_REQUESTER, ErrorCode.BAD_SIGNATURE}
 
 
-class Policy:
+class PolicyService:
     def __init__(
         self,
         rt: Runtime,
@@ -64,8 +67,7 @@ class Policy:
         self.velocity = velocity
         self.policies = policies
 
-    async def handle(self, msg: Msg) -> None:
-        message = codec.POLICY_INPUT.decode(msg.data)
+    async def handle(self, message: Request | ApprovalVote, _delivery: Delivery) -> None:
         if isinstance(message, ApprovalVote):
             await self.held.vote(message, self.policies.current)
             return
@@ -75,7 +77,7 @@ class Policy:
         requester = auth.authenticate(request, self.rt.config.requester(request.requester))
         digest = request_hash(request)
         fresh = await self._claim(request.request_id, digest)
-        if not fresh and await bus.last_on_subject(
+        if not fresh and await last_on_subject(
             self.rt.js, RESULTS.name, result_subject(request.request_id)
         ):
             return  # a resend of an answered request: the client reads the stored result
@@ -145,26 +147,22 @@ class Policy:
         # Same content: a resend or a redelivery; continuing is idempotent downstream.
         return False
 
-    async def on_reject(self, msg: Msg, error: LantauError) -> None:
-        try:
-            message = codec.POLICY_INPUT.decode(msg.data)
-        except LantauError:
-            message = None
+    async def on_reject(
+        self, message: Request | ApprovalVote | None, error: LantauError, delivery: Delivery
+    ) -> None:
         if isinstance(message, ApprovalVote):
             await self.held.refused(message, error)
             return
         request: Request | None = message
-        request_id = request.request_id if request else bus.request_id_header(msg)
+        request_id = request.request_id if request else delivery.request_id
         if not request_id or error.code == ErrorCode.REQUEST_ID_CONFLICT:
             # No id to answer on, or the id belongs to another request: the dead-letter
             # record is the answer (the client sees the other request's hash and knows).
             return
         if error.code in _UNAUTHENTICATED:
-            try:
-                if (await self.requests_kv.get(request_id)).value is not None:
-                    return  # a genuine request owns this id: never answer for it
-            except nats.js.errors.KeyNotFoundError:
-                pass
+            owner, _ = await kv.read(self.requests_kv, request_id)
+            if owner is not None:
+                return  # a genuine request owns this id: never answer for it
         status = "expired" if error.code == ErrorCode.REQUEST_EXPIRED else "rejected"
         await publish_refusal(
             self.rt.js, request_id, request, str(error.code), error.message, status
@@ -182,7 +180,7 @@ async def serve(rt: Runtime) -> None:
     held = Approvals(rt, await rt.js.key_value(APPROVALS_BUCKET))
     velocity = VelocityBook(await rt.js.key_value(VELOCITY_BUCKET))
     held.velocity = velocity
-    policy = Policy(
+    policy = PolicyService(
         rt,
         await rt.js.key_value(REQUESTS_BUCKET),
         await KeyDirectory.open(rt.js),
@@ -194,6 +192,7 @@ async def serve(rt: Runtime) -> None:
         rt.nc,
         rt.js,
         POLICY_REQUESTS,
+        codec.POLICY_INPUT.decode,
         policy.handle,
         batch=rt.config.policy.fetch_batch,
         concurrency=rt.config.policy.fetch_batch * 2,
@@ -211,3 +210,6 @@ async def serve(rt: Runtime) -> None:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+
+
+ENTRY = ServiceEntry(section="policy", serve=serve, check=check)

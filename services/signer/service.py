@@ -13,21 +13,24 @@ import time
 import uuid
 
 from nats import micro
-from nats.aio.msg import Msg
 from nats.micro.request import Request
 
-from libs import bus, curves, metrics, tracing
-from libs.bus import Consumer, now_ms
-from libs.hsm.remote import RemoteHsm
+from libs import curves, metrics, tracing
+from libs.bus.consume import Consumer, Delivery
+from libs.bus.publish import last_on_subject, publish
+from libs.clock import now_ms
+from libs.hsm.backend import HsmBackend
+from libs.hsm.pool import HsmPool
+from libs.keys import creation
+from libs.keys.directory import KeyDirectory
 from libs.logs import request_id_var
-from libs.service import Runtime
+from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.audit import AuditIntent
 from proto.common import ErrorInfo
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import KeyCreated
-from proto.keys import KeyRecord
-from proto.orders import CreateKeyOrder, SignOrder
+from proto.orders import CreateKeyOrder, Order, SignOrder
 from proto.results import KeyResult, SignResult, unsuccessful
 from proto.subjects import (
     ADMIN_POOL_STATUS,
@@ -38,8 +41,6 @@ from proto.subjects import (
     SIGNER_SERVICE_NAME,
     result_subject,
 )
-from services.signer.keydir import KeyDirectory
-from services.signer.pool import HsmPool, NoNodeAvailable
 
 log = logging.getLogger("lantau.signer")
 
@@ -48,6 +49,7 @@ class Signer:
     def __init__(self, rt: Runtime, pool: HsmPool, keys: KeyDirectory) -> None:
         self.rt = rt
         self.cfg = rt.config.signer
+        self.max_attempts = rt.config.hsm.max_attempts
         self.pool = pool
         self.keys = keys
         # Offline backup HSMs hold clones but are never asked to sign.
@@ -55,13 +57,12 @@ class Signer:
 
     # -- consumer callbacks --------------------------------------------------
 
-    async def handle(self, msg: Msg) -> None:
-        order = codec.ORDER.decode(msg.data)
+    async def handle(self, order: Order, delivery: Delivery) -> None:
         request_id_var.set(order.request_id)
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
         # Policy sends one order per request (one msg id; a resend that finds a result
         # stops at policy), so only a redelivery can find its request already answered.
-        if bus.deliveries(msg) > 1 and await bus.last_on_subject(
+        if delivery.count > 1 and await last_on_subject(
             self.rt.js, RESULTS.name, result_subject(order.request_id)
         ):
             return  # already answered before a crash
@@ -74,27 +75,24 @@ class Signer:
             )
             return
         if isinstance(order, SignOrder):
-            await self._sign(order, bus.deliveries(msg))
+            await self._sign(order, delivery.count)
         else:
             await self._create_key(order)
 
-    async def on_reject(self, msg: Msg, error: LantauError) -> None:
+    async def on_reject(self, order: Order | None, error: LantauError, delivery: Delivery) -> None:
         """Tell the requester why its order cannot be done (bad order or retries exhausted)."""
-        try:
-            order: SignOrder | CreateKeyOrder | None = codec.ORDER.decode(msg.data)
-        except LantauError:
-            order = None
-        request_id = order.request_id if order else bus.request_id_header(msg)
         if order is not None:
             await self._finish(order, "failed", error.code, error.message)
-        elif request_id:
+        elif delivery.request_id:
             result = SignResult(
-                request_id=request_id,
+                request_id=delivery.request_id,
                 status="failed",
                 error=ErrorInfo(code=str(error.code), message=error.message),
                 completed_at_ms=now_ms(),
             )
-            await bus.publish(self.rt.js, result_subject(request_id), result, first_on_subject=True)
+            await publish(
+                self.rt.js, result_subject(delivery.request_id), result, first_on_subject=True
+            )
 
     # -- signing -------------------------------------------------------------
 
@@ -115,7 +113,7 @@ class Signer:
         queued_s = max(0.0, (now_ms() - order.requested_at_ms) / 1000)
         metrics.STAGE_DURATION.labels("queue").observe(queued_s)
 
-        async def attempt(remote: RemoteHsm, n: int) -> curves.FinalSignature:
+        async def attempt(remote: HsmBackend, n: int) -> curves.FinalSignature:
             # Fail closed: the intent is durable in JetStream before the HSM is asked.
             t0 = time.perf_counter()
             intent = AuditIntent(
@@ -127,7 +125,7 @@ class Signer:
                 actor=self.cfg.id,
                 at_ms=now_ms(),
             )
-            await bus.publish(
+            await publish(
                 self.rt.js,
                 AUDIT_INTENT,
                 intent,
@@ -147,9 +145,7 @@ class Signer:
             return final
 
         holders = [n for n in record.nodes if n in self.signing_nodes]
-        final, node = await self.pool.run(
-            "sign", holders, attempt, max_attempts=self.cfg.max_attempts
-        )
+        final, node = await self.pool.run("sign", holders, attempt, max_attempts=self.max_attempts)
         t0 = time.perf_counter()
         result = SignResult(
             request_id=order.request_id,
@@ -169,79 +165,29 @@ class Signer:
     # -- key creation --------------------------------------------------------
 
     async def _create_key(self, order: CreateKeyOrder) -> None:
-        record, revision = await self.keys.get(order.key_id, fresh=True)
-        reserved_now = record is None
-        if record is None:
-            node = self._placement(order)
-            record = KeyRecord(
+        async def generate(node: str) -> bytes:
+            async def on_node(backend: HsmBackend, _n: int) -> bytes:
+                return (await backend.generate(order.key_id, order.curve)).public_key
+
+            # On the reserved node only: never two different keys under one id.
+            public_key, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
+            return public_key
+
+        try:
+            record = await creation.create(
+                self.keys,
                 key_id=order.key_id,
                 curve=order.curve,
-                status="pending",
-                region=order.region,
+                request_id=order.request_id,
                 owner=order.requester,
-                nodes=[node],
-                created_at_ms=now_ms(),
-                created_by_request=order.request_id,
+                region=order.region,
+                choose_node=lambda: self._placement(order),
+                generate=generate,
             )
-            if not await self.keys.create(record):
-                raise TransientError(
-                    ErrorCode.INTERNAL, f"key {order.key_id} reserved concurrently; re-reading"
-                )
-            record, revision = await self.keys.get(order.key_id, fresh=True)
-            assert record is not None
-        if record.created_by_request != order.request_id:
-            await self._finish(
-                order, "rejected", ErrorCode.KEY_EXISTS, f"key {order.key_id} already exists"
-            )
+        except LantauError as e:
+            status = "rejected" if e.code == ErrorCode.KEY_EXISTS else "failed"
+            await self._finish(order, status, e.code, e.message)
             return
-        if record.curve != order.curve:
-            await self._finish(
-                order,
-                "failed",
-                ErrorCode.CURVE_MISMATCH,
-                f"key {order.key_id} is reserved as {record.curve}",
-            )
-            return
-        if record.status == "pending":
-            # Generate on the reserved node only: never two different keys under one id.
-            node = record.nodes[0]
-
-            async def generate(remote: RemoteHsm, _n: int) -> bytes:
-                return (await remote.generate(order.key_id, order.curve)).public_key
-
-            try:
-                public_key, _ = await self.pool.run("generate", [node], generate, max_attempts=1)
-            except NoNodeAvailable as e:
-                if not reserved_now or e.delivered:
-                    raise  # the node may hold the key: wait for it
-                # Reserved just now and nothing reached the node (it died since its
-                # last beat): no key can exist there. Give the reservation back; the
-                # redelivery places the key afresh on a node that serves.
-                released = await self.keys.release(order.key_id, revision)
-                log.warning(
-                    "key %s: %s; reservation %s",
-                    order.key_id,
-                    e.message,
-                    "released" if released else "kept (changed meanwhile)",
-                )
-                raise
-            active = KeyRecord(
-                key_id=record.key_id,
-                curve=record.curve,
-                status="active",
-                public_key=public_key,
-                region=record.region,
-                owner=record.owner,
-                nodes=[node],
-                created_at_ms=record.created_at_ms,
-                created_by_request=record.created_by_request,
-            )
-            if not await self.keys.update(active, revision):
-                raise TransientError(
-                    ErrorCode.INTERNAL, f"key {order.key_id} changed concurrently; retrying"
-                )
-            record = active
-            log.info("key %s (%s) created on %s", order.key_id, order.curve, node)
         event = KeyCreated(
             key_id=record.key_id,
             curve=record.curve,
@@ -251,9 +197,7 @@ class Signer:
             request_id=order.request_id,
             at_ms=now_ms(),
         )
-        await bus.publish(
-            self.rt.js, EVENT_KEY_CREATED, event, msg_id=f"key-created:{record.key_id}"
-        )
+        await publish(self.rt.js, EVENT_KEY_CREATED, event, msg_id=f"key-created:{record.key_id}")
         result = KeyResult(
             request_id=order.request_id,
             request_hash=order.request_hash,
@@ -302,7 +246,7 @@ class Signer:
     async def _publish_result(
         self, order: SignOrder | CreateKeyOrder, result: SignResult | KeyResult
     ) -> None:
-        first = await bus.publish(
+        first = await publish(
             self.rt.js, result_subject(order.request_id), result, first_on_subject=True
         )
         kind = "sign" if isinstance(order, SignOrder) else "create_key"
@@ -318,12 +262,12 @@ class Signer:
 
 async def serve(rt: Runtime) -> None:
     cfg = rt.config.signer
-    pool = HsmPool(
+    pool = HsmPool.of_nodes(
         rt.nc,
         rt.js,
         observer=cfg.id,
         node_ids=[n.id for n in rt.config.hsm_nodes if n.role == "pool"],
-        timeout_s=cfg.hsm_timeout_ms / 1000,
+        timeout_s=rt.config.hsm.timeout_ms / 1000,
     )
     await pool.start(rt.stopping)
     signer = Signer(rt, pool, await KeyDirectory.open(rt.js))
@@ -331,6 +275,7 @@ async def serve(rt: Runtime) -> None:
         rt.nc,
         rt.js,
         SIGNER_ORDERS,
+        codec.ORDER.decode,
         signer.handle,
         batch=cfg.fetch_batch,
         concurrency=cfg.max_concurrency,
@@ -355,3 +300,6 @@ async def serve(rt: Runtime) -> None:
     await consumer.run(rt.stopping)
     await admin.stop()
     await pool.stop()
+
+
+ENTRY = ServiceEntry(section="signer", serve=serve)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.audit.export import to_lines
+from libs.audit.export import to_lines
 from tests.audit.test_verify import PUB, build
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "audit.md"

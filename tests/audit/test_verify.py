@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from libs.audit import chain
+from libs.audit import checkpoint as cp
+from libs.audit.export import from_lines, to_lines
+from libs.audit.verify import missing_sources, verify
 from proto.audit import AuditCheckpoint, AuditRecord
-from services.audit import chain
-from services.audit import checkpoint as cp
-from services.audit.export import from_lines, to_lines
-from services.audit.verify import missing_sources, verify
 
 KEY = coincurve.PrivateKey(b"\x01" * 32)
 PUB = KEY.public_key.format()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from services.cli.bench import Durations, percentile, run_bench, table
+from devkit.bench import Durations, percentile, run_bench, table
 
 
 def test_percentile_is_nearest_rank():

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devkit.natsserver import binary as nats_server_binary
 from libs import config as config_mod
-from libs.natsserver import binary as nats_server_binary
 from services.policy import rules
 
 ROOT = Path(__file__).resolve().parents[2]

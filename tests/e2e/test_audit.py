@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from libs.audit.verify import missing_sources, verify
+from libs.keys.directory import KeyDirectory
 from proto.audit import AuditCheckpoint, AuditRecord
 from proto.subjects import AUDIT_CHECKPOINT_KEY, RESULTS, result_subject
-from services.audit.verify import missing_sources, verify
 from services.cli.audit_cmd import read_log
-from services.signer.keydir import KeyDirectory
 from tests.e2e.helpers import lantau
 from tests.e2e.test_crash import _submit_all, _wait_all, _wait_for_progress
 
@@ -39,7 +39,7 @@ async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_
         assert all(r is not None and r.status == "signed" for r in results)
         await fresh_platform.restart("audit")
 
-        js = client._js
+        js = client.connection.jetstream()
         expected = []
         for request, _ in requests:
             raw = await js.get_last_msg(RESULTS.name, result_subject(request.request_id))

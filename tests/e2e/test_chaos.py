@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
+from devkit.chaos import Fault, run_chaos, wait_replicated
 from libs.client import CustodyClient
-from services.cli.chaos import Fault, run_chaos, wait_replicated
 from tests.conftest import TRADER
 
 
@@ -63,7 +63,7 @@ async def test_sigstop_then_sigcont_a_node(fresh_platform, clients):
         duration_s=10.0,
     )
     # A hung node costs at most about one HSM deadline for requests caught on it.
-    hsm_timeout_ms = fresh_platform.config.signer.hsm_timeout_ms
+    hsm_timeout_ms = fresh_platform.config.hsm.timeout_ms
     assert report.faults[0].worst_latency_ms < hsm_timeout_ms * 3
 
 

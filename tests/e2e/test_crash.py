@@ -49,7 +49,7 @@ async def _assert_exactly_once(client, requests, results) -> None:
         assert result.status == "signed", (request.request_id, result.error)
         verify_independently(result, digest)
     counts = await asyncio.gather(
-        *(results_on_subject(client._js, r.request_id) for r, _ in requests)
+        *(results_on_subject(client.connection.jetstream(), r.request_id) for r, _ in requests)
     )
     assert set(counts) == {1}, "some request got more than one result"
 
@@ -113,4 +113,4 @@ async def test_nats_outage_pauses_then_resumes(fresh_platform, fresh_client):
     assert r.status == "signed"
     for name, proc in fresh_platform.procs.processes.items():
         assert proc.alive, f"{name} died when NATS restarted:\n{proc.log_tail()}"
-    assert isinstance(fresh_client._nc, nats.aio.client.Client)
+    assert isinstance(fresh_client.connection, nats.aio.client.Client)

@@ -18,10 +18,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from devkit import demo_policy
+from devkit.stack import DevStack
 from libs.client import CustodyClient
 from proto.requests import Transfer
-from services.cli import demo_policy
-from services.cli.devstack import DevStack
 from tests.conftest import TRADER, _start
 
 # Service processes print their spans with the SDK's console exporter, chosen by the

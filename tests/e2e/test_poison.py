@@ -75,8 +75,8 @@ async def dead_letter_for(js, stream: str, seq: int, timeout_s: float = 15.0):
 async def test_poison_without_request_id_is_dead_lettered_with_its_code(
     platform, client, subject, stream, payload, code
 ):
-    ack = await client._js.publish(subject, payload)
-    record = await dead_letter_for(client._js, stream, ack.seq)
+    ack = await client.connection.jetstream().publish(subject, payload)
+    record = await dead_letter_for(client.connection.jetstream(), stream, ack.seq)
     assert record.code == code
     assert record.message and record.subject == subject
 
@@ -86,7 +86,7 @@ async def test_poison_with_request_id_gets_a_typed_result(
     platform, client, subject, stream, payload, code
 ):
     rid = f"poison-{hashlib.sha256(subject.encode() + payload).hexdigest()[:16]}"
-    await client._js.publish(subject, payload, headers={HDR_REQUEST_ID: rid})
+    await client.connection.jetstream().publish(subject, payload, headers={HDR_REQUEST_ID: rid})
     for _ in range(150):
         result = await client.get_result(rid)
         if result is not None:
@@ -111,7 +111,7 @@ async def test_hsm_node_answers_bad_rpc_with_a_typed_failure(platform, nc, op):
 async def test_everything_keeps_serving_after_poison(platform, client, nc):
     # Poison of every kind, including to the beats the pool listens to.
     for subject, _, payload, _ in CASES:
-        await client._js.publish(subject, payload)
+        await client.connection.jetstream().publish(subject, payload)
     await nc.publish("lantau.hsm.beat.hsm-1", GARBAGE)
     await nc.publish(
         EVENT_KEY_CREATED,

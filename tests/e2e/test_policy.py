@@ -7,9 +7,9 @@ import hashlib
 
 import pytest
 
+from devkit import demo_policy
 from libs.client import CustodyClient
 from proto.requests import Transfer
-from services.cli import demo_policy
 from tests.e2e.helpers import lantau, verify_independently
 
 KEY = "desk-a-policy"

@@ -10,11 +10,11 @@ import sys
 import msgspec
 import pytest
 
+from devkit.chaos import wait_replicated
 from libs.config import Config
 from libs.hsm.remote import RemoteHsm
+from libs.keys.directory import KeyDirectory
 from proto.errors import ErrorCode, LantauError
-from services.cli.chaos import wait_replicated
-from services.signer.keydir import KeyDirectory
 
 
 def regions_and_backup(cfg: Config) -> Config:
@@ -58,7 +58,7 @@ async def test_untagged_key_is_cloned_to_every_node_and_each_clone_signs(platfor
 async def test_region_tagged_key_never_leaves_its_region(platform, client, nc):
     created = await client.create_key("desk-a-hk-only", "secp256k1", region="hk")
     assert created.status == "created" and created.node in ("hsm-1", "hsm-2")
-    directory = await KeyDirectory.open(client._js)
+    directory = await KeyDirectory.open(client.connection.jetstream())
     for _ in range(100):
         record, _ = await directory.get("desk-a-hk-only", fresh=True)
         if {"hsm-1", "hsm-2", "hsm-3"} <= set(record.nodes):
@@ -157,7 +157,7 @@ def test_private_keys_only_leave_wrapped_under_a_trusted_key(tmp_path):
 import sys, pkcs11
 from pkcs11 import KeyType, Attribute as A, Mechanism as M, ObjectClass as OC
 from libs.hsm.pkcs11_backend import Pkcs11Backend
-from libs.softhsm import find_module
+from devkit.softhsm import find_module
 import asyncio
 b = Pkcs11Backend(find_module(), sys.argv[1], open(sys.argv[2]).read().strip())
 asyncio.run(b.generate("k", "secp256k1"))
@@ -174,7 +174,7 @@ except pkcs11.KeyNotWrappable:
     print("refused")
 """
     )
-    from libs.softhsm import init_token
+    from devkit.softhsm import init_token
 
     token = init_token(tmp_path, "probe")
     out = subprocess.run(

@@ -9,8 +9,8 @@ import msgspec
 import nacl.signing
 import pytest
 
-from libs.bus import now_ms
 from libs.client import CustodyClient, RequestIdConflict
+from libs.clock import now_ms
 from proto.errors import ErrorCode
 from tests.e2e.helpers import results_on_subject, verify_independently
 
@@ -47,7 +47,7 @@ async def test_resending_a_request_id_returns_the_same_result_and_signs_once(pla
     )
     assert first.status == "signed"
     assert {r.signature for r in (again, *many)} == {first.signature}
-    js = client._js
+    js = client.connection.jetstream()
     assert await results_on_subject(js, "idem-1") == 1
     # The audit intent exists once per HSM attempt: exactly one signature was made.
     info = await js.stream_info("LANTAU_AUDIT")
@@ -103,12 +103,12 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
         created = now_ms() - 10 * 60_000
     elif mutate == "future":
         created = now_ms() + 10 * 60_000
-    forger = CustodyClient(client._nc, requester, signer_key)
+    forger = CustodyClient(client.connection, requester, signer_key)
     request = forger.sign_request(key_id, payload)
     request = msgspec.structs.replace(
         request, created_at_ms=created, expires_at_ms=created + 60_000, signature=b""
     )
-    request = forger._signed(request)
+    request = forger.signed(request)
     result = await forger.send(request, timeout=15)
     assert result.status == status
     assert result.error is not None and result.error.code == code

@@ -10,8 +10,8 @@ from libs.config import ConfigError
 TOML = """
 [nats]
 servers = ["nats://a:4222"]
-[signer]
-hsm_timeout_ms = 1500
+[hsm]
+timeout_ms = 1500
 [[hsm_nodes]]
 id = "hsm-1"
 token_label = "t1"
@@ -28,19 +28,19 @@ def write(tmp_path, text):
 def test_loads_file_and_defaults(tmp_path):
     cfg = config.load(write(tmp_path, TOML), env={})
     assert cfg.nats.servers == ["nats://a:4222"]
-    assert cfg.signer.hsm_timeout_ms == 1500
+    assert cfg.hsm.timeout_ms == 1500
     assert cfg.policy.clock_skew_ms == 30_000
     assert cfg.hsm_node("hsm-1").token_label == "t1"
 
 
 def test_env_overrides_nested_and_list_items(tmp_path):
     env = {
-        "LANTAU__SIGNER__MAX_ATTEMPTS": "5",
+        "LANTAU__HSM__MAX_ATTEMPTS": "5",
         "LANTAU__NATS__SERVERS": '["nats://b:1", "nats://c:2"]',
         "LANTAU__HSM_NODES__0__REGION": "hk",
     }
     cfg = config.load(write(tmp_path, TOML), env=env)
-    assert cfg.signer.max_attempts == 5
+    assert cfg.hsm.max_attempts == 5
     assert cfg.nats.servers == ["nats://b:1", "nats://c:2"]
     assert cfg.hsm_nodes[0].region == "hk"
 
@@ -49,9 +49,9 @@ def test_env_overrides_nested_and_list_items(tmp_path):
     ("text", "env", "needle"),
     [
         (TOML + "\n[policy]\nclock_skew_ms = 'soon'\n", {}, "$.policy.clock_skew_ms"),
-        (TOML + "\n[signer]\n", {}, "not valid TOML"),
+        (TOML + "\n[hsm]\n", {}, "not valid TOML"),
         (TOML + "\n[policy]\nbogus = 1\n", {}, "bogus"),
-        (TOML, {"LANTAU__SIGNER__HSM_TIMEOUT_MS": "-3"}, "$.signer.hsm_timeout_ms"),
+        (TOML, {"LANTAU__HSM__TIMEOUT_MS": "-3"}, "$.hsm.timeout_ms"),
         (TOML, {"LANTAU__HSM_NODES__7__REGION": "x"}, "no list item"),
     ],
 )

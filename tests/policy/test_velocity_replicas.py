@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from libs.natsserver import NatsServer
+from devkit.natsserver import NatsServer
 from proto.requests import SignRequest, Transfer
 from services.policy import velocity as vel
-from services.policy.held import VelocityBook
 from services.policy.rules import parse
+from services.policy.velocity_state import VelocityBook
 
 POLICY = """
 version = "v"

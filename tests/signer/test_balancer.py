@@ -7,7 +7,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.signer.balancer import Balancer, BalancerSettings, Circuit, NodeState
+from libs.hsm.balancer import Balancer, BalancerSettings, Circuit, NodeState
 
 S = BalancerSettings(
     suspect_after_ms=1500, down_after_ms=3000, open_for_ms=1000, max_open_for_ms=8000

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from libs import curves
 from libs.hsm.pkcs11_backend import Pkcs11Backend
-from libs.softhsm import find_module, init_slots
-from services.signer.pool import HsmPool
+from devkit.softhsm import find_module, init_slots
+from libs.hsm.pool import HsmPool
 
 async def main(workdir):
     slots = init_slots(Path(workdir), ["slot-1", "slot-2", "slot-3"])
@@ -29,7 +29,7 @@ async def main(workdir):
                                executor=shared)
         for s in slots
     }
-    pool = HsmPool(None, None, observer="test", node_ids=[], timeout_s=2.0, local=backends)
+    pool = HsmPool(None, None, observer="test", backends=backends, timeout_s=2.0)
     stopping = asyncio.Event()
     await pool.start(stopping)
     for _ in range(100):  # local beats, then one probe each, bring the slots up

@@ -121,9 +121,11 @@ keys = {{ toJson (default list .keys) }}
 may_create_keys = {{ default false .mayCreateKeys }}
 {{- end }}
 
+[hsm]
+timeout_ms = {{ int $v.hsm.timeoutMs }}
+max_attempts = {{ int $v.hsm.maxAttempts }}
+
 [signer]
-hsm_timeout_ms = {{ int $v.signer.hsmTimeoutMs }}
-max_attempts = {{ int $v.signer.maxAttempts }}
 fetch_batch = {{ int $v.signer.fetchBatch }}
 max_concurrency = {{ int $v.signer.maxConcurrency }}
 metrics_port = {{ int $v.metricsPort }}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import nacl.signing
 
+from libs.secret_files import write_secret
+
 APPROVERS = ("alice", "bob", "carol")
 SANCTIONED = "0x000000000000000000000000000000000000dead"
 LARGE = 1_000_000  # minor units: above this, two treasury approvers must agree
@@ -63,8 +65,7 @@ def write(run_dir: Path, requesters: Sequence[str]) -> Path:
             key = nacl.signing.SigningKey(bytes.fromhex(path.read_text().strip()))
         else:
             key = nacl.signing.SigningKey.generate()
-            path.write_text(key.encode().hex() + "\n")
-            path.chmod(0o600)
+            write_secret(path, key.encode().hex() + "\n")
         blocks.append(f'[approvers.{name}]\npublic_key = "{key.verify_key.encode().hex()}"\n')
     policy = run_dir / "policy.toml"
     policy.write_text(

@@ -15,12 +15,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
+from devkit import demo_policy
 from libs.client import CustodyClient
 from libs.config import RequesterConfig
+from libs.secret_files import write_secret
 from proto.common import Curve, PayloadKind
 from proto.requests import Transfer
 from proto.results import SignResult
-from services.cli import demo_policy
 
 DEMO_REQUESTER = "demo-trader"
 
@@ -157,10 +158,8 @@ def prepare_run_dir(run_dir: Path) -> RequesterConfig:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    key_file = run_dir / f"{DEMO_REQUESTER}.key"
     key = nacl.signing.SigningKey.generate()
-    key_file.write_text(key.encode().hex() + "\n")
-    key_file.chmod(0o600)
+    write_secret(run_dir / f"{DEMO_REQUESTER}.key", key.encode().hex() + "\n")
     return RequesterConfig(
         name=DEMO_REQUESTER,
         public_key=key.verify_key.encode().hex(),
@@ -172,7 +171,7 @@ def prepare_run_dir(run_dir: Path) -> RequesterConfig:
 async def dev_up_with_demo(
     run_dir: Path, *, nodes: int, demo: bool, keep_running: bool, prometheus: bool = False
 ) -> int:
-    from services.cli import devstack
+    from devkit import stack as devstack
 
     requester = prepare_run_dir(run_dir)
     outcome = {"ok": True}

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from libs.procs import ManagedProcess
+from devkit.procs import ManagedProcess
 
 
 def free_port() -> int:

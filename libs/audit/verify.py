@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from libs.audit import checkpoint as cp
+from libs.audit.chain import GENESIS_HASH, record_hash
 from proto.audit import AuditCheckpoint, AuditEntry, AuditRecord
-from services.audit import checkpoint as cp
-from services.audit.chain import GENESIS_HASH, record_hash
 
 
 @dataclass

@@ -27,11 +27,11 @@ from typing import Any
 
 import nacl.signing
 
+from devkit.chaos import wait_replicated
+from devkit.stack import DevStack, start_platform
 from libs.client import CustodyClient, CustodyError
 from libs.config import RequesterConfig
 from proto.common import Curve
-from services.cli.chaos import wait_replicated
-from services.cli.devstack import DevStack, start_platform
 
 REQUESTER = "bench"
 KEY_OF: dict[Curve, str] = {"secp256k1": "bench-k1", "ed25519": "bench-ed"}
@@ -115,7 +115,7 @@ def machine() -> dict[str, Any]:
         out = subprocess.run(["softhsm2-util", "--version"], capture_output=True, text=True)
         return out.stdout.strip()
 
-    from libs.natsserver import binary
+    from devkit.natsserver import binary
 
     nats_v = subprocess.run([binary(), "--version"], capture_output=True, text=True).stdout
     return {

@@ -14,6 +14,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from libs.secret_files import write_secret
+
 _CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",
     "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
@@ -39,12 +41,6 @@ class SoftHsmToken:
     so_pin_file: Path
 
 
-def _secret_file(path: Path, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-
-
 def init_token(workdir: Path, label: str) -> SoftHsmToken:
     return _init(workdir / label, label)
 
@@ -66,8 +62,8 @@ def _init(home: Path, label: str) -> SoftHsmToken:
     )
     pin, so_pin = secrets.token_hex(8), secrets.token_hex(8)
     token = SoftHsmToken(label, conf, token_dir, home / f"{label}.pin", home / f"{label}.so-pin")
-    _secret_file(token.pin_file, pin)
-    _secret_file(token.so_pin_file, so_pin)
+    write_secret(token.pin_file, pin + "\n", replace=True)
+    write_secret(token.so_pin_file, so_pin + "\n", replace=True)
     proc = subprocess.run(
         [tool, "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", so_pin],
         env={**os.environ, "SOFTHSM2_CONF": str(conf)},

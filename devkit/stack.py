@@ -18,6 +18,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devkit import demo_policy
+from devkit.natsserver import NatsServer, free_port
+from devkit.procs import ManagedProcess, ProcessGroup
+from devkit.softhsm import SoftHsmToken, find_module, init_token
 from libs import config as config_mod
 from libs.config import (
     AuditConfig,
@@ -29,12 +33,9 @@ from libs.config import (
     RequesterConfig,
     SignerConfig,
 )
-from libs.natsserver import NatsServer, free_port
-from libs.procs import ManagedProcess, ProcessGroup
-from libs.softhsm import SoftHsmToken, find_module, init_token
-from services.cli import demo_policy, hsm_admin
+from services.cli import hsm_admin
 
-ALERT_RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yml"
+ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
 READY_TIMEOUT_S = 60.0
 
 

@@ -1,8 +1,9 @@
-"""The signer's HSM pool: the I/O around the pure Balancer.
+"""The HSM pool every caller uses (signer, backup, audit): the I/O around the pure Balancer.
 
 Listens to health beats, ticks the balancer, publishes node state changes, sends
 half-open probes, and runs each HSM operation with a deadline, failing over to
-another node at once when one errors or misses its deadline.
+another node at once when one errors or misses its deadline. Backends are anything
+implementing ``HsmBackend``: remote hsm-nodes, or the slots of an in-process module.
 """
 
 from __future__ import annotations
@@ -18,23 +19,22 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs import bus, metrics
+from libs import metrics
+from libs.bus.publish import publish
+from libs.clock import now_ms, wait_or_stop
 from libs.hsm.backend import HsmBackend
+from libs.hsm.balancer import Balancer, BalancerSettings, Circuit, NodeState, StateChange
 from libs.hsm.remote import RemoteHsm
 from proto import codec
 from proto.admin import NodeStatus, PoolStatus
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import NodeStateChanged
-from proto.hsm import HsmPublicKey
 from proto.subjects import EVENT_NODE_STATE, HSM_BEAT_PREFIX
-from services.signer.balancer import Balancer, BalancerSettings, Circuit, NodeState, StateChange
 
 log = logging.getLogger("lantau.pool")
 
 T = TypeVar("T")
 _CIRCUIT_VALUE = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
-# A probe asks for a key that cannot exist: any answer proves the node serves requests.
-_PROBE = HsmPublicKey(key_id="lantau-probe")
 
 
 class NoNodeAvailable(TransientError):
@@ -48,25 +48,19 @@ class HsmPool:
         js: JetStreamContext | None,
         *,
         observer: str,
-        node_ids: Iterable[str],
+        backends: Mapping[str, HsmBackend],
         timeout_s: float,
         settings: BalancerSettings | None = None,
-        local: Mapping[str, HsmBackend] | None = None,
+        publish_state: bool = True,
     ) -> None:
-        """Remote hsm-nodes are reached over ``nc``; ``local`` backends (the slots of an
-        in-process PKCS#11 module, as a vendor HA client presents network HSMs) are
-        driven directly, with the same balancing, deadlines, failover and circuits."""
+        """``nc`` carries health beats (for backends observed by beats) and ``js`` the
+        node-state events; ``publish_state`` False for a pool that only follows along."""
         self._nc = nc
-        self._js = js
-        self._local = dict(local or {})
-        node_ids = [*node_ids, *(n for n in self._local if n not in node_ids)]
+        self._js = js if publish_state else None
+        self._backends = dict(backends)
         self._observer = observer
         self._timeout_s = timeout_s
-        node_ids = list(node_ids)
-        # With nodes configured, beats from anything else (e.g. backup HSMs) are ignored.
-        self._known = set(node_ids) or None
-        self.balancer = Balancer(settings or BalancerSettings(), bus.now_ms(), node_ids)
-        self._remotes: dict[str, RemoteHsm] = {}
+        self.balancer = Balancer(settings or BalancerSettings(), now_ms(), list(self._backends))
         self._tasks: list[asyncio.Task[None]] = []
         self._probing: set[str] = set()
         self._probe_tasks: set[asyncio.Task[None]] = set()
@@ -75,22 +69,35 @@ class HsmPool:
         self._waiting: dict[str, set[asyncio.Task[Any]]] = {}
         self._abandoned: set[asyncio.Task[Any]] = set()
 
-    def remote(self, node_id: str) -> Any:
-        """The client for a node: its in-process backend, or a RemoteHsm."""
-        local = self._local.get(node_id)
-        if local is not None:
-            return local
-        r = self._remotes.get(node_id)
-        if r is None:
-            assert self._nc is not None, f"no NATS connection to reach {node_id}"
-            r = self._remotes[node_id] = RemoteHsm(self._nc, node_id, timeout_s=self._timeout_s)
-        return r
+    @classmethod
+    def of_nodes(
+        cls,
+        nc: Client,
+        js: JetStreamContext | None,
+        *,
+        observer: str,
+        node_ids: Iterable[str],
+        timeout_s: float,
+        publish_state: bool = True,
+    ) -> HsmPool:
+        """A pool of hsm-node processes reached over NATS."""
+        return cls(
+            nc,
+            js,
+            observer=observer,
+            backends={n: RemoteHsm(nc, n, timeout_s=timeout_s) for n in node_ids},
+            timeout_s=timeout_s,
+            publish_state=publish_state,
+        )
+
+    def backend(self, node_id: str) -> HsmBackend:
+        return self._backends[node_id]
 
     def node_ids(self) -> list[str]:
         return [v.node_id for v in self.balancer.views()]
 
     async def start(self, stopping: asyncio.Event) -> None:
-        if self._nc is not None:
+        if self._nc is not None and any(b.liveness == "beats" for b in self._backends.values()):
             await self._nc.subscribe(f"{HSM_BEAT_PREFIX}.*", cb=self._on_beat)
         self._tasks.append(asyncio.create_task(self._tick_forever(stopping)))
 
@@ -105,18 +112,19 @@ class HsmPool:
         except LantauError as e:
             log.warning("ignoring bad health beat on %s: %s", msg.subject, e.message)
             return
-        if self._known is not None and beat.node_id not in self._known:
-            return
+        if beat.node_id not in self._backends:
+            return  # not one of ours (e.g. an offline backup HSM in a signer's pool)
         changes = self.balancer.on_beat(
-            beat.node_id, bus.now_ms(), ok=beat.ok, in_flight=beat.in_flight, region=beat.region
+            beat.node_id, now_ms(), ok=beat.ok, in_flight=beat.in_flight, region=beat.region
         )
         await self._report(changes)
 
     async def _tick_forever(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
-            now = bus.now_ms()
-            for node in self._local:  # in process: alive as long as we are
-                self.balancer.on_beat(node, now, ok=True, in_flight=0, region=None)
+            now = now_ms()
+            for node, backend in self._backends.items():
+                if backend.liveness == "in_process":  # alive as long as we are
+                    self.balancer.on_beat(node, now, ok=True, in_flight=0, region=None)
             await self._report(self.balancer.tick(now))
             for node in self.balancer.probes_due(now):
                 if node not in self._probing:
@@ -125,25 +133,18 @@ class HsmPool:
                     self._probe_tasks.add(task)
                     task.add_done_callback(self._probe_tasks.discard)
             self._export()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), timeout=0.1)
+            await wait_or_stop(stopping, 0.1)
 
     async def _probe(self, node: str) -> None:
         self.balancer.started(node)
         try:
-            if node in self._local:
-                probe = self._local[node].public_key(_PROBE.key_id)
-                await asyncio.wait_for(probe, timeout=self._timeout_s)
-            else:
-                await self.remote(node).call("public_key", _PROBE, timeout_s=self._timeout_s)
+            await self._deadline(node, self._backends[node].probe())
             ok = True
-        except LantauError:
-            ok = True  # the node answered (the probe key does not exist): it serves
-        except (TransientError, TimeoutError):
+        except (TransientError, LantauError):
             ok = False
         finally:
             self._probing.discard(node)
-        now = bus.now_ms()
+        now = now_ms()
         changes = (
             self.balancer.succeeded(node, now) if ok else self.balancer.failed(node, now, "timeout")
         )
@@ -166,11 +167,11 @@ class HsmPool:
                 old=str(change.old),
                 new=str(change.new),
                 reason=change.reason,
-                at_ms=bus.now_ms(),
+                at_ms=now_ms(),
             )
             if self._js is not None:
                 with contextlib.suppress(Exception):
-                    await bus.publish(self._js, EVENT_NODE_STATE, event)
+                    await publish(self._js, EVENT_NODE_STATE, event)
 
     def _export(self) -> None:
         for v in self.balancer.views():
@@ -179,7 +180,7 @@ class HsmPool:
             metrics.HSM_CIRCUIT_STATE.labels(v.node_id).set(_CIRCUIT_VALUE[v.circuit])
 
     def status(self) -> PoolStatus:
-        now = bus.now_ms()
+        now = now_ms()
         return PoolStatus(
             signer=self._observer,
             at_ms=now,
@@ -201,14 +202,13 @@ class HsmPool:
         )
 
     async def _deadline(self, node: str, op: Awaitable[T]) -> T:
-        """RemoteHsm keeps its own deadline; an in-process backend gets one here."""
-        if node not in self._local:
-            return await op
+        """Every operation, on every kind of backend, ends by its deadline."""
         try:
-            return await asyncio.wait_for(op, timeout=self._timeout_s)
+            # A remote call keeps its own (equal) deadline; the margin lets it report first.
+            return await asyncio.wait_for(op, timeout=self._timeout_s + 0.05)
         except TimeoutError:
             raise TransientError(
-                ErrorCode.DEADLINE_EXCEEDED, f"slot {node} did not answer in time"
+                ErrorCode.DEADLINE_EXCEEDED, f"hsm node {node} did not answer in time"
             ) from None
 
     def _abandon(self, node: str) -> None:
@@ -229,7 +229,7 @@ class HsmPool:
     ) -> tuple[T, str]:
         """Run ``fn`` on the best node holding the key; fail over on error or missed deadline.
 
-        ``fn`` gets the node's client (``remote(node)``) and the attempt number. A
+        ``fn`` gets the node's backend and the attempt number. A
         LantauError from ``fn`` (bad request, unknown key) is final and raised as is.
         """
         holders = list(holders)
@@ -237,7 +237,7 @@ class HsmPool:
         last_error: TransientError | None = None
         delivered = False  # did any attempt possibly reach a node?
         for attempt in range(1, max_attempts + 1):
-            node = self.balancer.choose(holders, bus.now_ms(), exclude=tried)
+            node = self.balancer.choose(holders, now_ms(), exclude=tried)
             if node is None:
                 break
             if tried:
@@ -245,7 +245,7 @@ class HsmPool:
             tried.append(node)
             self.balancer.started(node)
             started = time.perf_counter()
-            call = asyncio.ensure_future(self._deadline(node, fn(self.remote(node), attempt)))
+            call = asyncio.ensure_future(self._deadline(node, fn(self._backends[node], attempt)))
             waiting = self._waiting.setdefault(node, set())
             waiting.add(call)
             try:
@@ -259,20 +259,20 @@ class HsmPool:
                     raise  # we are being cancelled, not the node abandoned
                 self._abandoned.discard(call)
                 metrics.HSM_ERRORS.labels(node, "error").inc()
-                await self._report(self.balancer.failed(node, bus.now_ms(), "error"))
+                await self._report(self.balancer.failed(node, now_ms(), "error"))
                 log.warning("%s on %s abandoned: the node is gone; failing over", op, node)
                 last_error = TransientError(ErrorCode.HSM_UNAVAILABLE, f"hsm node {node} is gone")
                 delivered = True
                 continue
             except LantauError:
-                self.balancer.succeeded(node, bus.now_ms())
+                self.balancer.succeeded(node, now_ms())
                 raise
             except TransientError as e:
                 kind: Literal["timeout", "error"] = (
                     "timeout" if e.code == ErrorCode.DEADLINE_EXCEEDED else "error"
                 )
                 metrics.HSM_ERRORS.labels(node, kind).inc()
-                await self._report(self.balancer.failed(node, bus.now_ms(), kind))
+                await self._report(self.balancer.failed(node, now_ms(), kind))
                 log.warning("%s on %s failed (%s); failing over", op, node, e.message)
                 last_error = e
                 delivered = delivered or e.delivered
@@ -282,11 +282,11 @@ class HsmPool:
             except Exception as e:
                 delivered = True
                 metrics.HSM_ERRORS.labels(node, "error").inc()
-                await self._report(self.balancer.failed(node, bus.now_ms(), "error"))
+                await self._report(self.balancer.failed(node, now_ms(), "error"))
                 last_error = TransientError(ErrorCode.HSM_ERROR, f"{node}: {type(e).__name__}")
                 continue
             metrics.HSM_OPERATION_DURATION.labels(node, op).observe(time.perf_counter() - started)
-            await self._report(self.balancer.succeeded(node, bus.now_ms()))
+            await self._report(self.balancer.succeeded(node, now_ms()))
             return result, node
         if last_error is not None:
             raise NoNodeAvailable(

@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devkit.stack import DevStack
 from libs.client import CustodyClient, CustodyError
 from proto.results import SignResult
 from proto.subjects import RESULT_PREFIX, RESULTS, result_subject
-from services.cli.devstack import DevStack
 
 Action = str  # "kill" | "stop" | "cont" | "restart"
 
@@ -102,9 +102,9 @@ async def wait_replicated(
     client: CustodyClient, stack: DevStack, key_id: str, timeout_s: float = 30
 ) -> None:
     """Chaos needs the key on every node first: wait for the backup service's clones."""
-    from services.signer.keydir import KeyDirectory
+    from libs.keys.directory import KeyDirectory
 
-    directory = await KeyDirectory.open(client._js)
+    directory = await KeyDirectory.open(client.connection.jetstream())
     want = {n.id for n in stack.config.hsm_nodes}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -225,7 +225,9 @@ async def run_chaos(
 
 async def _result_counts(client: CustodyClient) -> dict[str, int]:
     """Messages per result subject, in one call: more than one would be a duplicate result."""
-    info = await client._js.stream_info(RESULTS.name, subjects_filter=f"{RESULT_PREFIX}.>")
+    info = await client.connection.jetstream().stream_info(
+        RESULTS.name, subjects_filter=f"{RESULT_PREFIX}.>"
+    )
     return dict(info.state.subjects or {})
 
 
@@ -241,8 +243,8 @@ async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
     """``lantau chaos``: a 3-node dev stack under load, with nodes killed and frozen live."""
     import nacl.signing
 
+    from devkit.stack import start_platform
     from libs.config import RequesterConfig
-    from services.cli.devstack import start_platform
     from services.cli.hsm_admin import pool_status
 
     key = nacl.signing.SigningKey.generate()

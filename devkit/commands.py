@@ -1,0 +1,55 @@
+"""The ``lantau`` commands of the dev harness: ``dev up``, ``chaos`` and ``bench``.
+
+Registered only when this package is installed (the ``dev`` extra); an operator
+install of Lantau has the runtime commands alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+from pathlib import Path
+
+from devkit import bench
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from devkit.demo import dev_up_with_demo
+
+    return asyncio.run(
+        dev_up_with_demo(
+            Path(args.dir),
+            nodes=args.nodes,
+            demo=args.demo,
+            keep_running=not args.exit,
+            prometheus=args.prometheus,
+        )
+    )
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from devkit.chaos import chaos_demo
+
+    shutil.rmtree(args.dir, ignore_errors=True)
+    return asyncio.run(chaos_demo(Path(args.dir), duration_s=args.seconds))
+
+
+def add_parsers(sub: argparse._SubParsersAction, run_dir: Path) -> None:
+    dev = sub.add_parser("dev", help="embedded dev stack").add_subparsers(dest="dev", required=True)
+    p = dev.add_parser("up", help="start nats-server, SoftHSM tokens, hsm-nodes and services")
+    p.add_argument("--dir", default=str(run_dir))
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--demo", action="store_true", help="send demo requests once ready")
+    p.add_argument("--exit", action="store_true", help="stop after the demo instead of serving")
+    p.add_argument(
+        "--prometheus", action="store_true", help="also run Prometheus scraping the stack"
+    )
+    p.set_defaults(fn=cmd_dev_up)
+
+    p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
+    p.add_argument("--dir", default=".lantau/chaos")
+    p.add_argument("--seconds", type=float, default=18.0)
+    p.set_defaults(fn=cmd_chaos)
+
+    bench.add_parsers(sub)

@@ -1,0 +1,79 @@
+"""Streams, consumers and KV buckets: created or updated by provisioning, not by services."""
+
+from __future__ import annotations
+
+import logging
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from libs.config import NatsConfig
+from proto.subjects import ALL_BUCKETS, ALL_CONSUMERS, ALL_STREAMS, AUDIT_CHAIN, ConsumerSpec
+
+log = logging.getLogger("lantau.bus")
+
+MAX_DELIVER = 8
+ACK_WAIT_S = 30.0
+
+
+async def provision(js: JetStreamContext, cfg: NatsConfig) -> None:
+    """Create or update every stream, consumer and KV bucket; safe to run again."""
+    for spec in ALL_STREAMS:
+        is_audit_log = spec is AUDIT_CHAIN
+        config = StreamConfig(
+            name=spec.name,
+            subjects=list(spec.subjects),
+            description=spec.description,
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=cfg.stream_replicas,
+            # The audit chain is kept forever and cannot be edited through the API.
+            max_age=0 if is_audit_log else cfg.retention_days * 86400,
+            duplicate_window=min(cfg.duplicate_window_s, cfg.retention_days * 86400),
+            deny_delete=is_audit_log,
+            deny_purge=is_audit_log,
+            discard=DiscardPolicy.OLD,
+        )
+        try:
+            await js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await js.update_stream(config)
+    for consumer in ALL_CONSUMERS:
+        await ensure_consumer(js, consumer, ack_wait_s=cfg.ack_wait_s)
+    for bucket in ALL_BUCKETS:
+        try:
+            await js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            await js.create_key_value(
+                bucket=bucket, history=16, replicas=cfg.stream_replicas, storage=StorageType.FILE
+            )
+
+
+async def ensure_consumer(
+    js: JetStreamContext, spec: ConsumerSpec, *, ack_wait_s: float = ACK_WAIT_S
+) -> None:
+    config = ConsumerConfig(
+        durable_name=spec.durable,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=MAX_DELIVER,
+        max_ack_pending=4096,
+        max_waiting=512,
+        filter_subject=spec.filter_subject,
+    )
+    try:
+        await js.add_consumer(spec.stream.name, config)
+    except nats.js.errors.BadRequestError:
+        log.info(
+            "consumer %s/%s exists with other settings; keeping it", spec.stream.name, spec.durable
+        )

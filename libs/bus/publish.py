@@ -1,0 +1,51 @@
+"""Durable publishing to JetStream, and reading back the newest message on a subject."""
+
+from __future__ import annotations
+
+import msgspec
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from libs import tracing
+from proto import codec
+from proto.subjects import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_MSG_ID
+
+# JetStream's error code when an expected-last-sequence check fails.
+WRONG_LAST_SEQUENCE = 10071
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    message: msgspec.Struct,
+    *,
+    msg_id: str | None = None,
+    first_on_subject: bool = False,
+    headers: dict[str, str] | None = None,
+) -> bool:
+    """Durably publish; returns False when ``first_on_subject`` and the subject already has one.
+
+    ``msg_id`` lets JetStream drop a duplicate within its window; ``first_on_subject``
+    makes the stream refuse a second message on the subject forever (one result per request).
+    """
+    hdrs = tracing.inject(dict(headers or {}))
+    if msg_id:
+        hdrs[HDR_MSG_ID] = msg_id
+    if first_on_subject:
+        hdrs[HDR_EXPECTED_LAST_SUBJECT_SEQ] = "0"
+    try:
+        await js.publish(subject, codec.encode(message), headers=hdrs or None)
+    except nats.js.errors.APIError as e:
+        if first_on_subject and e.err_code == WRONG_LAST_SEQUENCE:
+            return False
+        raise
+    return True
+
+
+async def last_on_subject(js: JetStreamContext, stream: str, subject: str) -> bytes | None:
+    """The newest message stored on a subject, or None."""
+    try:
+        raw = await js.get_last_msg(stream, subject)
+    except nats.js.errors.NotFoundError:
+        return None
+    return raw.data

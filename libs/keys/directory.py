@@ -1,0 +1,86 @@
+"""The key directory in JetStream KV: which key, which curve, on which HSM nodes.
+
+Every change is a compare-and-set on the entry's revision, so concurrent signers,
+backup replicas and the audit service never overwrite each other. Creating a key
+follows one protocol (``libs.keys.creation``): reserve the id, generate on the reserved
+node, then activate, or release a reservation that certainly made no key.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from libs.bus import kv
+from proto import codec
+from proto.errors import ErrorCode, TransientError
+from proto.keys import KeyRecord
+from proto.subjects import KEYS_BUCKET
+
+# Records change rarely (creation, replication); a short cache saves a KV round trip per sign.
+CACHE_TTL_S = 1.0
+_CAS_ATTEMPTS = 10
+
+
+class KeyDirectory:
+    def __init__(self, bucket: KeyValue) -> None:
+        self._kv = bucket
+        self._cache: dict[str, tuple[float, KeyRecord, int]] = {}
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> KeyDirectory:
+        return cls(await js.key_value(KEYS_BUCKET))
+
+    async def get(self, key_id: str, *, fresh: bool = False) -> tuple[KeyRecord | None, int]:
+        """The record and its revision (0 when absent)."""
+        hit = self._cache.get(key_id)
+        now = time.monotonic()
+        if hit and not fresh and now - hit[0] < CACHE_TTL_S:
+            return hit[1], hit[2]
+        value, revision = await kv.read(self._kv, key_id)
+        if value is None:
+            self._cache.pop(key_id, None)
+            return None, 0
+        record = codec.KEY_RECORD.decode(value)
+        self._cache[key_id] = (now, record, revision)
+        return record, revision
+
+    async def reserve(self, record: KeyRecord) -> bool:
+        """Store a new ``pending`` record; False if the key id is already taken."""
+        return await self._put(record, 0)
+
+    async def activate(self, reserved: KeyRecord, revision: int, public_key: bytes) -> KeyRecord:
+        """Turn the reservation into the active key; raises if it changed meanwhile."""
+        active = msgspec.structs.replace(reserved, status="active", public_key=public_key)
+        if not await self._put(active, revision):
+            raise TransientError(
+                ErrorCode.INTERNAL, f"key {reserved.key_id} changed while it was created"
+            )
+        return active
+
+    async def release(self, key_id: str, revision: int) -> bool:
+        """Remove a reservation nobody changed since ``revision``; False otherwise."""
+        self._cache.pop(key_id, None)
+        return await kv.delete(self._kv, key_id, revision)
+
+    async def add_node(self, key_id: str, node: str) -> KeyRecord | None:
+        """Record that ``node`` now holds the key (a verified clone); None if the key is gone."""
+        for _ in range(_CAS_ATTEMPTS):
+            current, revision = await self.get(key_id, fresh=True)
+            if current is None or node in current.nodes:
+                return current
+            updated = msgspec.structs.replace(current, nodes=[*current.nodes, node])
+            if await self._put(updated, revision):
+                return updated
+        raise TransientError(ErrorCode.INTERNAL, f"key directory entry {key_id} kept changing")
+
+    async def all(self) -> list[KeyRecord]:
+        return [codec.KEY_RECORD.decode(value) for _, value, _ in await kv.values(self._kv)]
+
+    async def _put(self, record: KeyRecord, revision: int) -> bool:
+        written = await kv.write(self._kv, record.key_id, codec.encode(record), revision)
+        self._cache.pop(record.key_id, None)
+        return written is not None
