@@ -41,6 +41,11 @@ class ErrorCode(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     DEAD_LETTER = "DEAD_LETTER"
     INTERNAL = "INTERNAL"
+    # Merkle audit log (libs/audit/merkle.py): tree sizes, hashes, frontiers and proofs.
+    MERKLE_OUT_OF_RANGE = "MERKLE_OUT_OF_RANGE"
+    MERKLE_BAD_HASH = "MERKLE_BAD_HASH"
+    MERKLE_BAD_FRONTIER = "MERKLE_BAD_FRONTIER"
+    MERKLE_PROOF_REJECTED = "MERKLE_PROOF_REJECTED"
 
 
 class LantauError(Exception):
