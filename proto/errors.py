@@ -48,6 +48,11 @@ class ErrorCode(enum.StrEnum):
     USAGE = "USAGE"
     BUS_UNAVAILABLE = "BUS_UNAVAILABLE"
     RESULT_TIMEOUT = "RESULT_TIMEOUT"
+    # Merkle audit log (libs/audit/merkle.py): tree sizes, hashes, frontiers and proofs.
+    MERKLE_OUT_OF_RANGE = "MERKLE_OUT_OF_RANGE"
+    MERKLE_BAD_HASH = "MERKLE_BAD_HASH"
+    MERKLE_BAD_FRONTIER = "MERKLE_BAD_FRONTIER"
+    MERKLE_PROOF_REJECTED = "MERKLE_PROOF_REJECTED"
 
 
 class LantauError(Exception):
