@@ -41,6 +41,16 @@ class ErrorCode(enum.StrEnum):
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
     DEAD_LETTER = "DEAD_LETTER"
     INTERNAL = "INTERNAL"
+    # Offline backups under an M-of-N custodian quorum (libs/backup).
+    QUORUM_NOT_MET = "QUORUM_NOT_MET"
+    BAD_SHARE = "BAD_SHARE"
+    WRONG_BACKUP_SET = "WRONG_BACKUP_SET"
+    DUPLICATE_SHARE = "DUPLICATE_SHARE"
+    WRONG_CUSTODIAN_KEY = "WRONG_CUSTODIAN_KEY"
+    BAD_KEY_FILE = "BAD_KEY_FILE"
+    INSECURE_FILE = "INSECURE_FILE"
+    FILE_EXISTS = "FILE_EXISTS"
+    FILE_ERROR = "FILE_ERROR"
 
 
 class LantauError(Exception):
