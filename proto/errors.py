@@ -34,6 +34,15 @@ class ErrorCode(enum.StrEnum):
     CURVE_MISMATCH = "CURVE_MISMATCH"
     # The HSM cannot export this key type even wrapped (SoftHSM 2.6: EdDSA keys).
     KEY_NOT_WRAPPABLE = "KEY_NOT_WRAPPABLE"
+    # Key types kept as sealed material (libs/keytypes): HD derivation, sealing, and
+    # stateful hash-based keys whose one-time indices must never be used twice.
+    INVALID_SEED = "INVALID_SEED"
+    INVALID_DERIVATION_PATH = "INVALID_DERIVATION_PATH"
+    INVALID_EXTENDED_KEY = "INVALID_EXTENDED_KEY"
+    SEALED_BLOB_INVALID = "SEALED_BLOB_INVALID"
+    KEY_EXHAUSTED = "KEY_EXHAUSTED"
+    ONE_TIME_INDEX_USED = "ONE_TIME_INDEX_USED"
+    INDEX_NOT_LEASED = "INDEX_NOT_LEASED"
     # Execution.
     HSM_UNAVAILABLE = "HSM_UNAVAILABLE"
     HSM_ERROR = "HSM_ERROR"
