@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BytesIO
 
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from embit import ec, hashes
 from embit.networks import NETWORKS
-from embit.psbt import PSBT, InputScope
+from embit.psbt import PSBT, InputScope, read_string
 from embit.script import Script, p2pkh, p2pkh_from_p2wpkh, p2wpkh
 from embit.transaction import SIGHASH, Transaction
 
@@ -86,7 +87,7 @@ def decode(payload: bytes, public_key: bytes, chain_hint: str | None) -> Decoded
         tx = psbt.tx
     guards.check_count("inputs", len(tx.vin), minimum=1)
     guards.check_count("outputs", len(tx.vout), minimum=1)
-    _refuse_what_embit_rewrites(psbt, tx)
+    _refuse_what_embit_rewrites(bytes(payload), tx)
     prevouts = {(vin.txid, vin.vout) for vin in tx.vin}
     if len(prevouts) != len(tx.vin):
         raise LantauError(ErrorCode.INVALID_TRANSACTION, "PSBT spends the same output twice")
@@ -196,19 +197,29 @@ def assemble(
     return bytes(decoded.psbt.serialize())
 
 
-def _refuse_what_embit_rewrites(psbt: PSBT, tx: Transaction) -> None:
+def _refuse_what_embit_rewrites(payload: bytes, tx: Transaction) -> None:
     # embit rebuilds the unsigned transaction with `sequence or 0xFFFFFFFF` and
-    # `version or 2`: a 0 there would be signed and serialised as something else than
-    # what other signers see. Refused rather than silently changed.
-    if psbt.tx_version != tx.version:
+    # `version or 2` (and drops any scriptSig): a transaction with a 0 there would be
+    # signed and serialised as something other than what other signers see. The
+    # global unsigned transaction (key 0x00) must be exactly what embit rebuilt.
+    stream = BytesIO(payload[len(PSBT.MAGIC) :])
+    with guards.decoding("PSBT global map does not parse"):
+        while key := read_string(stream):
+            value = read_string(stream)
+            if key == b"\x00":
+                break
+        else:
+            raise ValueError("no unsigned transaction")
+    with guards.decoding("PSBT input fields do not form a transaction"):
+        rebuilt = tx.serialize()
+    # Also catches v0 inputs carrying v2-only txid/vout/sequence keys (0x0e-0x10),
+    # which embit would apply over the global transaction.
+    if value != rebuilt:
         raise LantauError(
-            ErrorCode.INVALID_TRANSACTION, f"transaction version {psbt.tx_version} is not supported"
+            ErrorCode.INVALID_TRANSACTION,
+            "PSBT unsigned transaction is not in the form this signer reproduces "
+            "(version 0, sequence 0 or a non-empty scriptSig are not supported)",
         )
-    for i, inp in enumerate(psbt.inputs):
-        if inp.sequence is not None and inp.sequence != tx.vin[i].sequence:
-            raise LantauError(
-                ErrorCode.INVALID_TRANSACTION, f"input {i} sequence {inp.sequence} is not supported"
-            )
 
 
 def _prevout(i: int, inp: InputScope, *, is_ours: Callable[[Script], bool]) -> tuple[int, Script]:

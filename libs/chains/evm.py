@@ -153,6 +153,7 @@ def decode(payload: bytes, public_key: bytes, chain_hint: str | None) -> Decoded
     chain = f"eip155:{chain_id}"
     fee = tx.gas * gas_price
     facts = _Facts(sender)
+    facts.line(f"chain {chain}, from {sender}, nonce {tx.nonce}")
     to = to_checksum_address(tx.to) if tx.to else None
     data = bytes(tx.data)
     if to is None:
@@ -174,7 +175,6 @@ def decode(payload: bytes, public_key: bytes, chain_hint: str | None) -> Decoded
         if data:
             facts.contracts.append(to)
             _decode_call(facts, to, data)
-    facts.line(f"chain {chain}, from {sender}, nonce {tx.nonce}")
     facts.line(f"max fee {eth(fee)} = gas limit {tx.gas} x {fee_line} {gas_price} wei")
     if isinstance(tx, _Unsigned1559) and tx.access_list:
         facts.line(f"access list of {len(tx.access_list)} address(es)")
