@@ -102,6 +102,8 @@ def decode(payload: bytes, public_key: bytes, chain_hint: str | None) -> Decoded
         kind = ours.get(spk.data)
         if kind is None:
             _refuse_if_ours_elsewhere(i, inp, spk, needles)
+            proof = "previous transaction" if inp.non_witness_utxo else "witness_utxo, unproven"
+            input_lines.append(f"input {i}: {sats(value)} from another signer ({proof})")
         else:
             if inp.sighash_type not in (None, SIGHASH.ALL):
                 raise LantauError(
