@@ -39,6 +39,12 @@ _PERMIT_TYPE = [
     {"name": "deadline", "type": "uint256"},
 ]
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# eth-account re-derives a type's full dependency string for every struct instance it
+# hashes, so work grows as instances x fields: a 48 KB document of 250 chained types
+# took 16 s. Real documents (Permit, Permit2, Seaport) stay far below these bounds.
+MAX_TYPES = 32
+MAX_FIELDS = 256
+MAX_JSON_VALUES = 1024
 
 
 @dataclass(frozen=True)
@@ -122,13 +128,18 @@ def _load(payload: bytes) -> dict[str, Any]:
         raise LantauError(
             ErrorCode.INVALID_TRANSACTION, "EIP-712 types, domain and message must be objects"
         )
-    guards.check_count("EIP-712 types", len(types))
+    _bound("EIP-712 types", len(types), MAX_TYPES)
+    _bound(
+        "EIP-712 type fields",
+        sum(len(f) for f in types.values() if isinstance(f, list)),
+        MAX_FIELDS,
+    )
+    _bound("EIP-712 JSON values", _count_values(doc), MAX_JSON_VALUES)
     for name, fields in types.items():
         if not _TYPE_NAME.fullmatch(name) or not isinstance(fields, list):
             raise LantauError(
                 ErrorCode.INVALID_TRANSACTION, "EIP-712 types must map type names to field lists"
             )
-        guards.check_count(f"fields in EIP-712 type {name}", len(fields))
         for f in fields:
             if not (
                 isinstance(f, dict)
@@ -146,6 +157,27 @@ def _load(payload: bytes) -> dict[str, Any]:
             ErrorCode.INVALID_TRANSACTION, "EIP-712 primaryType must name one of the types"
         )
     return doc
+
+
+def _bound(what: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise LantauError(
+            ErrorCode.TRANSACTION_TOO_LARGE, f"{what}: {count}, more than the {limit} accepted"
+        )
+
+
+def _count_values(doc: Any) -> int:
+    count, stack = 0, [doc]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_JSON_VALUES:
+            break
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
