@@ -17,8 +17,8 @@ from pathlib import Path
 import coincurve
 import pkcs11
 
+from devkit.softhsm import find_module, init_token
 from libs.keytypes import hd, lms, mldsa, sealed
-from libs.softhsm import find_module, init_token
 
 
 def rate(fn: Callable[[], object], seconds: float = 2.0) -> float:

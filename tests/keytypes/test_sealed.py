@@ -13,8 +13,8 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute, KeyType, Mechanism
 
+from devkit.softhsm import find_module, init_token
 from libs.keytypes import sealed
-from libs.softhsm import find_module, init_token
 from proto.errors import ErrorCode, LantauError
 
 LABEL = "lantau-sealing"
