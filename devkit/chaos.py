@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -17,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devkit.stack import DevStack
-from libs.client import CustodyClient, CustodyError
+from libs.client import CustodyClient, CustodyError, RequestIdConflict, ResultTimeout
 from proto.results import SignResult
 from proto.subjects import RESULT_PREFIX, RESULTS, result_subject
 
-Action = str  # "kill" | "stop" | "cont" | "restart"
+Action = str  # "kill" | "stop" | "cont" | "restart"; target a service, or "nats"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class ChaosReport:
                 f"(+{f.added_latency_ms:.0f} ms over p50)"
             )
         for node, n in self.signed_after.items():
+            if node == "nats":
+                continue
             out.append(f"after its restart {node} signed {n} requests")
         return out
 
@@ -115,6 +118,21 @@ async def wait_replicated(
     raise RuntimeError(f"key {key_id} not replicated to {sorted(want)} within {timeout_s:.0f} s")
 
 
+_SIGNED = re.compile(r"signed request (\S+) with key")
+
+
+def hsm_signatures(stack: DevStack) -> dict[str, list[str]]:
+    """Every signature the HSM nodes made for a request, by request key: the nodes that
+    made them (read from each node's log, one line per signature made)."""
+    made: dict[str, list[str]] = {}
+    for node in stack.config.hsm_nodes:
+        log_path = stack.service(node.id).log_path
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        for match in _SIGNED.finditer(text):
+            made.setdefault(match.group(1), []).append(node.id)
+    return made
+
+
 async def run_chaos(
     stack: DevStack,
     clients: list[CustodyClient],
@@ -137,10 +155,17 @@ async def run_chaos(
         outcome = Outcome(request.request_id, time.monotonic())
         outcomes.append(outcome)
         digests[request.request_id] = digest
-        try:
-            result = await client.send(request, timeout=60)
-        except CustodyError:
-            return  # counted as lost unless it turns up when we look again at the end
+        while True:
+            try:
+                result = await client.send(request, timeout=60)
+                break
+            except (ResultTimeout, RequestIdConflict):
+                return  # counted as lost unless it turns up when we look again at the end
+            except CustodyError:
+                # Not accepted (the bus is away): a real client sends the same id again.
+                if time.monotonic() > stop_at + 60:
+                    return
+                await asyncio.sleep(0.2)
         outcome.done_at, outcome.status = time.monotonic(), result.status
         if isinstance(result, SignResult):
             outcome.node = result.node
@@ -156,6 +181,15 @@ async def run_chaos(
         for fault in sorted(faults, key=lambda f: f.at_s):
             await asyncio.sleep(max(0.0, start + fault.at_s - time.monotonic()))
             now = time.monotonic()
+            if fault.target == "nats":
+                if fault.action == "kill":
+                    stack.nats.kill()
+                else:  # the same store: what JetStream had acknowledged must still be there
+                    await asyncio.to_thread(stack.nats.start)
+                in_flight = [o for o in outcomes if o.done_at is None]
+                report.faults.append(FaultReport(fault, now, in_flight=len(in_flight)))
+                fault_in_flight[id(report.faults[-1])] = in_flight
+                continue
             proc = stack.service(fault.target)
             if fault.action == "kill":
                 proc.kill()
@@ -201,8 +235,9 @@ async def run_chaos(
     report.failed = report.sent - report.signed - report.lost
     report.unverified = sum(o.status == "signed" and not o.verified for o in outcomes)
     counts = await _result_counts(clients[0])
+    requester = clients[0].requester
     report.duplicates = sum(
-        max(0, counts.get(result_subject(o.request_id), 0) - 1) for o in outcomes
+        max(0, counts.get(result_subject(requester, o.request_id), 0) - 1) for o in outcomes
     )
     for o in outcomes:
         if o.node:

@@ -185,6 +185,7 @@ async def start_platform(
                 token_label=t.label,
                 pin_file=str(t.pin_file),
                 softhsm_conf=str(t.conf_path),
+                state_dir=str(t.token_dir.parent / "state"),
                 region="hk",
                 metrics_port=free_port(),
             )

@@ -20,6 +20,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from libs import tracing
@@ -43,7 +44,9 @@ from proto.subjects import (
     HDR_REQUEST_ID,
     RESULTS,
     SIGN_REQUEST,
+    request_key,
     result_subject,
+    results_of,
 )
 
 R = TypeVar("R", SignRequest, CreateKeyRequest)
@@ -108,6 +111,9 @@ class CustodyClient:
         self.requester = requester
         self._key = signing_key
         self._owns = owns_connection
+        # One subscription per client to all of its results, instead of one per request.
+        self._results: Subscription | None = None
+        self._waiting: dict[str, list[asyncio.Queue[bytes]]] = {}
 
     @classmethod
     async def connect(
@@ -240,15 +246,20 @@ class CustodyClient:
             tracing.outcome(span, result.status, result.error.code if result.error else None)
             return result
 
+    async def _listen(self) -> None:
+        if self._results is None:
+            self._results = await self._nc.subscribe(results_of(self.requester), cb=self._on_result)
+
+    async def _on_result(self, msg: Msg) -> None:
+        request_id = msg.subject.rsplit(".", 1)[-1]
+        for queue in self._waiting.get(request_id, ()):
+            queue.put_nowait(msg.data)
+
     async def _send(self, request: Request, timeout: float) -> Result:
-        subject = result_subject(request.request_id)
         expected = request_hash(request)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
-
-        async def on_result(msg: Msg) -> None:
-            inbox.put_nowait(msg.data)
-
-        sub = await self._nc.subscribe(subject, cb=on_result)
+        await self._listen()
+        self._waiting.setdefault(request.request_id, []).append(inbox)
         try:
             if await self.submit(request):
                 stored = await self.get_result(request.request_id)
@@ -270,14 +281,19 @@ class CustodyClient:
                 request.request_id,
             )
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            waiting = self._waiting.get(request.request_id, [])
+            waiting.remove(inbox)
+            if not waiting:
+                self._waiting.pop(request.request_id, None)
 
     async def submit(self, request: Request) -> bool:
         """Publish durably without waiting for the result; True if JetStream saw it before."""
         subject = SIGN_REQUEST if isinstance(request, SignRequest) else CREATE_KEY_REQUEST
         headers = tracing.inject(
-            {HDR_MSG_ID: request.request_id, HDR_REQUEST_ID: request.request_id}
+            {
+                HDR_MSG_ID: request_key(request.requester, request.request_id),
+                HDR_REQUEST_ID: request.request_id,
+            }
         )
         try:
             ack = await self._js.publish(subject, codec.encode(request), headers=headers)
@@ -291,7 +307,8 @@ class CustodyClient:
 
     async def get_result(self, request_id: str) -> Result | None:
         """The stored terminal result of a request, or None while it has none."""
-        data = await last_on_subject(self._js, RESULTS.name, result_subject(request_id))
+        subject = result_subject(self.requester, request_id)
+        data = await last_on_subject(self._js, RESULTS.name, subject)
         return codec.RESULT.decode(data) if data is not None else None
 
     @staticmethod

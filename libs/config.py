@@ -66,6 +66,9 @@ class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     sessions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     # SoftHSM only: its config file, set as SOFTHSM2_CONF for this node's process.
     softhsm_conf: str | None = None
+    # Where the node keeps its own durable state (the replay record of what it signed):
+    # a local directory of this node's host, never shared with another node.
+    state_dir: str | None = None
     beat_interval_ms: Positive = 500
     metrics_port: Port = 0
 

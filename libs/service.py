@@ -37,6 +37,8 @@ class Runtime:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._http: asyncio.Server | None = None
+        # Set when the bus connection closed for good while the service was running.
+        self.lost_bus = False
 
     @property
     def nc(self) -> Client:
@@ -64,7 +66,7 @@ class Runtime:
         return True, "ready"
 
     async def connect(self, *, provision: bool = True) -> None:
-        self._nc = await connect(self.config.nats, self.name)
+        self._nc = await connect(self.config.nats, self.name, on_closed=self._on_closed)
         self._js = self._nc.jetstream()
         if provision:
             await provision_streams(self._js, self.config.nats)
@@ -95,7 +97,10 @@ class Runtime:
                     prometheus_client.generate_latest(),
                 )
             elif path == "/healthz":
-                status, ctype, body = 200, "text/plain", b"ok\n"
+                if self.lost_bus:
+                    status, ctype, body = 503, "text/plain", b"NATS connection lost for good\n"
+                else:
+                    status, ctype, body = 200, "text/plain", b"ok\n"
             elif path == "/readyz":
                 ok, reason = self.readiness()
                 status, ctype, body = (200 if ok else 503), "text/plain", (reason + "\n").encode()
@@ -111,6 +116,16 @@ class Runtime:
             pass
         finally:
             writer.close()
+
+    async def _on_closed(self) -> None:
+        if self.stopping.is_set():
+            return  # our own drain
+        # nats-py closes for good on some server errors (a protocol violation, say): a
+        # service that cannot talk to the bus must not look alive. Exit, so that the
+        # supervisor (Kubernetes, compose, the dev stack) starts it afresh.
+        log.error("the NATS connection closed and will not come back; exiting to be restarted")
+        self.lost_bus = True
+        self.stopping.set()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +163,8 @@ async def run(runtime: Runtime, body: Callable[[Runtime], Awaitable[None]]) -> i
             await body(runtime)
     finally:
         await runtime.close()
+    if runtime.lost_bus:
+        return 1
     log.info("stopped cleanly")
     return 0
 

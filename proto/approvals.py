@@ -14,15 +14,17 @@ from typing import Literal
 import msgspec
 
 from proto.base import Message
-from proto.common import KeyId, Name, RequestId, TimestampMs
+from proto.common import Identity, KeyId, RequestId, TimestampMs
 
 Vote = Literal["approve", "reject"]
 
 
 class ApprovalVote(Message, tag="approval_vote", frozen=True, kw_only=True):
     vote_id: RequestId
+    # The held request: ids are unique per requester, so a vote names both.
+    requester: Identity
     request_id: RequestId
-    approver: Name
+    approver: Identity
     vote: Vote
     payload_sha256: str
     created_at_ms: TimestampMs
@@ -46,8 +48,15 @@ def payload_sha256(payload: bytes) -> str:
 PendingStatus = Literal["pending", "approved", "rejected", "expired"]
 
 
+class ChargeRef(msgspec.Struct, frozen=True, kw_only=True):
+    """A velocity window an approved request is counted in once the quorum is met."""
+
+    counter: str
+    window_s: int
+
+
 class CastVote(msgspec.Struct, frozen=True, kw_only=True):
-    approver: Name
+    approver: Identity
     vote: Vote
     vote_id: str
     at_ms: TimestampMs
@@ -57,7 +66,7 @@ class PendingApproval(Message, tag="pending_approval", frozen=True, kw_only=True
     """A sign request held until M approvers of a group agree; changed only by CAS."""
 
     request_id: RequestId
-    requester: Name
+    requester: Identity
     key_id: KeyId
     payload_sha256: str
     rule: str
@@ -73,8 +82,8 @@ class PendingApproval(Message, tag="pending_approval", frozen=True, kw_only=True
     status: PendingStatus = "pending"
     # True once the order or the refusal for a decided request is published.
     settled: bool = False
-    # Velocity windows this request was charged to: released if it is not signed.
-    charges: list[str] = []
+    # Velocity windows this request counts towards once approved (nothing before).
+    charges: list[ChargeRef] = []
 
 
 def approvers(votes: list[CastVote]) -> list[str]:
@@ -89,6 +98,7 @@ def approvers(votes: list[CastVote]) -> list[str]:
 class ApprovalOutcome(Message, tag="approval_outcome", frozen=True, kw_only=True):
     """What became of one vote (accepted or refused, and why) and of the request."""
 
+    requester: str
     request_id: str
     vote_id: str
     approver: str

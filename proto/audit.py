@@ -7,13 +7,20 @@ from proto.common import TimestampMs
 
 
 class AuditIntent(Message, tag="audit_intent", frozen=True, kw_only=True):
-    """Durably stored before an HSM is asked to sign: no signature without its record."""
+    """Durably stored before an HSM is asked to sign: no signature without its record.
 
+    Published on the request's own subject, each attempt expecting the previous one as
+    the subject's last message: two deliveries of one order (a restart, a second signer
+    replica) can never both start an attempt the other does not see."""
+
+    requester: str
     request_id: str
     key_id: str
     node: str
     payload_sha256: str
     attempt: int
+    # Nodes asked by earlier attempts: their replay records hold any signature they made.
+    earlier_nodes: list[str] = []
     actor: str
     at_ms: TimestampMs
 

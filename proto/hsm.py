@@ -21,7 +21,10 @@ class HsmSign(Message, tag="hsm_sign", frozen=True, kw_only=True):
     key_id: KeyId
     curve: Curve
     data: bytes
-    request_id: str = ""
+    # "<requester>.<request id>" for a request's signature: the node signs it once and
+    # answers a repeat with the same signature (its replay record) until the deadline.
+    request_key: str = ""
+    deadline_ms: TimestampMs = 0
 
 
 class HsmWrap(Message, tag="hsm_wrap", frozen=True, kw_only=True):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from proto.base import Message
-from proto.common import Curve, KeyId, Name, Payload, PayloadKind, RequestId, TimestampMs
+from proto.common import Curve, Identity, KeyId, Payload, PayloadKind, RequestId, TimestampMs
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -20,7 +20,7 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 class SignOrder(Message, tag="sign_order", frozen=True, kw_only=True):
     request_id: RequestId
     request_hash: str
-    requester: Name
+    requester: Identity
     key_id: KeyId
     payload: Payload
     payload_kind: PayloadKind
@@ -32,7 +32,7 @@ class SignOrder(Message, tag="sign_order", frozen=True, kw_only=True):
 class CreateKeyOrder(Message, tag="create_key_order", frozen=True, kw_only=True):
     request_id: RequestId
     request_hash: str
-    requester: Name
+    requester: Identity
     key_id: KeyId
     curve: Curve
     region: str | None = None

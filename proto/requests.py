@@ -13,7 +13,7 @@ from typing import Annotated
 import msgspec
 
 from proto.base import Message
-from proto.common import Curve, KeyId, Name, Payload, PayloadKind, RequestId, TimestampMs
+from proto.common import Curve, Identity, KeyId, Payload, PayloadKind, RequestId, TimestampMs
 
 
 class Transfer(msgspec.Struct, frozen=True, kw_only=True):
@@ -26,7 +26,7 @@ class Transfer(msgspec.Struct, frozen=True, kw_only=True):
 
 class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
     request_id: RequestId
-    requester: Name
+    requester: Identity
     key_id: KeyId
     payload: Payload
     payload_kind: PayloadKind = "digest"
@@ -38,7 +38,7 @@ class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
 
 class CreateKeyRequest(Message, tag="create_key_request", frozen=True, kw_only=True):
     request_id: RequestId
-    requester: Name
+    requester: Identity
     key_id: KeyId
     curve: Curve
     # Residency: a key tagged with a region is only ever held by HSMs of that region.

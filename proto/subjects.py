@@ -13,7 +13,7 @@ APPROVAL_VOTE = f"{PREFIX}.request.approval"
 # Orders from policy to signers.
 SIGN_ORDER = f"{PREFIX}.order.sign"
 CREATE_KEY_ORDER = f"{PREFIX}.order.create_key"
-# Terminal results, one subject per request.
+# Terminal results, one subject per request: lantau.result.<requester>.<request id>.
 RESULT_PREFIX = f"{PREFIX}.result"
 # Facts for backup, audit and operators.
 EVENT_KEY_CREATED = f"{PREFIX}.event.key.created"
@@ -23,11 +23,18 @@ EVENT_ADMIN = f"{PREFIX}.event.admin"
 EVENT_APPROVAL_PREFIX = f"{PREFIX}.event.approval"
 
 
-def approval_event_subject(request_id: str) -> str:
-    return f"{EVENT_APPROVAL_PREFIX}.{request_id}"
+def request_key(requester: str, request_id: str) -> str:
+    """A request's name across the platform: request ids are unique per requester only,
+    so KV keys, message ids and subjects that belong to a request carry both."""
+    return f"{requester}.{request_id}"
 
 
-# Audit intents written by signers before each HSM signature.
+def approval_event_subject(requester: str, request_id: str) -> str:
+    return f"{EVENT_APPROVAL_PREFIX}.{request_key(requester, request_id)}"
+
+
+# Audit intents written by signers before each HSM signature, one subject per request:
+# lantau.audit.intent.<requester>.<request id> (attempts follow each other on it).
 AUDIT_INTENT = f"{PREFIX}.audit.intent"
 # Hash-chained audit records appended by the audit service.
 AUDIT_LOG = f"{PREFIX}.auditlog.record"
@@ -44,8 +51,17 @@ ADMIN_POOL_STATUS = f"{PREFIX}.admin.pool"
 SIGNER_SERVICE_NAME = "lantau-signer"
 
 
-def result_subject(request_id: str) -> str:
-    return f"{RESULT_PREFIX}.{request_id}"
+def result_subject(requester: str, request_id: str) -> str:
+    return f"{RESULT_PREFIX}.{request_key(requester, request_id)}"
+
+
+def results_of(requester: str) -> str:
+    """Every result subject of one requester (what its client subscribes to)."""
+    return f"{RESULT_PREFIX}.{requester}.>"
+
+
+def intent_subject(requester: str, request_id: str) -> str:
+    return f"{AUDIT_INTENT}.{request_key(requester, request_id)}"
 
 
 def dead_letter_subject(stream: str) -> str:

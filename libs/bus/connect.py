@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client
@@ -12,10 +13,18 @@ from libs.config import NatsConfig
 log = logging.getLogger("lantau.bus")
 
 
-async def connect(cfg: NatsConfig, name: str, *, patient: bool = True) -> Client:
+async def connect(
+    cfg: NatsConfig,
+    name: str,
+    *,
+    patient: bool = True,
+    on_closed: Callable[[], Awaitable[None]] | None = None,
+) -> Client:
     """Connect with endless reconnects: a bus outage pauses a service, never kills it.
 
     A command-line tool passes ``patient=False`` to fail after trying each server once.
+    ``on_closed`` hears of a connection that will not come back (the server closed it
+    for a protocol error, or it was closed on purpose).
     """
 
     async def on_error(e: Exception) -> None:
@@ -37,4 +46,5 @@ async def connect(cfg: NatsConfig, name: str, *, patient: bool = True) -> Client
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
+        closed_cb=on_closed,
     )

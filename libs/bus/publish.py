@@ -42,6 +42,21 @@ async def publish(
     return True
 
 
+async def publish_after(
+    js: JetStreamContext, subject: str, message: msgspec.Struct, last_seq: int
+) -> int | None:
+    """Durably publish only if the subject's newest message is still ``last_seq`` (0: the
+    subject is empty); the new sequence, or None if someone else wrote there first."""
+    hdrs = tracing.inject({HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last_seq)})
+    try:
+        ack = await js.publish(subject, codec.encode(message), headers=hdrs)
+    except nats.js.errors.APIError as e:
+        if e.err_code == WRONG_LAST_SEQUENCE:
+            return None
+        raise
+    return int(ack.seq)
+
+
 async def last_on_subject(js: JetStreamContext, stream: str, subject: str) -> bytes | None:
     """The newest message stored on a subject, or None."""
     try:

@@ -28,8 +28,13 @@ class HsmBackend(Protocol):
 
     async def public_key(self, key_id: str) -> HsmKey: ...
 
-    async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
-        """Raw signature as the token returns it (r||s or the EdDSA signature)."""
+    async def sign(
+        self, key_id: str, curve: Curve, data: bytes, *, request_key: str = "", deadline_ms: int = 0
+    ) -> bytes:
+        """Raw signature as the token returns it (r||s or the EdDSA signature).
+
+        ``request_key`` names the request being signed: an hsm-node signs one request once
+        and answers a repeat with the same signature (its replay record)."""
         ...
 
     async def wrap(self, key_id: str, kek_label: str) -> bytes:

@@ -256,7 +256,11 @@ class Pkcs11Backend:
     async def public_key(self, key_id: str) -> HsmKey:
         return await self._run(self._public, key_id)
 
-    async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
+    async def sign(
+        self, key_id: str, curve: Curve, data: bytes, *, request_key: str = "", deadline_ms: int = 0
+    ) -> bytes:
+        # In process there is no node boundary to keep a replay record at: the caller is
+        # the only client (a vendor HA slot), so request_key is not used here.
         return await self._run(self._sign, key_id, curve, data)
 
     async def probe(self) -> None:

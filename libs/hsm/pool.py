@@ -226,18 +226,24 @@ class HsmPool:
         fn: Callable[[Any, int], Awaitable[T]],
         *,
         max_attempts: int,
+        prefer: Iterable[str] = (),
     ) -> tuple[T, str]:
         """Run ``fn`` on the best node holding the key; fail over on error or missed deadline.
+
+        Nodes in ``prefer`` (usable ones) go first: e.g. nodes an earlier attempt asked.
 
         ``fn`` gets the node's backend and the attempt number. A
         LantauError from ``fn`` (bad request, unknown key) is final and raised as is.
         """
         holders = list(holders)
+        preferred = [n for n in prefer if n in holders]
         tried: list[str] = []
         last_error: TransientError | None = None
         delivered = False  # did any attempt possibly reach a node?
         for attempt in range(1, max_attempts + 1):
-            node = self.balancer.choose(holders, now_ms(), exclude=tried)
+            node = self.balancer.choose(preferred, now_ms(), exclude=tried) or self.balancer.choose(
+                holders, now_ms(), exclude=tried
+            )
             if node is None:
                 break
             if tried:

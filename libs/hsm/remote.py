@@ -92,9 +92,13 @@ class RemoteHsm:
     async def public_key(self, key_id: str) -> HsmKey:
         return _expect(await self.call("public_key", HsmPublicKey(key_id=key_id)), HsmKey)
 
-    async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
-        reply = await self.call("sign", HsmSign(key_id=key_id, curve=curve, data=data))
-        return _expect(reply, HsmSignature).signature
+    async def sign(
+        self, key_id: str, curve: Curve, data: bytes, *, request_key: str = "", deadline_ms: int = 0
+    ) -> bytes:
+        command = HsmSign(
+            key_id=key_id, curve=curve, data=data, request_key=request_key, deadline_ms=deadline_ms
+        )
+        return _expect(await self.call("sign", command), HsmSignature).signature
 
     async def wrap(self, key_id: str, kek_label: str) -> bytes:
         reply = await self.call("wrap", HsmWrap(key_id=key_id, kek_label=kek_label))

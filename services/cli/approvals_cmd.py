@@ -13,13 +13,11 @@ import sys
 import uuid
 
 import msgspec
-import nats
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import config as config_mod
+from libs.bus import kv
 from libs.bus.connect import connect
 from libs.bus.publish import publish
 from libs.client import load_signing_key
@@ -35,23 +33,29 @@ from proto.approvals import (
 from proto.errors import LantauError
 from proto.requests import SignRequest
 from proto.subjects import APPROVAL_VOTE, APPROVALS_BUCKET, approval_event_subject
+from services.cli.usage import UsageError
 
 VOTE_TTL_MS = 300_000
+
 OUTCOME_WAIT_S = 15.0
 
 
 async def _held(nc: Client) -> list[PendingApproval]:
-    kv = await nc.jetstream().key_value(APPROVALS_BUCKET)
-    try:
-        keys = await kv.keys()
-    except nats.js.errors.NoKeysError:
-        return []
-    held = []
-    for key in keys:
-        with_value = await kv.get(key)
-        if with_value.value:
-            held.append(codec.PENDING_APPROVAL.decode(with_value.value))
+    bucket = await nc.jetstream().key_value(APPROVALS_BUCKET)
+    held = [codec.PENDING_APPROVAL.decode(value) for _, value, _ in await kv.values(bucket)]
     return sorted(held, key=lambda p: p.created_at_ms)
+
+
+def find(held: list[PendingApproval], wanted: str) -> PendingApproval | None:
+    """The held request named ``REQUESTER/ID``, or by its id alone when that is unique."""
+    if "/" in wanted:
+        requester, request_id = wanted.split("/", 1)
+        found = [p for p in held if (p.requester, p.request_id) == (requester, request_id)]
+    else:
+        found = [p for p in held if p.request_id == wanted]
+    if len(found) > 1:
+        raise UsageError(f"{wanted} names several held requests: use REQUESTER/ID")
+    return found[0] if found else None
 
 
 def describe(p: PendingApproval, now_ms: int) -> str:
@@ -64,7 +68,7 @@ def describe(p: PendingApproval, now_ms: int) -> str:
     left = max(0, (p.expires_at_ms - now_ms) // 1000)
     state = f"{p.status}, {left} s left" if p.status == "pending" else p.status
     return (
-        f"{p.request_id}  [{state}]\n"
+        f"{p.requester}/{p.request_id}  [{state}]\n"
         f"  requester {p.requester}, key {p.key_id}, rule {p.rule!r} (policy {p.policy_version})\n"
         f"{what}"
         f"  payload sha256 {p.payload_sha256}\n"
@@ -93,13 +97,10 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
     key = load_signing_key(args.key_file)
     nc = await connect(cfg.nats, "lantau-approvals", patient=False)
     try:
-        kv = await nc.jetstream().key_value(APPROVALS_BUCKET)
-        try:
-            entry = await kv.get(args.request_id)
-        except nats.js.errors.KeyNotFoundError:
+        pending = find(await _held(nc), args.request_id)
+        if pending is None:
             print(f"lantau: no request {args.request_id} is waiting for approval", file=sys.stderr)
             return 1
-        pending = codec.PENDING_APPROVAL.decode(entry.value or b"")
         if args.payload_sha256 and args.payload_sha256 != pending.payload_sha256:
             print(
                 "lantau: the held request signs different content than you reviewed "
@@ -110,7 +111,8 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
         now = now_ms()
         unsigned = ApprovalVote(
             vote_id=uuid.uuid4().hex,
-            request_id=args.request_id,
+            requester=pending.requester,
+            request_id=pending.request_id,
             approver=args.approver,
             vote=vote,  # type: ignore[arg-type]
             payload_sha256=pending.payload_sha256,
@@ -134,7 +136,8 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
             ):
                 outcome.set_result(event)
 
-        sub = await nc.subscribe(approval_event_subject(args.request_id), cb=on_outcome)
+        subject = approval_event_subject(pending.requester, pending.request_id)
+        sub = await nc.subscribe(subject, cb=on_outcome)
         await publish(nc.jetstream(), APPROVAL_VOTE, signed, msg_id=f"vote:{signed.vote_id}")
         try:
             result = await asyncio.wait_for(outcome, timeout=OUTCOME_WAIT_S)

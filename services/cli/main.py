@@ -20,16 +20,10 @@ from libs.secret_files import write_secret
 from libs.service import Runtime, ServiceEntry
 from libs.service import run as run_service
 from proto.common import PayloadKind
-from proto.errors import ErrorCode, LantauError
+from proto.errors import LantauError
+from services.cli.usage import UsageError
 
 DEFAULT_RUN_DIR = Path(os.environ.get("LANTAU_RUN_DIR", ".lantau/run"))
-
-
-class UsageError(LantauError):
-    """The command line asks for something that cannot be done as given."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.USAGE, message)
 
 
 # -- serve -------------------------------------------------------------------

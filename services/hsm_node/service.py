@@ -13,13 +13,14 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from nats import micro
 from nats.micro.request import Request
 
 from libs import metrics, tracing
 from libs.clock import now_ms, wait_or_stop
-from libs.config import HsmNodeConfig, read_pin
+from libs.config import ConfigError, HsmNodeConfig, read_pin
 from libs.hsm.pkcs11_backend import Pkcs11Backend
 from libs.service import Runtime, ServiceEntry
 from proto import codec
@@ -41,6 +42,7 @@ from proto.hsm import (
     HsmWrapped,
 )
 from proto.subjects import HSM_SERVICE_NAME, hsm_beat_subject, hsm_rpc_subject
+from services.hsm_node.replay import ReplayLog, Signed, replay, sign_content
 
 log = logging.getLogger("lantau.hsm_node")
 
@@ -49,10 +51,15 @@ UNHEALTHY_AFTER = 3
 
 
 class HsmNode:
-    def __init__(self, rt: Runtime, node: HsmNodeConfig, backend: Pkcs11Backend) -> None:
+    def __init__(
+        self, rt: Runtime, node: HsmNodeConfig, backend: Pkcs11Backend, replays: ReplayLog
+    ) -> None:
         self.rt = rt
         self.node = node
         self.backend = backend
+        self.replays = replays
+        # Signatures being made now, by request: a concurrent repeat waits for the first.
+        self._signing: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
         self.in_flight = 0
         self.token_errors = 0
         self.started_at_ms = now_ms()
@@ -112,7 +119,7 @@ class HsmNode:
                 f"{type(command).__name__} sent to the {op} endpoint",
             )
         if isinstance(command, HsmSign):
-            signature = await self.backend.sign(command.key_id, command.curve, command.data)
+            signature = await self._sign(command)
             return HsmSignature(key_id=command.key_id, signature=signature)
         if isinstance(command, HsmGenerate):
             key: HsmKey = await self.backend.generate(command.key_id, command.curve)
@@ -134,6 +141,39 @@ class HsmNode:
             return await self.backend.capabilities()
         assert isinstance(command, HsmPublicKey)
         return await self.backend.public_key(command.key_id)
+
+    async def _sign(self, command: HsmSign) -> bytes:
+        """Sign, once per request: a repeat gets the signature already made."""
+        if not command.request_key:
+            return await self.backend.sign(command.key_id, command.curve, command.data)
+        key = command.request_key
+        content = sign_content(command)
+        if (done := replay(self.replays.get(key), key, content)) is not None:
+            metrics.TOKEN_OPERATIONS.labels(self.node.id, "sign", "replayed").inc()
+            return done
+        if key in self._signing:
+            running_content, running = self._signing[key]
+            replay(Signed(running_content, b""), key, content)  # refuses other content
+            return await asyncio.shield(running)
+        running = asyncio.get_running_loop().create_future()
+        self._signing[key] = (content, running)
+        try:
+            signature = await self.backend.sign(command.key_id, command.curve, command.data)
+            # Durable before it leaves the node: a repeat can never make a second one.
+            await self.replays.record(key, Signed(content, signature), command.deadline_ms)
+            log.info("signed request %s with key %s", key, command.key_id)
+            running.set_result(signature)
+            return signature
+        except BaseException as e:
+            running.set_exception(e)
+            running.exception()  # retrieved: a waiter may not exist
+            raise
+        finally:
+            self._signing.pop(key, None)
+
+    async def prune_forever(self) -> None:
+        while not await wait_or_stop(self.rt.stopping, 60.0):
+            await asyncio.to_thread(self.replays.prune, now_ms())
 
     async def beat_forever(self) -> None:
         seq = 0
@@ -163,10 +203,13 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     if node.softhsm_conf:
         # SoftHSM reads its config once, at C_Initialize: set it before loading the module.
         os.environ["SOFTHSM2_CONF"] = node.softhsm_conf
+    if not node.state_dir:
+        raise ConfigError(f"hsm node {node.id}: set state_dir (its replay record lives there)")
+    replays = await asyncio.to_thread(ReplayLog, Path(node.state_dir) / "replay.sqlite")
     backend = await asyncio.to_thread(
         Pkcs11Backend, node.module, node.token_label, read_pin(node), sessions=node.sessions
     )
-    hsm = HsmNode(rt, node, backend)
+    hsm = HsmNode(rt, node, backend, replays)
     service = await micro.add_service(
         rt.nc,
         name=HSM_SERVICE_NAME,
@@ -183,13 +226,16 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
             name=op, subject=hsm_rpc_subject(node.id, op), handler=handler_for(op)
         )
     beats = asyncio.create_task(hsm.beat_forever())
+    pruning = asyncio.create_task(hsm.prune_forever())
     rt.set_ready("startup", True)
     log.info("hsm node %s serving token %s", node.id, node.token_label)
     await rt.stopping.wait()
     await service.stop()
     await hsm.drain()
     beats.cancel()
+    pruning.cancel()
     await backend.close()
+    replays.close()
 
 
 ENTRY = ServiceEntry(section="hsm-node", serve=serve, per_node=True, provision=False)

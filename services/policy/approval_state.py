@@ -15,10 +15,16 @@ from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
 from libs.service import Runtime
 from proto import codec
-from proto.approvals import ApprovalOutcome, ApprovalVote, PendingApproval, payload_sha256
+from proto.approvals import (
+    ApprovalOutcome,
+    ApprovalVote,
+    ChargeRef,
+    PendingApproval,
+    payload_sha256,
+)
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.requests import SignRequest
-from proto.subjects import approval_event_subject
+from proto.subjects import approval_event_subject, request_key
 from services.policy import approvals, rules
 from services.policy.outcomes import publish_order, publish_refusal, sign_order
 from services.policy.velocity_state import VelocityBook
@@ -50,26 +56,31 @@ class Approvals:
             created_at_ms=now,
             expires_at_ms=now + decision.approval_window_s * 1000,
             request=codec.encode(request),
-            charges=[c.counter for c in decision.charges],
+            charges=[
+                ChargeRef(counter=c.counter, window_s=c.velocity.window_s) for c in decision.charges
+            ],
         )
         # create() fails on a redelivery: the request is already held, nothing to add.
-        if await kv.write(self.kv, request.request_id, codec.encode(pending), 0) is not None:
+        key = request_key(request.requester, request.request_id)
+        if await kv.write(self.kv, key, codec.encode(pending), 0) is not None:
             log.info("request held for approval: %s", decision.explanation)
             await self._announce(pending, "", "", decision.explanation)
 
     async def vote(self, vote: ApprovalVote, policy: rules.Policy) -> None:
         approvals.check_signature(vote, policy)
+        key = request_key(vote.requester, vote.request_id)
         for _ in range(_CAS_ATTEMPTS):
-            data, revision = await kv.read(self.kv, vote.request_id)
+            data, revision = await kv.read(self.kv, key)
             if data is None:
                 raise LantauError(
-                    ErrorCode.NOT_PENDING, f"no request {vote.request_id} is waiting for approval"
+                    ErrorCode.NOT_PENDING,
+                    f"no request {vote.requester}/{vote.request_id} is waiting for approval",
                 )
             pending = codec.PENDING_APPROVAL.decode(data)
             updated = approvals.apply(pending, vote, now_ms())
             if updated is pending:
                 break  # this vote was counted before (a redelivery)
-            written = await kv.write(self.kv, vote.request_id, codec.encode(updated), revision)
+            written = await kv.write(self.kv, key, codec.encode(updated), revision)
             if written is not None:
                 revision = written
                 break
@@ -85,7 +96,7 @@ class Approvals:
         await self._announce(updated, vote.vote_id, vote.approver, text)
 
     async def refused(self, vote: ApprovalVote, error: LantauError) -> None:
-        data, _ = await kv.read(self.kv, vote.request_id)
+        data, _ = await kv.read(self.kv, request_key(vote.requester, vote.request_id))
         pending = codec.PENDING_APPROVAL.decode(data) if data else None
         log.warning("vote %s by %s refused: %s", vote.vote_id, vote.approver, error.message)
         await self._announce(
@@ -93,7 +104,7 @@ class Approvals:
             vote.vote_id,
             vote.approver,
             error.message,
-            request_id=vote.request_id,
+            request=(vote.requester, vote.request_id),
             code=str(error.code),
         )
 
@@ -104,12 +115,17 @@ class Approvals:
             return
         await self._act(pending)
         done = msgspec.structs.replace(pending, settled=True)
-        await kv.write(self.kv, pending.request_id, codec.encode(done), revision)
+        key = request_key(pending.requester, pending.request_id)
+        await kv.write(self.kv, key, codec.encode(done), revision)
 
     async def _act(self, pending: PendingApproval) -> None:
         request = codec.REQUEST.decode(pending.request)
         assert isinstance(request, SignRequest)
         if pending.status == "approved":
+            if self.velocity is not None and pending.charges:
+                amount = request.transfer.amount if request.transfer else 0
+                rkey = request_key(pending.requester, pending.request_id)
+                await self.velocity.record_approved(pending.charges, rkey, now_ms(), amount)
             names = approvals.approvers(pending.votes)
             order = sign_order(
                 request,
@@ -123,8 +139,6 @@ class Approvals:
             await publish_order(self.rt.js, order)
             return
         if pending.status in ("rejected", "expired"):
-            if self.velocity is not None:
-                await self.velocity.release(pending.charges, pending.request_id)
             code = (
                 ErrorCode.APPROVAL_REJECTED
                 if pending.status == "rejected"
@@ -137,9 +151,7 @@ class Approvals:
                 else f"no quorum of {pending.quorum} from group {pending.group!r} "
                 f"before the approval window closed (rule {pending.rule!r})"
             )
-            await publish_refusal(
-                self.rt.js, request.request_id, request, str(code), text, pending.status
-            )
+            await publish_refusal(self.rt.js, request, str(code), text, pending.status)
 
     async def _announce(
         self,
@@ -148,12 +160,15 @@ class Approvals:
         approver: str,
         message: str,
         *,
-        request_id: str = "",
+        request: tuple[str, str] = ("", ""),
         code: str = "",
     ) -> None:
         """What became of a vote (refused when ``code`` is set) and of its request."""
-        request_id = pending.request_id if pending else request_id
+        requester, request_id = (
+            (pending.requester, pending.request_id) if pending is not None else request
+        )
         outcome = ApprovalOutcome(
+            requester=requester,
             request_id=request_id,
             vote_id=vote_id,
             approver=approver,
@@ -168,8 +183,10 @@ class Approvals:
         # An accepted outcome is announced once per state, whichever replica gets there.
         msg_id = None
         if not code and pending is not None:
-            msg_id = f"approval:{request_id}:{vote_id or 'held'}:{pending.status}"
-        await publish(self.rt.js, approval_event_subject(request_id), outcome, msg_id=msg_id)
+            key = request_key(requester, request_id)
+            msg_id = f"approval:{key}:{vote_id or 'held'}:{pending.status}"
+        subject = approval_event_subject(requester, request_id)
+        await publish(self.rt.js, subject, outcome, msg_id=msg_id)
 
     async def pending(self) -> list[tuple[PendingApproval, int]]:
         return [
@@ -197,7 +214,8 @@ class Approvals:
                 waiting.append(pending)
                 continue
             expired = msgspec.structs.replace(pending, status="expired")
-            written = await kv.write(self.kv, pending.request_id, codec.encode(expired), revision)
+            key = request_key(pending.requester, pending.request_id)
+            written = await kv.write(self.kv, key, codec.encode(expired), revision)
             if written is not None:
                 await self._settle(expired, written)
                 await self._announce(expired, "", "", "approval window closed")

@@ -50,7 +50,7 @@ def apply(pending: PendingApproval, vote: ApprovalVote, now_ms: int) -> PendingA
             ErrorCode.WRONG_GROUP,
             f"{vote.approver} is not in approver group {pending.group!r}",
         )
-    if vote.payload_sha256 != pending.payload_sha256:
+    if vote.requester != pending.requester or vote.payload_sha256 != pending.payload_sha256:
         raise LantauError(
             ErrorCode.APPROVAL_MISMATCH,
             "the approval is for different content than the held request",

@@ -10,7 +10,13 @@ from libs.clock import now_ms
 from proto.orders import CreateKeyOrder, Decision, SignOrder
 from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
 from proto.results import unsuccessful
-from proto.subjects import CREATE_KEY_ORDER, HDR_REQUEST_ID, SIGN_ORDER, result_subject
+from proto.subjects import (
+    CREATE_KEY_ORDER,
+    HDR_REQUEST_ID,
+    SIGN_ORDER,
+    request_key,
+    result_subject,
+)
 
 
 def sign_order(
@@ -45,31 +51,28 @@ async def publish_order(js: JetStreamContext, order: SignOrder | CreateKeyOrder)
         js,
         SIGN_ORDER if isinstance(order, SignOrder) else CREATE_KEY_ORDER,
         order,
-        msg_id=f"order:{order.request_id}",
+        msg_id=f"order:{request_key(order.requester, order.request_id)}",
         headers={HDR_REQUEST_ID: order.request_id},
     )
 
 
 async def publish_refusal(
-    js: JetStreamContext,
-    request_id: str,
-    request: Request | None,
-    code: str,
-    message: str,
-    status: str,
+    js: JetStreamContext, request: Request, code: str, message: str, status: str
 ) -> bool:
-    """The request's one terminal result, unless it already has one."""
+    """The request's one terminal result, unless it already has one. Only for an
+    authenticated request: nobody else may own a result under the requester's name."""
     result = unsuccessful(
         for_key=isinstance(request, CreateKeyRequest),
-        request_id=request_id,
-        request_hash=request_hash(request) if request else "",
+        request_id=request.request_id,
+        request_hash=request_hash(request),
         status=status,
-        key_id=request.key_id if request else "",
+        key_id=request.key_id,
         code=code,
         message=message,
         completed_at_ms=now_ms(),
     )
-    published = await publish(js, result_subject(request_id), result, first_on_subject=True)
+    subject = result_subject(request.requester, request.request_id)
+    published = await publish(js, subject, result, first_on_subject=True)
     if published:
         metrics.RESULTS.labels("policy", status, code).inc()
     return published

@@ -110,8 +110,30 @@ class Group(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     approves_for: list[str]
 
 
+class Asset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What an asset can hold: no transfer is judged (or counted) beyond its supply."""
+
+    decimals: Annotated[int, msgspec.Meta(ge=0, le=36)]
+    # Minor units; a string of digits where TOML's 64-bit integers are too small.
+    max_amount: Annotated[int, msgspec.Meta(ge=0)] | Annotated[
+        str, msgspec.Meta(pattern=r"^[0-9]{1,78}$")
+    ]
+
+    def limit(self) -> int:
+        return int(self.max_amount)
+
+
+# Assets every policy knows; a policy file may add others or tighten these.
+BUILTIN_ASSETS = {
+    "BTC": Asset(decimals=8, max_amount=21_000_000 * 10**8),
+    "ETH": Asset(decimals=18, max_amount=str(10**9 * 10**18)),
+    "SOL": Asset(decimals=9, max_amount=10**9 * 10**9),
+}
+
+
 class PolicyFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    assets: dict[str, Asset] = {}
     address_lists: dict[str, list[str]] = {}
     approvers: dict[str, Approver] = {}
     groups: dict[str, Group] = {}
@@ -131,6 +153,9 @@ class Policy:
 
     def group(self, name: str) -> Group:
         return self.file.groups[name]
+
+    def asset(self, symbol: str) -> Asset | None:
+        return self.file.assets.get(symbol) or BUILTIN_ASSETS.get(symbol)
 
 
 @dataclass(frozen=True)
@@ -238,6 +263,22 @@ def _check(policy: Policy, lines: list[int]) -> None:
                 )
         elif rule.group is not None or rule.quorum is not None:
             raise PolicyFileError(f"{at}: group and quorum only apply to action 'approve'")
+
+
+def check_transfer(policy: Policy, request: SignRequest) -> None:
+    """Refuse a declared transfer of an unknown asset or beyond what the asset can hold,
+    before any rule or window sees it."""
+    t = request.transfer
+    if t is None:
+        return
+    asset = policy.asset(t.asset)
+    if asset is None:
+        raise LantauError(ErrorCode.UNKNOWN_ASSET, f"asset {t.asset} is not known to the policy")
+    if t.amount > asset.limit():
+        raise LantauError(
+            ErrorCode.AMOUNT_OUT_OF_RANGE,
+            f"transfer of {t.amount} minor units of {t.asset} is more than the asset can hold",
+        )
 
 
 def counter_key(rule: Rule, request: SignRequest) -> str:

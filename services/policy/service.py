@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import nats.js.errors
 from nats.js.kv import KeyValue
 
 from libs import curves, metrics, tracing
@@ -35,18 +34,16 @@ from proto.subjects import (
     REQUESTS_BUCKET,
     RESULTS,
     VELOCITY_BUCKET,
+    request_key,
     result_subject,
 )
-from services.policy import auth
+from services.policy import auth, rules
 from services.policy.approval_state import Approvals
 from services.policy.outcomes import publish_order, publish_refusal, sign_order
 from services.policy.store import PolicyStore
 from services.policy.velocity_state import VelocityBook
 
 log = logging.getLogger("lantau.policy")
-
-# Failures before the requester is proven: such a result must not claim someone else's id.
-_UNAUTHENTICATED = {ErrorCode.UNKNOWN_REQUESTER, ErrorCode.BAD_SIGNATURE}
 
 
 class PolicyService:
@@ -76,9 +73,9 @@ class PolicyService:
         tracing.annotate(request_id=request.request_id, key_id=request.key_id)
         requester = auth.authenticate(request, self.rt.config.requester(request.requester))
         digest = request_hash(request)
-        fresh = await self._claim(request.request_id, digest)
+        fresh = await self._claim(request, digest)
         if not fresh and await last_on_subject(
-            self.rt.js, RESULTS.name, result_subject(request.request_id)
+            self.rt.js, RESULTS.name, result_subject(request.requester, request.request_id)
         ):
             return  # a resend of an answered request: the client reads the stored result
         now = now_ms()
@@ -109,17 +106,13 @@ class PolicyService:
             raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {request.key_id} does not exist")
         curves.check_payload(record.curve, request.payload_kind, request.payload)
         policy = self.policies.current
+        rules.check_transfer(policy, request)
         verdict = await self.velocity.decide(policy, request, now, seen_before=not fresh)
         metrics.POLICY_DECISIONS.labels(verdict.rule, verdict.action).inc()
         tracing.annotate(rule=verdict.rule, decision=verdict.action)
         if verdict.action == "deny":
             await publish_refusal(
-                self.rt.js,
-                request.request_id,
-                request,
-                str(ErrorCode.POLICY_DENIED),
-                verdict.explanation,
-                "rejected",
+                self.rt.js, request, str(ErrorCode.POLICY_DENIED), verdict.explanation, "rejected"
             )
         elif verdict.action == "approve":
             await self.held.hold(request, verdict, now)
@@ -130,19 +123,18 @@ class PolicyService:
             )
             await publish_order(self.rt.js, order)
 
-    async def _claim(self, request_id: str, digest: str) -> bool:
-        """Bind the id to this content forever; reusing it for other content is refused.
-        True the first time the id is seen."""
-        try:
-            await self.requests_kv.create(request_id, digest.encode())
+    async def _claim(self, request: Request, digest: str) -> bool:
+        """Bind the requester's id to this content forever; reusing it for other content
+        is refused. True the first time the id is seen. Called only once the request is
+        authenticated: ids live in their requester's namespace, nobody can squat one."""
+        key = request_key(request.requester, request.request_id)
+        if await kv.write(self.requests_kv, key, digest.encode(), 0) is not None:
             return True
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
-        entry = await self.requests_kv.get(request_id)
-        if entry.value is not None and entry.value.decode() != digest:
+        stored, _ = await kv.read(self.requests_kv, key)
+        if stored is not None and stored.decode() != digest:
             raise LantauError(
                 ErrorCode.REQUEST_ID_CONFLICT,
-                f"request id {request_id} was already used for a different request",
+                f"request id {request.request_id} was already used for a different request",
             )
         # Same content: a resend or a redelivery; continuing is idempotent downstream.
         return False
@@ -153,20 +145,21 @@ class PolicyService:
         if isinstance(message, ApprovalVote):
             await self.held.refused(message, error)
             return
-        request: Request | None = message
-        request_id = request.request_id if request else delivery.request_id
-        if not request_id or error.code == ErrorCode.REQUEST_ID_CONFLICT:
-            # No id to answer on, or the id belongs to another request: the dead-letter
-            # record is the answer (the client sees the other request's hash and knows).
+        if message is None or error.code == ErrorCode.REQUEST_ID_CONFLICT:
+            # Junk, or an id that belongs to another request: the dead-letter record (and
+            # the audit trail) is the answer, never a result under someone's name.
             return
-        if error.code in _UNAUTHENTICATED:
-            owner, _ = await kv.read(self.requests_kv, request_id)
-            if owner is not None:
-                return  # a genuine request owns this id: never answer for it
+        if not self._authentic(message):
+            return  # a forgery owns nothing: only the real requester may get a result
         status = "expired" if error.code == ErrorCode.REQUEST_EXPIRED else "rejected"
-        await publish_refusal(
-            self.rt.js, request_id, request, str(error.code), error.message, status
-        )
+        await publish_refusal(self.rt.js, message, str(error.code), error.message, status)
+
+    def _authentic(self, request: Request) -> bool:
+        try:
+            auth.authenticate(request, self.rt.config.requester(request.requester))
+        except LantauError:
+            return False
+        return True
 
 
 def check(cfg: Config) -> None:

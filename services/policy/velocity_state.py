@@ -9,8 +9,10 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from libs.bus import kv
+from proto.approvals import ChargeRef
 from proto.errors import ErrorCode, TransientError
 from proto.requests import SignRequest
+from proto.subjects import request_key
 from services.policy import rules
 from services.policy import velocity as vel
 
@@ -38,7 +40,7 @@ class VelocityBook:
         in between (another replica charged it) means evaluating again on fresh state,
         so a limit is never exceeded.
         """
-        memo_key = f"decision.{request.request_id}"
+        memo_key = f"decision.{request_key(request.requester, request.request_id)}"
         if seen_before:  # a request id seen for the first time has no decision yet
             data, _ = await kv.read(self.kv, memo_key)
             if data is not None:
@@ -66,30 +68,53 @@ class VelocityBook:
         self, policy: rules.Policy, request: SignRequest, now: int
     ) -> rules.Verdict:
         amount = request.transfer.amount if request.transfer else 0
+        rkey = request_key(request.requester, request.request_id)
         for _ in range(_CAS_ATTEMPTS):
             read = {}
             for charge in rules.charges_for(policy, request):
                 data, revision = await kv.read(self.kv, charge.counter)
                 read[charge.counter] = (vel.decode(data), revision)
             # A request charged by a replica that died before deciding is judged afresh.
-            windows = {k: w.released(request.request_id) for k, (w, _) in read.items()}
+            windows = {k: w.released(rkey) for k, (w, _) in read.items()}
             decision = rules.evaluate(policy, request, now, windows)
             if decision.action == "deny":
-                await self.release(list(read), request.request_id)
+                await self.release(list(read), rkey)
+                return decision
+            if decision.action == "approve":
+                # Only what is signed counts: a held request is charged once approved, so
+                # a huge request waiting for approvers never blocks the requester's others.
+                await self.release(list(read), rkey)
                 return decision
             applied: list[str] = []
             for charge in decision.charges:
                 window, revision = read[charge.counter]
-                if window.holds(request.request_id):
+                if window.holds(rkey):
                     continue
-                new = window.charged(request.request_id, now, amount, charge.velocity.window_s)
+                new = window.charged(rkey, now, amount, charge.velocity.window_s)
                 if await kv.write(self.kv, charge.counter, vel.encode(new), revision) is None:
                     break
                 applied.append(charge.counter)
             else:
                 return decision
-            await self.release(applied, request.request_id)
+            await self.release(applied, rkey)
         raise TransientError(ErrorCode.INTERNAL, "velocity windows kept changing; retrying")
+
+    async def record_approved(
+        self, charges: list[ChargeRef], rkey: str, now: int, amount: int
+    ) -> None:
+        """Count an approved request in its windows: approvers overrule the limit, so the
+        charge is added whatever the window holds (once: a repeat finds it there)."""
+        for charge in charges:
+            for _ in range(_CAS_ATTEMPTS):
+                data, revision = await kv.read(self.kv, charge.counter)
+                window = vel.decode(data)
+                if window.holds(rkey):
+                    break
+                new = vel.encode(window.charged(rkey, now, amount, charge.window_s))
+                if await kv.write(self.kv, charge.counter, new, revision) is not None:
+                    break
+            else:
+                raise TransientError(ErrorCode.INTERNAL, "velocity windows kept changing")
 
     async def release(self, counters: list[str], request_id: str) -> None:
         """Take a request that will not be signed out of its windows."""

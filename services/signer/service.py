@@ -27,20 +27,20 @@ from libs.logs import request_id_var
 from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.audit import AuditIntent
-from proto.common import ErrorInfo
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import KeyCreated
 from proto.orders import CreateKeyOrder, Order, SignOrder
 from proto.results import KeyResult, SignResult, unsuccessful
 from proto.subjects import (
     ADMIN_POOL_STATUS,
-    AUDIT_INTENT,
     EVENT_KEY_CREATED,
     RESULTS,
     SIGNER_ORDERS,
     SIGNER_SERVICE_NAME,
+    request_key,
     result_subject,
 )
+from services.signer.intents import EarlierAttempt, IntentLog
 
 log = logging.getLogger("lantau.signer")
 
@@ -62,9 +62,7 @@ class Signer:
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
         # Policy sends one order per request (one msg id; a resend that finds a result
         # stops at policy), so only a redelivery can find its request already answered.
-        if delivery.count > 1 and await last_on_subject(
-            self.rt.js, RESULTS.name, result_subject(order.request_id)
-        ):
+        if delivery.count > 1 and await self._answered(order):
             return  # already answered before a crash
         if now_ms() > order.deadline_ms:
             await self._finish(
@@ -79,20 +77,16 @@ class Signer:
         else:
             await self._create_key(order)
 
-    async def on_reject(self, order: Order | None, error: LantauError, delivery: Delivery) -> None:
-        """Tell the requester why its order cannot be done (bad order or retries exhausted)."""
+    async def on_reject(self, order: Order | None, error: LantauError, _d: Delivery) -> None:
+        """Tell the requester why its order cannot be done (bad order or retries exhausted).
+        Junk that is no order goes to the dead-letter stream only: a header naming a
+        request proves nothing, and nobody may write a result under another's name."""
         if order is not None:
             await self._finish(order, "failed", error.code, error.message)
-        elif delivery.request_id:
-            result = SignResult(
-                request_id=delivery.request_id,
-                status="failed",
-                error=ErrorInfo(code=str(error.code), message=error.message),
-                completed_at_ms=now_ms(),
-            )
-            await publish(
-                self.rt.js, result_subject(delivery.request_id), result, first_on_subject=True
-            )
+
+    async def _answered(self, order: Order) -> bool:
+        subject = result_subject(order.requester, order.request_id)
+        return await last_on_subject(self.rt.js, RESULTS.name, subject) is not None
 
     # -- signing -------------------------------------------------------------
 
@@ -113,26 +107,30 @@ class Signer:
         queued_s = max(0.0, (now_ms() - order.requested_at_ms) / 1000)
         metrics.STAGE_DURATION.labels("queue").observe(queued_s)
 
-        async def attempt(remote: HsmBackend, n: int) -> curves.FinalSignature:
-            # Fail closed: the intent is durable in JetStream before the HSM is asked.
+        intents = IntentLog(self.rt.js, order.requester, order.request_id)
+        rkey = request_key(order.requester, order.request_id)
+
+        async def attempt(remote: HsmBackend, _n: int) -> curves.FinalSignature:
             t0 = time.perf_counter()
-            intent = AuditIntent(
-                request_id=order.request_id,
-                key_id=order.key_id,
-                node=remote.name,
-                payload_sha256=payload_sha256,
-                attempt=n,
-                actor=self.cfg.id,
-                at_ms=now_ms(),
-            )
-            await publish(
-                self.rt.js,
-                AUDIT_INTENT,
-                intent,
-                msg_id=f"intent:{order.request_id}:{delivery}:{n}",
-            )
+            if not intents.covers(remote.name):
+                # Fail closed: this attempt's intent is durable before the HSM is asked.
+                await intents.record(
+                    AuditIntent(
+                        requester=order.requester,
+                        request_id=order.request_id,
+                        key_id=order.key_id,
+                        node=remote.name,
+                        payload_sha256=payload_sha256,
+                        attempt=len(intents.nodes) + 1,
+                        earlier_nodes=list(intents.nodes),
+                        actor=self.cfg.id,
+                        at_ms=now_ms(),
+                    )
+                )
             t1 = time.perf_counter()
-            raw = await remote.sign(order.key_id, curve, order.payload)
+            raw = await remote.sign(
+                order.key_id, curve, order.payload, request_key=rkey, deadline_ms=order.deadline_ms
+            )
             t2 = time.perf_counter()
             try:
                 final = curves.finalize(curve, record.public_key, order.payload, raw)
@@ -145,7 +143,20 @@ class Signer:
             return final
 
         holders = [n for n in record.nodes if n in self.signing_nodes]
-        final, node = await self.pool.run("sign", holders, attempt, max_attempts=self.max_attempts)
+        for _ in range(3):
+            try:
+                final, node = await self.pool.run(
+                    "sign", holders, attempt, max_attempts=self.max_attempts, prefer=intents.nodes
+                )
+                break
+            except EarlierAttempt:
+                # Another delivery of this order got there first (a restart, a replica):
+                # never sign blindly. Its result may exist; else ask its nodes first.
+                if await self._answered(order):
+                    return
+                await intents.load()
+        else:
+            raise TransientError(ErrorCode.INTERNAL, "attempts on this request kept racing")
         t0 = time.perf_counter()
         result = SignResult(
             request_id=order.request_id,
@@ -246,9 +257,8 @@ class Signer:
     async def _publish_result(
         self, order: SignOrder | CreateKeyOrder, result: SignResult | KeyResult
     ) -> None:
-        first = await publish(
-            self.rt.js, result_subject(order.request_id), result, first_on_subject=True
-        )
+        subject = result_subject(order.requester, order.request_id)
+        first = await publish(self.rt.js, subject, result, first_on_subject=True)
         kind = "sign" if isinstance(order, SignOrder) else "create_key"
         code = result.error.code if result.error else ""
         if first:

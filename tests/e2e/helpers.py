@@ -29,9 +29,10 @@ def verify_independently(result: SignResult, payload: bytes) -> None:
         )
 
 
-async def results_on_subject(js: JetStreamContext, request_id: str) -> int:
+async def results_on_subject(js: JetStreamContext, requester: str, request_id: str) -> int:
     """How many results the stream holds for one request (must be exactly one)."""
-    info = await js.stream_info(RESULTS.name, subjects_filter=result_subject(request_id))
+    subject = result_subject(requester, request_id)
+    info = await js.stream_info(RESULTS.name, subjects_filter=subject)
     return sum((info.state.subjects or {}).values())
 
 

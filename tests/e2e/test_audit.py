@@ -42,7 +42,8 @@ async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_
         js = client.connection.jetstream()
         expected = []
         for request, _ in requests:
-            raw = await js.get_last_msg(RESULTS.name, result_subject(request.request_id))
+            subject = result_subject(request.requester, request.request_id)
+            raw = await js.get_last_msg(RESULTS.name, subject)
             expected.append(f"{RESULTS.name}:{raw.seq}")
         for _ in range(150):
             entries = await read_log(js)

@@ -48,8 +48,9 @@ async def _assert_exactly_once(client, requests, results) -> None:
     for (request, digest), result in zip(requests, results, strict=True):
         assert result.status == "signed", (request.request_id, result.error)
         verify_independently(result, digest)
+    js = client.connection.jetstream()
     counts = await asyncio.gather(
-        *(results_on_subject(client.connection.jetstream(), r.request_id) for r, _ in requests)
+        *(results_on_subject(js, r.requester, r.request_id) for r, _ in requests)
     )
     assert set(counts) == {1}, "some request got more than one result"
 

@@ -82,19 +82,95 @@ async def test_poison_without_request_id_is_dead_lettered_with_its_code(
 
 
 @pytest.mark.parametrize(("subject", "stream", "payload", "code"), CASES[:6])
-async def test_poison_with_request_id_gets_a_typed_result(
+async def test_poison_naming_a_request_gets_no_result_and_cannot_squat_its_id(
     platform, client, subject, stream, payload, code
 ):
-    rid = f"poison-{hashlib.sha256(subject.encode() + payload).hexdigest()[:16]}"
-    await client.connection.jetstream().publish(subject, payload, headers={HDR_REQUEST_ID: rid})
-    for _ in range(150):
-        result = await client.get_result(rid)
-        if result is not None:
+    """Junk carrying `Lantau-Request-Id: R` is dead-lettered; it never writes a result
+    for R, so the genuine request R sent afterwards is the one that owns it."""
+    rid = f"squat-{hashlib.sha256(subject.encode() + payload).hexdigest()[:16]}"
+    js = client.connection.jetstream()
+    ack = await js.publish(subject, payload, headers={HDR_REQUEST_ID: rid})
+    record = await dead_letter_for(js, stream, ack.seq)
+    assert record.code == code and record.request_id == rid
+    assert await client.get_result(rid) is None
+    await client.create_key("desk-a-squat", "secp256k1")
+    digest = hashlib.sha256(rid.encode()).digest()
+    genuine = await client.sign("desk-a-squat", digest, request_id=rid)
+    assert genuine.status == "signed", genuine.error
+    stored = await client.get_result(rid)
+    assert stored is not None and stored.status == "signed"
+    assert stored.signature == genuine.signature
+
+
+async def test_a_forged_request_cannot_squat_the_id_of_the_real_one(platform, client):
+    """A request under R signed by the wrong key is refused without a result; the real
+    request R is signed, and its stored result and the client agree."""
+    import nacl.signing
+
+    from libs.client import CustodyClient
+
+    await client.create_key("desk-a-squat2", "secp256k1")
+    digest = hashlib.sha256(b"real").digest()
+    forger = CustodyClient(client.connection, client.requester, nacl.signing.SigningKey.generate())
+    forged = forger.sign_request(
+        "desk-a-squat2", hashlib.sha256(b"evil").digest(), request_id="sq-2"
+    )
+    js = client.connection.jetstream()
+    await forger.submit(forged)
+    found = []
+    for _ in range(50):  # policy has seen and refused the forgery
+        found = [m for m in await _dead_letters(js) if m.request_id == "sq-2"]
+        if found:
             break
         await asyncio.sleep(0.1)
-    assert result is not None, "no typed result for a poison message that named its request"
-    assert result.status in ("rejected", "failed")
-    assert result.error is not None and result.error.code == code
+    assert found and found[0].code == ErrorCode.BAD_SIGNATURE
+    assert await client.get_result("sq-2") is None
+    real = await client.sign("desk-a-squat2", digest, request_id="sq-2")
+    assert real.status == "signed", real.error
+    assert (await client.get_result("sq-2")).signature == real.signature
+
+
+async def _dead_letters(js):
+    sub = await js.subscribe(dead_letter_subject("LANTAU_REQUESTS"), ordered_consumer=True)
+    found = []
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=0.5)
+            except TimeoutError:
+                return found
+            found.append(codec.REJECTED.decode(msg.data))
+    finally:
+        await sub.unsubscribe()
+
+
+@pytest.mark.parametrize(
+    ("subject", "stream"), [(SIGN_REQUEST, "LANTAU_REQUESTS"), (SIGN_ORDER, "LANTAU_ORDERS")]
+)
+async def test_a_huge_request_id_header_is_dead_lettered_and_signing_goes_on(
+    platform, client, subject, stream
+):
+    """A header thousands of characters long once became a result subject, made
+    nats-server close the service's connection and stopped all signing for good."""
+    js = client.connection.jetstream()
+    for header in ("R" * 5000, "a b", "x.*.>", "\u00e9t\u00e9"):
+        ack = await js.publish(subject, GARBAGE, headers={HDR_REQUEST_ID: header})
+        record = await dead_letter_for(js, stream, ack.seq)
+        assert record.code == ErrorCode.MALFORMED_MESSAGE
+        assert record.request_id is None  # an invalid id is never carried on
+    await client.create_key("desk-a-after-header", "secp256k1")
+    signed = await client.sign("desk-a-after-header", hashlib.sha256(b"still").digest())
+    assert signed.status == "signed"
+    for name, proc in platform.procs.processes.items():
+        assert proc.alive, f"{name} died:\n{proc.log_tail()}"
+        assert await asyncio.to_thread(_ready, platform.url(name, "/healthz"))
+
+
+def _ready(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as r:
+        return bool(r.status == 200)
 
 
 @pytest.mark.parametrize("op", ["generate", "public_key", "sign", "wrap", "unwrap"])

@@ -191,3 +191,32 @@ approval_window_s = 2
         assert late.returncode == 1 and "NOT_PENDING" in late.stderr
     finally:
         path.write_text(original)
+
+
+async def test_a_huge_held_request_never_blocks_the_requesters_small_transfers(
+    platform, client, key
+):
+    """Only what is signed counts in a velocity window: a request held for approvers (here
+    just under the hourly limit) used to stay charged and hold every later transfer."""
+    huge, _ = await held_request(client, amount=49_999_999, tag="huge")
+    await wait_held(platform, huge.request_id)
+    payload = hashlib.sha256(b"small after huge").digest()
+    small = await client.sign(
+        key, payload, transfer=Transfer(asset="ETH", amount=10, destination="0xfeed"), timeout=15
+    )
+    assert small.status == "signed", small.error
+
+
+@pytest.mark.parametrize(
+    ("asset", "amount", "code"),
+    [("BTC", 21_000_000 * 10**8 + 1, "AMOUNT_OUT_OF_RANGE"), ("DOGE", 1, "UNKNOWN_ASSET")],
+)
+async def test_a_transfer_beyond_what_an_asset_can_hold_is_refused(
+    client, key, asset, amount, code
+):
+    payload = hashlib.sha256(f"{asset} {amount}".encode()).digest()
+    result = await client.sign(
+        key, payload, transfer=Transfer(asset=asset, amount=amount, destination="0xfeed")
+    )
+    assert result.status == "rejected" and result.error.code == code, result.error
+    assert result.error.message

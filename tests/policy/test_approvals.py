@@ -34,6 +34,7 @@ def held(**kw) -> PendingApproval:
 def vote(approver="alice", choice="approve", vote_id=None, signer=None, **kw) -> ApprovalVote:
     v = ApprovalVote(
         vote_id=vote_id or f"v-{approver}",
+        requester=kw.pop("requester", "desk-a"),
         request_id="r1",
         approver=approver,
         vote=choice,

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from devkit.natsserver import NatsServer
 from proto.requests import SignRequest, Transfer
+from proto.subjects import request_key
 from services.policy import velocity as vel
 from services.policy.rules import parse
 from services.policy.velocity_state import VelocityBook
@@ -63,7 +64,10 @@ async def scenario(url: str, limit: int, count: int, amounts: list[int], replica
         now = 10_000_000
 
         async def replica(book: VelocityBook, order: list[SignRequest]):
-            return [(r.request_id, (await book.decide(policy, r, now)).action) for r in order]
+            return [
+                (request_key(r.requester, r.request_id), (await book.decide(policy, r, now)).action)
+                for r in order
+            ]
 
         # Every replica sees every request (as after redeliveries), in its own order.
         runs = await asyncio.gather(

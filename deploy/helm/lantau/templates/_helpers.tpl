@@ -104,6 +104,8 @@ softhsm_conf = {{ toJson (printf "/var/lib/lantau/ceremony/%s/ceremony-softhsm2.
 softhsm_conf = "/var/lib/lantau/token/softhsm2.conf"
 {{- end }}
 {{- end }}
+# Each pod's own volume: a node's replay record is never shared with another node.
+state_dir = "/var/lib/lantau/token/state"
 {{- with $v.hsmNode.region }}
 region = {{ toJson . }}
 {{- end }}
