@@ -112,3 +112,9 @@ DEAD_LETTERS = Counter(
     "Messages moved to the dead-letter stream, by error code.",
     ["stream", "consumer", "code"],
 )
+BUS_PERMISSION_VIOLATIONS = Counter(
+    "lantau_bus_permission_violations",
+    "Publishes or subscriptions the NATS server refused for this process's identity, by kind "
+    "(publish, subscribe): a misconfigured allow-list, or a process doing what it must not.",
+    ["kind"],
+)

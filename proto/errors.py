@@ -84,6 +84,10 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_INPUT = "UNSUPPORTED_INPUT"
     NOT_OUR_TRANSACTION = "NOT_OUR_TRANSACTION"
     TRANSACTION_TOO_LARGE = "TRANSACTION_TOO_LARGE"
+    # Identities on the bus (libs/bus): the server refused a publish or subscribe for this
+    # identity, or a request arrived on a subject that names someone else.
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    SUBJECT_MISMATCH = "SUBJECT_MISMATCH"
 
 
 class LantauError(Exception):

@@ -1,34 +1,62 @@
-"""Connecting to NATS: endless reconnects for services, one try for command-line tools."""
+"""Connecting to NATS as an identity: its nkey seed, its private inbox prefix, TLS.
+
+Services reconnect endlessly; command-line tools try once. Every connection records the
+permission violations the server reports (``libs.bus.violations``).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client
 
+from libs.bus import violations
+from libs.bus.identity import read_seed, tls_context
 from libs.config import NatsConfig
+from proto.subjects import inbox_prefix
 
 log = logging.getLogger("lantau.bus")
+
+
+def options(cfg: NatsConfig, identity: str | None, seed_file: str | None = None) -> dict[str, Any]:
+    """nats.connect options for ``identity`` (its inbox prefix) with the seed in
+    ``seed_file`` (default ``cfg.seed_file``) and the TLS files of ``cfg``."""
+    found: dict[str, Any] = {"servers": cfg.servers, "connect_timeout": cfg.connect_timeout_s}
+    path = seed_file or cfg.seed_file
+    if path:
+        found["nkeys_seed_str"] = read_seed(path).decode()
+    if identity:
+        found["inbox_prefix"] = inbox_prefix(identity)
+    tls = tls_context(cfg)
+    if tls is not None:
+        found["tls"] = tls
+        # The dev CA names the server by IP and localhost; a name from the URL is checked.
+    return found
 
 
 async def connect(
     cfg: NatsConfig,
     name: str,
     *,
+    identity: str | None = None,
+    seed_file: str | None = None,
     patient: bool = True,
     on_closed: Callable[[], Awaitable[None]] | None = None,
 ) -> Client:
-    """Connect with endless reconnects: a bus outage pauses a service, never kills it.
+    """Connect as ``identity``; a bus outage pauses a patient caller, never kills it.
 
     A command-line tool passes ``patient=False`` to fail after trying each server once.
     ``on_closed`` hears of a connection that will not come back (the server closed it
-    for a protocol error, or it was closed on purpose).
+    for a protocol error, the identity was removed, or it was closed on purpose).
     """
+    record = violations.Violations()
 
     async def on_error(e: Exception) -> None:
-        log.warning("nats error: %s", type(e).__name__)
+        if not record.record(str(e)):
+            log.warning("nats error: %s", type(e).__name__)
 
     async def on_disconnect() -> None:
         log.warning("nats disconnected; reconnecting")
@@ -36,10 +64,8 @@ async def connect(
     async def on_reconnect() -> None:
         log.info("nats reconnected")
 
-    return await nats.connect(
-        servers=cfg.servers,
+    nc = await nats.connect(
         name=name,
-        connect_timeout=cfg.connect_timeout_s,
         allow_reconnect=patient,
         max_reconnect_attempts=-1 if patient else 1,
         reconnect_time_wait=0.5,
@@ -47,4 +73,7 @@ async def connect(
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
         closed_cb=on_closed,
+        **options(cfg, identity, seed_file),
     )
+    violations.register(nc, record)
+    return nc

@@ -9,6 +9,9 @@ gets the decoded message and its ``Delivery``. Rules every consumer follows
 - handler returns                      -> ack
 - handler raises anything else         -> nak with exponential backoff; at the last allowed
                                           delivery, dead-letter + ``on_reject``, term
+- the bus refuses the rejection record  -> term (PERMISSION_DENIED never goes away by
+                                          retrying); the violation is counted and logged
+- the bus refuses this identity its durable -> ``run`` raises PERMISSION_DENIED
 Handlers must be idempotent: JetStream redelivers whatever was not acked.
 """
 
@@ -29,13 +32,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs import metrics, tracing
+from libs.bus import violations
 from libs.bus.provision import MAX_DELIVER
 from libs.bus.publish import publish
 from libs.clock import now_ms
 from libs.headers import request_id_from, safe_for_log
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import RejectedMessage
-from proto.subjects import ConsumerSpec, dead_letter_subject
+from proto.subjects import ConsumerSpec, dead_letter_subject, js_pull_next
 
 log = logging.getLogger("lantau.bus")
 
@@ -156,10 +160,15 @@ class Consumer(Generic[T]):
     async def run(self, stopping: asyncio.Event) -> None:
         """Pull and process until ``stopping`` is set, then finish what was received."""
         inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox, cb=self._on_msg)
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.spec.stream.name}.{self.spec.durable}"
+        sub = await violations.subscribe_checked(self._nc, inbox, cb=self._on_msg)
+        next_subject = js_pull_next(self.spec.stream.name, self.spec.durable)
+        refused = violations.of(self._nc)
+        started = time.monotonic()
         try:
             while not stopping.is_set():
+                if refused is not None and refused.seen(next_subject, started):
+                    # This identity may not read its durable: nothing will ever arrive.
+                    raise violations.denied("publish", next_subject)
                 want = self._credits.to_request(time.monotonic(), len(self._tasks))
                 if want:
                     request = {"batch": want, "expires": int(PULL_EXPIRES_S * 1e9)}
@@ -289,6 +298,14 @@ class Consumer(Generic[T]):
                 msg_id=f"dlq:{self.spec.stream.name}:{self.spec.durable}:{record.stream_seq}",
             )
         except Exception as e:
+            if isinstance(e, LantauError) and e.code == ErrorCode.PERMISSION_DENIED:
+                # The bus will refuse this every time: retrying cannot help. The violation
+                # is counted (lantau_bus_permission_violations_total) and logged.
+                log.error("%s: cannot record rejection: %s; dropping", self._name, e.message)
+                metrics.MESSAGES.labels(*self._labels, "denied").inc()
+                with contextlib.suppress(Exception):
+                    await msg.term()
+                return
             # Could not record the rejection: keep the message for a later delivery.
             log.warning("%s: cannot record rejection (%s); will retry", self._name, _describe(e))
             with contextlib.suppress(Exception):

@@ -154,7 +154,7 @@ class Chain:
 
     async def _last(self, subject: str) -> AuditRecord | AuditCheckpoint | None:
         try:
-            raw = await self._js.get_last_msg(AUDIT_CHAIN.name, subject)
+            raw = await self._js.get_last_msg(AUDIT_CHAIN.name, subject, direct=True)
         except nats.js.errors.NotFoundError:
             return None
         return codec.AUDIT_ENTRY.decode(raw.data or b"")

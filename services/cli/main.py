@@ -78,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     entry.check_config(cfg, args.node)  # fail fast, before waiting for the bus
     logs.setup(cfg.logging, name)
     tracing.setup(name)
-    runtime = Runtime(name, cfg, port, provision=entry.provision)
+    runtime = Runtime(name, cfg, port, identity=entry.bus_identity(cfg, args.node))
     return asyncio.run(run_service(runtime, entry.body(cfg, args.node)))
 
 
@@ -248,10 +248,11 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
-    from services.cli import approvals_cmd, audit_cmd
+    from services.cli import approvals_cmd, audit_cmd, bus_cmd
 
     audit_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
+    bus_cmd.add_parsers(sub)
     try:
         from devkit import commands as dev_commands
     except ImportError:  # an operator install: no dev stack, demo, chaos or bench

@@ -238,4 +238,4 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     replays.close()
 
 
-ENTRY = ServiceEntry(section="hsm-node", serve=serve, per_node=True, provision=False)
+ENTRY = ServiceEntry(section="hsm-node", serve=serve, per_node=True)
