@@ -53,7 +53,10 @@ async def run_demo(stack: Any, key_file: Path, out: Any = print) -> bool:
 
     ok = True
     async with await CustodyClient.connect(
-        stack.config.nats.servers, DEMO_REQUESTER, load_signing_key(key_file)
+        stack.config.nats.servers,
+        DEMO_REQUESTER,
+        load_signing_key(key_file),
+        **stack.requester_options(DEMO_REQUESTER),
     ) as client:
         cases: list[tuple[str, Curve, PayloadKind, bytes]] = [
             (

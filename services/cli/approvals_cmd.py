@@ -18,8 +18,9 @@ from nats.aio.msg import Msg
 
 from libs import config as config_mod
 from libs.bus import kv
-from libs.bus.connect import connect
+from libs.bus.permissions import OPERATOR, approver_identity
 from libs.bus.publish import publish
+from libs.bus.violations import subscribe_checked
 from libs.client import load_signing_key
 from libs.clock import now_ms
 from proto import codec
@@ -32,7 +33,8 @@ from proto.approvals import (
 )
 from proto.errors import LantauError
 from proto.requests import SignRequest
-from proto.subjects import APPROVAL_VOTE, APPROVALS_BUCKET, approval_event_subject
+from proto.subjects import APPROVALS_BUCKET, approval_event_subject, approval_vote_subject
+from services.cli.identity import connect_cli
 from services.cli.usage import UsageError
 
 VOTE_TTL_MS = 300_000
@@ -40,10 +42,34 @@ VOTE_TTL_MS = 300_000
 OUTCOME_WAIT_S = 15.0
 
 
-async def _held(nc: Client) -> list[PendingApproval]:
+async def _held(nc: Client, scope: list[str] | None) -> list[PendingApproval]:
+    """Held requests: all of them (operator), or those of the requesters in ``scope``
+    (an approver may read no others)."""
     bucket = await nc.jetstream().key_value(APPROVALS_BUCKET)
-    held = [codec.PENDING_APPROVAL.decode(value) for _, value, _ in await kv.values(bucket)]
+    found = []
+    for under in [None] if scope is None else scope:
+        found += await kv.values(bucket, under)
+    held = [codec.PENDING_APPROVAL.decode(value) for _, value, _ in found]
     return sorted(held, key=lambda p: p.created_at_ms)
+
+
+def _scope(cfg: config_mod.Config, approver: str | None) -> list[str] | None:
+    """The requesters ``approver``'s groups approve for (policy file), None for all."""
+    if approver is None:
+        return None
+    # Imported here: the policy service is heavy and only approvers' commands need it.
+    from services.policy.service import approver_scopes
+
+    return approver_scopes(cfg).get(approver, [])
+
+
+async def _connect(
+    cfg: config_mod.Config, args: argparse.Namespace, approver: str | None
+) -> Client:
+    identity = approver_identity(approver) if approver else OPERATOR
+    return await connect_cli(
+        cfg, identity, seed_file=args.seed_file, config_path=args.config, name="lantau-approvals"
+    )
 
 
 def find(held: list[PendingApproval], wanted: str) -> PendingApproval | None:
@@ -78,9 +104,10 @@ def describe(p: PendingApproval, now_ms: int) -> str:
 
 async def _list(args: argparse.Namespace) -> int:
     cfg = config_mod.load_for_cli(args.config)
-    nc = await connect(cfg.nats, "lantau-approvals", patient=False)
+    nc = await _connect(cfg, args, args.approver)
     try:
-        held = [p for p in await _held(nc) if args.all or p.status == "pending"]
+        scope = _scope(cfg, args.approver)
+        held = [p for p in await _held(nc, scope) if args.all or p.status == "pending"]
     finally:
         await nc.close()
     if not held:
@@ -95,9 +122,9 @@ async def _list(args: argparse.Namespace) -> int:
 async def _vote(args: argparse.Namespace, vote: str) -> int:
     cfg = config_mod.load_for_cli(args.config)
     key = load_signing_key(args.key_file)
-    nc = await connect(cfg.nats, "lantau-approvals", patient=False)
+    nc = await _connect(cfg, args, args.approver)
     try:
-        pending = find(await _held(nc), args.request_id)
+        pending = find(await _held(nc, _scope(cfg, args.approver)), args.request_id)
         if pending is None:
             print(f"lantau: no request {args.request_id} is waiting for approval", file=sys.stderr)
             return 1
@@ -137,8 +164,13 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
                 outcome.set_result(event)
 
         subject = approval_event_subject(pending.requester, pending.request_id)
-        sub = await nc.subscribe(subject, cb=on_outcome)
-        await publish(nc.jetstream(), APPROVAL_VOTE, signed, msg_id=f"vote:{signed.vote_id}")
+        sub = await subscribe_checked(nc, subject, cb=on_outcome)
+        await publish(
+            nc.jetstream(),
+            approval_vote_subject(args.approver),
+            signed,
+            msg_id=f"vote:{signed.vote_id}",
+        )
         try:
             result = await asyncio.wait_for(outcome, timeout=OUTCOME_WAIT_S)
         except TimeoutError:
@@ -176,6 +208,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     actions = approvals.add_subparsers(dest="approvals", required=True)
     p = actions.add_parser("list", help="requests waiting for approvers")
     p.add_argument("--all", action="store_true", help="also decided requests")
+    p.add_argument("--approver", help="as this approver: only what its groups approve")
+    p.add_argument("--seed-file", help="NATS identity seed (default: beside the config)")
     p.add_argument("--config")
     p.set_defaults(fn=cmd_list)
     for name, fn, text in (
@@ -187,5 +221,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--approver", required=True, help="your approver name in the policy")
         p.add_argument("--key-file", required=True, help="your Ed25519 key (lantau keygen)")
         p.add_argument("--payload-sha256", help="refuse unless the held request signs exactly this")
+        p.add_argument("--seed-file", help="your NATS identity seed (default: beside the config)")
         p.add_argument("--config")
         p.set_defaults(fn=fn)

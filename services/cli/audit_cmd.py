@@ -8,42 +8,55 @@ import sys
 import time
 from pathlib import Path
 
-import nats
 import nats.js.errors
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from libs import config as config_mod
 from libs.audit.export import from_lines, to_lines
 from libs.audit.verify import verify
+from libs.bus.permissions import OPERATOR
 from libs.keys.directory import KeyDirectory
 from proto import codec
 from proto.audit import AuditCheckpoint, AuditEntry, AuditRecord
 from proto.errors import LantauError
 from proto.subjects import AUDIT_CHAIN, AUDIT_CHECKPOINT_KEY
+from services.cli.identity import connect_cli
+
+# Direct gets in flight at once while reading the log.
+_READ_AHEAD = 64
 
 
 async def read_log(js: JetStreamContext) -> list[AuditEntry]:
-    """Every entry of the live log, in order."""
+    """Every entry of the live log, in order: direct gets by sequence, so that reading
+    needs no right to create consumers (the operator identity has none)."""
     info = await js.stream_info(AUDIT_CHAIN.name)
     entries: list[AuditEntry] = []
     if info.state.messages == 0:
         return entries
-    sub = await js.subscribe(f"{AUDIT_CHAIN.subjects[0]}", ordered_consumer=True)
-    try:
-        while len(entries) < info.state.messages:
-            msg = await sub.next_msg(timeout=10)
-            entries.append(codec.AUDIT_ENTRY.decode(msg.data))
-    finally:
-        await sub.unsubscribe()
+
+    async def get(seq: int) -> bytes | None:
+        try:
+            return (await js.get_msg(AUDIT_CHAIN.name, seq=seq, direct=True)).data
+        except nats.js.errors.NotFoundError:
+            return None
+
+    first, last = info.state.first_seq, info.state.last_seq
+    for start in range(first, last + 1, _READ_AHEAD):
+        batch = range(start, min(start + _READ_AHEAD, last + 1))
+        for data in await asyncio.gather(*(get(seq) for seq in batch)):
+            if data is not None:
+                entries.append(codec.AUDIT_ENTRY.decode(data))
     return entries
 
 
-def _servers(args: argparse.Namespace) -> list[str]:
-    return config_mod.load_for_cli(args.config).nats.servers
+async def _connect(args: argparse.Namespace) -> Client:
+    cfg = config_mod.load_for_cli(args.config)
+    return await connect_cli(cfg, OPERATOR, config_path=args.config, name="lantau-audit-cli")
 
 
 async def _live(args: argparse.Namespace) -> tuple[list[AuditEntry], bytes | None]:
-    nc = await nats.connect(servers=_servers(args), name="lantau-audit-cli")
+    nc = await _connect(args)
     try:
         js = nc.jetstream()
         entries = await read_log(js)
@@ -141,7 +154,7 @@ def _summary(data: bytes) -> str:
 
 
 async def _show(args: argparse.Namespace) -> int:
-    nc = await nats.connect(servers=_servers(args), name="lantau-audit-cli")
+    nc = await _connect(args)
     try:
         js = nc.jetstream()
         records = [

@@ -15,7 +15,9 @@ import msgspec
 
 from libs import config as config_mod
 from libs import logs, tracing
+from libs.bus.permissions import requester_identity
 from libs.client import CustodyClient, load_signing_key
+from libs.config import NatsConfig
 from libs.secret_files import write_secret
 from libs.service import Runtime, ServiceEntry
 from libs.service import run as run_service
@@ -85,31 +87,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # -- client commands -----------------------------------------------------------
 
 
-def _client_config(args: argparse.Namespace) -> tuple[list[str], str, Path]:
+def _client_config(args: argparse.Namespace) -> tuple[NatsConfig, str, Path]:
     run_dir = DEFAULT_RUN_DIR
     cfg_path = args.config or os.environ.get("LANTAU_CONFIG") or (run_dir / "lantau.toml")
-    if args.nats:
-        servers = [args.nats]
+    if Path(cfg_path).exists():
+        nats_cfg = config_mod.load(cfg_path).nats
+    elif args.nats:
+        nats_cfg = NatsConfig(servers=[args.nats])
     else:
-        if not Path(cfg_path).exists():
-            raise UsageError(
-                f"no config at {cfg_path}: start `lantau dev up` or pass --config/--nats"
-            )
-        servers = config_mod.load(cfg_path).nats.servers
+        raise UsageError(f"no config at {cfg_path}: start `lantau dev up` or pass --config/--nats")
+    if args.nats:
+        nats_cfg = msgspec.structs.replace(nats_cfg, servers=[args.nats])
     requester = args.requester or os.environ.get("LANTAU_REQUESTER") or "demo-trader"
     key_file = Path(
         args.key_file or os.environ.get("LANTAU_REQUESTER_KEY") or run_dir / f"{requester}.key"
     )
     if not key_file.exists():
         raise UsageError(f"no requester key file {key_file}: pass --key-file (see `lantau keygen`)")
-    return servers, requester, key_file
+    # The NATS identity: --seed-file, else the requester's seed beside the config (the dev
+    # stack keeps them there). Never the request-signing key.
+    seed = args.seed_file or os.environ.get("LANTAU_REQUESTER_SEED")
+    if not seed:
+        beside = Path(cfg_path).parent / "nkeys" / f"{requester_identity(requester)}.seed"
+        seed = str(beside) if beside.exists() else None
+    nats_cfg = msgspec.structs.replace(nats_cfg, seed_file=seed)
+    return nats_cfg, requester, key_file
 
 
 async def _with_client(
     args: argparse.Namespace, fn: Callable[[CustodyClient], Awaitable[int]]
 ) -> int:
-    servers, requester, key_file = _client_config(args)
-    client = await CustodyClient.connect(servers, requester, load_signing_key(key_file))
+    nats_cfg, requester, key_file = _client_config(args)
+    client = await CustodyClient.connect(
+        nats_cfg.servers,
+        requester,
+        load_signing_key(key_file),
+        seed_file=nats_cfg.seed_file,
+        ca_file=nats_cfg.ca_file,
+        cert_file=nats_cfg.cert_file,
+        key_file=nats_cfg.key_file,
+    )
     try:
         return await fn(client)
     finally:
@@ -205,6 +222,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", help="NATS URL (overrides the config)")
     p.add_argument("--requester", help="requester name (default demo-trader)")
     p.add_argument("--key-file", help="requester's Ed25519 seed file")
+    p.add_argument("--seed-file", help="requester's NATS identity (nkey seed file)")
     p.add_argument("--request-id", help="reuse an id to resend a request idempotently")
     p.add_argument("--timeout", type=float, default=30.0)
 

@@ -9,7 +9,7 @@ import msgspec
 import nacl.signing
 import pytest
 
-from libs.client import CustodyClient, RequestIdConflict
+from libs.client import CustodyClient, PermissionDenied, RequestIdConflict
 from libs.clock import now_ms
 from proto.errors import ErrorCode
 from proto.subjects import intent_subject
@@ -37,7 +37,7 @@ async def test_both_curves_are_signed_and_verify_with_an_independent_library(cli
     verify_independently(r2, message)
 
 
-async def test_resending_a_request_id_returns_the_same_result_and_signs_once(platform, client):
+async def test_resending_a_request_id_returns_the_same_result_and_signs_once(platform, client, nc):
     await client.create_key("desk-a-idem", "secp256k1")
     digest = hashlib.sha256(b"once").digest()
     first = await client.sign("desk-a-idem", digest, request_id="idem-1")
@@ -48,7 +48,7 @@ async def test_resending_a_request_id_returns_the_same_result_and_signs_once(pla
     )
     assert first.status == "signed"
     assert {r.signature for r in (again, *many)} == {first.signature}
-    js = client.connection.jetstream()
+    js = nc.jetstream()  # stream views are the operator's, not the requester's
     assert await results_on_subject(js, client.requester, "idem-1") == 1
     # The audit intent exists once per HSM attempt: exactly one signature was made.
     subject = intent_subject(client.requester, "idem-1")
@@ -69,7 +69,6 @@ async def test_reusing_a_request_id_for_other_content_is_refused(client):
 @pytest.mark.parametrize(
     ("mutate", "code", "status"),
     [
-        ("unknown_requester", ErrorCode.UNKNOWN_REQUESTER, "rejected"),
         ("bad_signature", ErrorCode.BAD_SIGNATURE, "rejected"),
         ("expired", ErrorCode.REQUEST_EXPIRED, "expired"),
         ("future", ErrorCode.REQUEST_FROM_FUTURE, "rejected"),
@@ -90,8 +89,6 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
         key_id = "desk-a-missing"
     elif mutate == "short_digest":
         payload = b"short"
-    elif mutate == "unknown_requester":
-        requester = "mallory"
     elif mutate == "bad_signature":
         signer_key = nacl.signing.SigningKey.generate()
     elif mutate == "expired":
@@ -112,3 +109,12 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
     # The platform keeps serving.
     good = await client.sign("desk-a-typed", hashlib.sha256(b"after").digest())
     assert good.status == "signed"
+
+
+async def test_a_request_in_another_requesters_name_is_refused_by_the_bus(client, trader_key):
+    """Requests travel on lantau.request.sign.<requester>: desk-a's identity may publish
+    only its own, so a request naming an unregistered requester never reaches policy."""
+    forger = CustodyClient(client.connection, "mallory", trader_key)
+    with pytest.raises(PermissionDenied) as refused:
+        await forger.send(forger.sign_request("desk-a-typed", b"x" * 32), timeout=15)
+    assert refused.value.code == ErrorCode.PERMISSION_DENIED
