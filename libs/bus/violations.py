@@ -31,17 +31,27 @@ log = logging.getLogger("lantau.bus")
 
 T = TypeVar("T")
 
+# How long a new subscription waits for a refusal after its round trips.
+SUBSCRIBE_GRACE_S = 0.05
+
 _VIOLATION = re.compile(
     r'Permissions Violation for (Publish|Subscription) (?:to|with Reply of) "([^"]*)"', re.I
 )
 
 
 def parse(text: str) -> tuple[str, str] | None:
-    """(kind, subject) of a server permissions error; kind is "publish" or "subscribe"."""
+    """(kind, subject) of a server permissions error; kind is "publish" or "subscribe".
+
+    nats-py lowercases the server's error line, so the subject comes back lowercased:
+    subjects are compared case-insensitively here (``_key``)."""
     m = _VIOLATION.search(text)
     if m is None:
         return None
     return ("publish" if m.group(1).lower() == "publish" else "subscribe"), m.group(2)
+
+
+def _key(subject: str) -> str:
+    return subject.lower()
 
 
 def denied(kind: str, subject: str) -> LantauError:
@@ -76,8 +86,8 @@ class Violations:
         self.count += 1
         metrics.BUS_PERMISSION_VIOLATIONS.labels(kind).inc()
         log.error("NATS refused permission to %s on %s", kind, safe_for_log(subject))
-        self.recent.append((time.monotonic(), kind, subject))
-        for watch in self._watches.get(subject, ()):
+        self.recent.append((time.monotonic(), kind, _key(subject)))
+        for watch in self._watches.get(_key(subject), ()):
             if not watch.hit:
                 watch.hit = True
                 if watch.task is not None:
@@ -86,16 +96,17 @@ class Violations:
 
     def seen(self, subject: str, since: float) -> str | None:
         """The kind of a violation on ``subject`` recorded at or after ``since``."""
+        wanted = _key(subject)
         for at, kind, refused in reversed(self.recent):
             if at < since:
                 break
-            if refused == subject:
+            if refused == wanted:
                 return kind
         return None
 
     def watch(self, subject: str) -> _Watch:
-        w = _Watch(subject, asyncio.current_task())
-        self._watches.setdefault(subject, set()).add(w)
+        w = _Watch(_key(subject), asyncio.current_task())
+        self._watches.setdefault(w.subject, set()).add(w)
         return w
 
     def unwatch(self, w: _Watch) -> None:
@@ -149,7 +160,13 @@ async def subscribe_checked(nc: Client, subject: str, **kwargs: object) -> Subsc
     record = _REGISTRY.get(nc)
     if record is None:
         return subscription
-    await nc.flush()
+    # The server's refusal does not always come before the PONG of the next PING
+    # (measured: up to tens of ms later under load): wait two round trips and a grace.
+    for _ in range(2):
+        await nc.flush()
+    deadline = time.monotonic() + SUBSCRIBE_GRACE_S
+    while record.seen(subject, started) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     if record.seen(subject, started) is not None:
         await subscription.unsubscribe()
         raise denied("subscribe", subject)
