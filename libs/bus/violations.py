@@ -10,6 +10,7 @@ violation on their subject into ``PERMISSION_DENIED`` at once: typed, not retrya
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -75,6 +76,7 @@ class Violations:
 
     recent: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=256))
     _watches: dict[str, set[_Watch]] = field(default_factory=dict)
+    _news: asyncio.Event | None = None
     count: int = 0
 
     def record(self, text: str) -> bool:
@@ -87,6 +89,9 @@ class Violations:
         metrics.BUS_PERMISSION_VIOLATIONS.labels(kind).inc()
         log.error("NATS refused permission to %s on %s", kind, safe_for_log(subject))
         self.recent.append((time.monotonic(), kind, _key(subject)))
+        if self._news is not None:
+            self._news.set()
+            self._news = None
         for watch in self._watches.get(_key(subject), ()):
             if not watch.hit:
                 watch.hit = True
@@ -103,6 +108,19 @@ class Violations:
             if refused == wanted:
                 return kind
         return None
+
+    async def wait(self, subject: str, since: float, timeout: float) -> str | None:
+        """Like ``seen``, waiting up to ``timeout`` for a violation to arrive."""
+        deadline = time.monotonic() + timeout
+        while (kind := self.seen(subject, since)) is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if self._news is None:
+                self._news = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._news.wait(), timeout=left)
+        return kind
 
     def watch(self, subject: str) -> _Watch:
         w = _Watch(_key(subject), asyncio.current_task())
@@ -164,10 +182,7 @@ async def subscribe_checked(nc: Client, subject: str, **kwargs: object) -> Subsc
     # (measured: up to tens of ms later under load): wait two round trips and a grace.
     for _ in range(2):
         await nc.flush()
-    deadline = time.monotonic() + SUBSCRIBE_GRACE_S
-    while record.seen(subject, started) is None and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    if record.seen(subject, started) is not None:
+    if await record.wait(subject, started, SUBSCRIBE_GRACE_S) is not None:
         await subscription.unsubscribe()
         raise denied("subscribe", subject)
     return subscription
