@@ -106,6 +106,21 @@ class DevStack:
         self.authorize()
         return requester
 
+    def add_approver(self, name: str) -> ApproverConfig:
+        """Give approver ``name`` (of the policy file) its NATS identity and apply it; its
+        readable requesters come from the policy file's groups as they are now."""
+        nkey = ensure_seed(self.seed_file(permissions.approver_identity(name)))
+        approver = ApproverConfig(name=name, nkey=nkey)
+        others = [a for a in self.config.approvers if a.name != name]
+        self.config = msgspec.structs.replace(self.config, approvers=[*others, approver])
+        self.authorize()
+        return approver
+
+    def remove_approver(self, name: str) -> None:
+        kept = [a for a in self.config.approvers if a.name != name]
+        self.config = msgspec.structs.replace(self.config, approvers=kept)
+        self.authorize()
+
     def remove_requester(self, name: str) -> None:
         """Unregister a requester: its live connections are closed, reconnects refused."""
         kept = [r for r in self.config.requesters if r.name != name]

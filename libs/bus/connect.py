@@ -16,6 +16,7 @@ from nats.aio.client import Client
 from libs.bus import violations
 from libs.bus.identity import read_seed, tls_context
 from libs.config import NatsConfig
+from proto.errors import ErrorCode, LantauError
 from proto.subjects import inbox_prefix
 
 log = logging.getLogger("lantau.bus")
@@ -76,4 +77,17 @@ async def connect(
         **options(cfg, identity, seed_file),
     )
     violations.register(nc, record)
+    if identity:
+        # A seed of another identity would have every reply refused (its inbox prefix is
+        # someone else's): fail now, clearly, instead of timing out on each request.
+        try:
+            probe = await violations.subscribe_checked(nc, f"{inbox_prefix(identity)}.hello")
+        except LantauError:
+            await nc.close()
+            raise LantauError(
+                ErrorCode.PERMISSION_DENIED,
+                f"this NATS identity may not use the inbox of {identity}: is the seed "
+                f"file {seed_file or cfg.seed_file} the identity of {identity}?",
+            ) from None
+        await probe.unsubscribe()
     return nc
