@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from libs.audit.verify import missing_sources, verify
+from libs.bus.permissions import OPERATOR
 from libs.keys.directory import KeyDirectory
 from proto.audit import AuditCheckpoint, AuditRecord
 from proto.subjects import AUDIT_CHECKPOINT_KEY, RESULTS, result_subject
@@ -25,10 +26,11 @@ async def _checkpoint_key(js) -> bytes:
 async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_signature(
     fresh_platform, trader_key
 ):
-    from libs.client import CustodyClient
-    from tests.conftest import TRADER
+    from tests.conftest import connect_client
 
-    client = await CustodyClient.connect(fresh_platform.config.nats.servers, TRADER, trader_key)
+    client = await connect_client(fresh_platform, trader_key)
+    # The auditor's views: as the operator (a requester may read none of this).
+    operator = await fresh_platform.connect_as(OPERATOR)
     try:
         await client.create_key("desk-a-audit", "secp256k1")
         requests = await _submit_all(client, "desk-a-audit", 300)
@@ -39,7 +41,7 @@ async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_
         assert all(r is not None and r.status == "signed" for r in results)
         await fresh_platform.restart("audit")
 
-        js = client.connection.jetstream()
+        js = operator.jetstream()
         expected = []
         for request, _ in requests:
             subject = result_subject(request.requester, request.request_id)
@@ -91,6 +93,7 @@ async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_
         assert len(admin) >= 2 * len(fresh_platform.config.hsm_nodes)
     finally:
         await client.close()
+        await operator.close()
 
 
 def test_an_admin_command_that_cannot_be_recorded_does_not_run(tmp_path):
