@@ -6,6 +6,7 @@ process connects and never logged. The public half ("U...") goes in lantau.toml.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import ssl
@@ -16,6 +17,8 @@ import nkeys
 
 from libs.config import ConfigError, NatsConfig
 from libs.secret_files import write_secret
+
+log = logging.getLogger("lantau.bus")
 
 
 def new_seed() -> bytes:
@@ -46,13 +49,21 @@ def ensure_seed(path: str | os.PathLike[str]) -> str:
 
 
 def read_seed(path: str | os.PathLike[str]) -> bytes:
-    """The seed in ``path``; refused when others than the owner may read the file."""
+    """The seed in ``path``. Refused when others may write the file (anyone could become
+    this identity); a file others may read is used with a warning, since container
+    runtimes mount secrets group- or world-readable (compose, Kubernetes' defaultMode)."""
     try:
         mode = os.stat(path).st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
             raise ConfigError(
-                f"nats seed file {path} is readable by others (mode {stat.S_IMODE(mode):o}); "
-                "it must be 0600"
+                f"nats seed file {path} is writable by others (mode {stat.S_IMODE(mode):o}); "
+                "make it 0600"
+            )
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning(
+                "nats seed file %s is readable by others (mode %o); 0600 is safer",
+                path,
+                stat.S_IMODE(mode),
             )
         seed = Path(path).read_bytes().strip()
     except OSError as e:

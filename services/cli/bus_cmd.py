@@ -14,10 +14,12 @@ import os
 import signal
 from pathlib import Path
 
+import msgspec
+
 from libs import config as config_mod
 from libs.bus import permissions
 from libs.bus.connect import connect
-from libs.bus.identity import write_seed
+from libs.bus.identity import ensure_seed, write_seed
 from libs.bus.provision import provision
 from libs.config import Config, ConfigError
 from services.cli.usage import UsageError
@@ -28,6 +30,30 @@ def approver_scopes(cfg: Config) -> dict[str, list[str]]:
     from services.policy.service import approver_scopes as scopes
 
     return scopes(cfg)
+
+
+def with_platform_seeds(cfg: Config, seeds_dir: Path) -> Config:
+    """``cfg`` with the nkeys of the service roles, the operator, the provisioner and the
+    hsm-nodes that it leaves out taken from ``seeds_dir/<identity>.seed`` (made there,
+    0600, when missing). Requesters and approvers bring their own nkeys."""
+
+    def nkey(current: str | None, identity: str) -> str:
+        return current or ensure_seed(seeds_dir / f"{identity}.seed")
+
+    roles = cfg.nats.nkeys
+    filled = msgspec.structs.replace(
+        roles,
+        **{
+            role: nkey(getattr(roles, role), role)
+            for role in (*permissions.SERVICE_ROLES, permissions.OPERATOR, permissions.PROVISIONER)
+        },
+    )
+    nodes = [
+        msgspec.structs.replace(n, nkey=nkey(n.nkey, permissions.node_identity(n.id)))
+        for n in cfg.hsm_nodes
+    ]
+    nats_cfg = msgspec.structs.replace(cfg.nats, nkeys=filled)
+    return msgspec.structs.replace(cfg, nats=nats_cfg, hsm_nodes=nodes)
 
 
 def authorization(cfg: Config) -> str:
@@ -66,6 +92,8 @@ def reload_server(pid_file: Path) -> int:
 
 def cmd_authorize(args: argparse.Namespace) -> int:
     cfg = config_mod.load(args.config)
+    if args.seeds_dir:
+        cfg = with_platform_seeds(cfg, Path(args.seeds_dir))
     write_authorization(cfg, Path(args.out))
     count = len(permissions.identities(cfg, approver_scopes(cfg)))
     print(f"{args.out}: {count} identities")
@@ -114,6 +142,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="authorization file the server includes")
     p.add_argument(
         "--reload-pid-file", help="then SIGHUP this nats-server (its pid file) to apply it"
+    )
+    p.add_argument(
+        "--seeds-dir",
+        help="platform identities (roles, operator, provisioner, hsm-nodes) without an nkey "
+        "in the config: their seeds here (<identity>.seed, made 0600 when missing)",
     )
     p.set_defaults(fn=cmd_authorize)
     p = bus.add_parser("nkey", help="make an identity: its seed file (0600); prints the nkey")
