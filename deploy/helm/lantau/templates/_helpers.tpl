@@ -81,6 +81,10 @@ at /var/lib/lantau/token.
 # Rendered by the lantau Helm chart; fields: libs/config.py.
 [nats]
 servers = {{ toJson $v.nats.servers }}
+# Mutual TLS (Secret nats.tlsSecret); each pod's own nkey seed: LANTAU__NATS__SEED_FILE.
+ca_file = "/var/run/lantau/tls/ca.crt"
+cert_file = "/var/run/lantau/tls/tls.crt"
+key_file = "/var/run/lantau/tls/tls.key"
 stream_replicas = {{ int $v.nats.streamReplicas }}
 retention_days = {{ int $v.nats.retentionDays }}
 duplicate_window_s = {{ int $v.nats.duplicateWindowSeconds }}
@@ -119,8 +123,18 @@ metrics_port = {{ int $v.metricsPort }}
 [[requesters]]
 name = {{ toJson .name }}
 public_key = {{ toJson .publicKey }}
+{{- with .nkey }}
+nkey = {{ toJson . }}
+{{- end }}
 keys = {{ toJson (default list .keys) }}
 may_create_keys = {{ default false .mayCreateKeys }}
+{{- end }}
+
+{{- range $v.approvers }}
+
+[[approvers]]
+name = {{ toJson .name }}
+nkey = {{ toJson .nkey }}
 {{- end }}
 
 [hsm]
@@ -197,4 +211,37 @@ readinessProbe:
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
+{{- end }}
+
+{{/* The NATS identity Secrets, checked: the platform never connects without them. */}}
+{{- define "lantau.tlsSecret" -}}
+{{- required "nats.tlsSecret: a Secret with ca.crt, tls.crt, tls.key for NATS (mutual) TLS" .Values.nats.tlsSecret }}
+{{- end }}
+{{- define "lantau.identitiesSecret" -}}
+{{- required "nats.identitiesSecret: a Secret with one nkey seed per platform identity" .Values.nats.identitiesSecret }}
+{{- end }}
+
+{{/* Volumes: the TLS files, and the seeds of the given identities (a list), 0440. */}}
+{{- define "lantau.natsVolumes" -}}
+- name: nats-tls
+  secret:
+    secretName: {{ include "lantau.tlsSecret" .root }}
+    defaultMode: 288 # 0440: root and the pod's fsGroup
+- name: nats-identity
+  secret:
+    secretName: {{ include "lantau.identitiesSecret" .root }}
+    defaultMode: 288
+    items:
+      {{- range .identities }}
+      - key: {{ . }}
+        path: {{ . }}.seed
+      {{- end }}
+{{- end }}
+{{- define "lantau.natsMounts" -}}
+- name: nats-tls
+  mountPath: /var/run/lantau/tls
+  readOnly: true
+- name: nats-identity
+  mountPath: /var/run/lantau/nkeys
+  readOnly: true
 {{- end }}
