@@ -22,6 +22,17 @@ from proto.subjects import inbox_prefix
 log = logging.getLogger("lantau.bus")
 
 
+class _QuietTlsClose(logging.Filter):
+    """asyncio warns on every TLS connection the server closes first (a nats-py quirk
+    with TLS transports): noise in every command's output, nothing to act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("returning true from eof_received()")
+
+
+logging.getLogger("asyncio").addFilter(_QuietTlsClose())
+
+
 def options(cfg: NatsConfig, identity: str | None, seed_file: str | None = None) -> dict[str, Any]:
     """nats.connect options for ``identity`` (its inbox prefix) with the seed in
     ``seed_file`` (default ``cfg.seed_file``) and the TLS files of ``cfg``."""
@@ -54,12 +65,15 @@ async def connect(
     for a protocol error, the identity was removed, or it was closed on purpose).
     """
     record = violations.Violations()
+    made: list[Client] = []
 
     async def on_error(e: Exception) -> None:
         if not record.record(str(e)):
             log.warning("nats error: %s", type(e).__name__)
 
     async def on_disconnect() -> None:
+        if made and made[0].is_closed:
+            return  # closed on purpose (or for good: on_closed says so)
         log.warning("nats disconnected; reconnecting")
 
     async def on_reconnect() -> None:
@@ -76,6 +90,7 @@ async def connect(
         closed_cb=on_closed,
         **options(cfg, identity, seed_file),
     )
+    made.append(nc)
     violations.register(nc, record)
     if identity:
         # A seed of another identity would have every reply refused (its inbox prefix is
