@@ -24,7 +24,6 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 
-from libs import metrics
 from libs.headers import safe_for_log
 from proto.errors import ErrorCode, LantauError
 
@@ -90,6 +89,10 @@ class Violations:
             return False
         kind, subject = found
         self.count += 1
+        # Imported here: the client SDK uses this module and must register no server
+        # metrics by being imported (a violation in a client process counts, though).
+        from libs import metrics
+
         metrics.BUS_PERMISSION_VIOLATIONS.labels(kind).inc()
         log.error("NATS refused permission to %s on %s", kind, safe_for_log(subject))
         self.recent.append((time.monotonic(), kind, _key(subject)))
