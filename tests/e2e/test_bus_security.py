@@ -465,6 +465,35 @@ async def test_a_reply_to_aimed_at_the_jetstream_api_goes_nowhere(platform, nc):
     assert info.config.name == ORDERS.name
 
 
+async def test_another_requesters_signed_request_on_ones_own_subject_is_refused(
+    platform, client, other, other_key
+):
+    """desk-a holds a request genuinely signed by desk-b (leaked, say) and sends it on the
+    only subject it may use, its own: policy sees the subject name desk-a and the body
+    desk-b, refuses it (SUBJECT_MISMATCH, dead-lettered) and writes no result for desk-b."""
+    stolen = other.sign_request(f"{OTHER}-k", hashlib.sha256(b"stolen").digest())
+    publish_as_desk_a = client.connection.jetstream()
+    ack = await publish_as_desk_a.publish(f"lantau.request.sign.{TRADER}", codec.encode(stolen))
+    admin = await platform.connect_as(PROVISIONER)
+    try:
+        sub = await admin.jetstream().subscribe("lantau.dlq.LANTAU_REQUESTS", ordered_consumer=True)
+        record = None
+        deadline = time.monotonic() + 15
+        while record is None and time.monotonic() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except TimeoutError:
+                continue
+            found = codec.REJECTED.decode(msg.data)
+            if found.stream_seq == ack.seq:
+                record = found
+        await sub.unsubscribe()
+    finally:
+        await admin.close()
+    assert record is not None and record.code == ErrorCode.SUBJECT_MISMATCH
+    assert await other.get_result(stolen.request_id) is None
+
+
 async def test_legitimate_traffic_still_signs_after_the_attacks(platform, client):
     """The requester's own request, the legitimate way, still works after all of it."""
     await client.create_key("desk-a-after", "secp256k1")
