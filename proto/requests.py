@@ -62,6 +62,14 @@ def signing_bytes(request: Request) -> bytes:
 _ENVELOPE = {"signature": b"", "created_at_ms": 0, "expires_at_ms": 0}
 
 
+def message_id(request: Request) -> str:
+    """JetStream's de-duplication id for a request: the requester's id *and* its signature,
+    so a byte-identical resend is dropped but a forgery published first under the same id
+    can never make the bus drop the genuine request as a duplicate."""
+    tag = hashlib.sha256(request.signature).hexdigest()[:32]
+    return f"{request.requester}.{request.request_id}.{tag}"
+
+
 def request_hash(request: Request) -> str:
     """Hash of what is asked (key, payload, transfer, ...), not of when or the signature.
 

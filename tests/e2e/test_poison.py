@@ -97,7 +97,8 @@ async def test_poison_naming_a_request_gets_no_result_and_cannot_squat_its_id(
     digest = hashlib.sha256(rid.encode()).digest()
     genuine = await client.sign("desk-a-squat", digest, request_id=rid)
     assert genuine.status == "signed", genuine.error
-    stored = await client.get_result(rid)
+    # The client can hear of a result a moment before the stream serves it back.
+    stored = await wait_stored(client, rid)
     assert stored is not None and stored.status == "signed"
     assert stored.signature == genuine.signature
 
@@ -127,7 +128,16 @@ async def test_a_forged_request_cannot_squat_the_id_of_the_real_one(platform, cl
     assert await client.get_result("sq-2") is None
     real = await client.sign("desk-a-squat2", digest, request_id="sq-2")
     assert real.status == "signed", real.error
-    assert (await client.get_result("sq-2")).signature == real.signature
+    assert (await wait_stored(client, "sq-2")).signature == real.signature
+
+
+async def wait_stored(client, request_id: str):
+    for _ in range(30):
+        stored = await client.get_result(request_id)
+        if stored is not None:
+            return stored
+        await asyncio.sleep(0.1)
+    return None
 
 
 async def _dead_letters(js):
