@@ -115,9 +115,9 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     decimals: Annotated[int, msgspec.Meta(ge=0, le=36)]
     # Minor units; a string of digits where TOML's 64-bit integers are too small.
-    max_amount: Annotated[int, msgspec.Meta(ge=0)] | Annotated[
-        str, msgspec.Meta(pattern=r"^[0-9]{1,78}$")
-    ]
+    max_amount: (
+        Annotated[int, msgspec.Meta(ge=0)] | Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,78}$")]
+    )
 
     def limit(self) -> int:
         return int(self.max_amount)
