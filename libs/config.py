@@ -98,6 +98,36 @@ class RequesterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # Need-to-know: key ids (fnmatch patterns) this system may use; none means none.
     keys: list[str] = []
     may_create_keys: bool = False
+    # Keys (fnmatch patterns) this system may have sign a raw digest or message that
+    # nobody can decode: blind signing is a permission of its own, denied by default.
+    blind_keys: list[str] = []
+
+
+class AuthorityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An Ed25519 key that signs authorizations: in a PKCS#11 token (module, token_label,
+    pin_file, key_label) where there is one, else a 0600 seed file (seed_file)."""
+
+    seed_file: str | None = None
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str | None = None
+    pin_file: str | None = None
+    key_label: str | None = None
+    # SoftHSM only: its config file, set as SOFTHSM2_CONF before the module loads.
+    softhsm_conf: str | None = None
+
+
+class EvidenceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What every hsm-node trusts (the signer checks orders against it too). Changed only
+    by a Security Officer ceremony: see docs/security.md."""
+
+    # Hex Ed25519 public keys of policy's authority keys (during a rotation: old and new).
+    policy_keys: list[str] = []
+    # Rotated-out policy keys: their key-creation records still prove where keys may live.
+    retired_policy_keys: list[str] = []
+    # Hex Ed25519 public keys of the backup service's authority key.
+    backup_keys: list[str] = []
+    # How far an authorization's issue time may run ahead of the node's clock.
+    clock_skew_ms: Positive = 30_000
 
 
 class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +143,8 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # request that passes need-to-know is allowed.
     rules_file: str | None = None
     reload_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # The key policy signs every authorization with (pinned in [evidence] policy_keys).
+    authority: AuthorityConfig | None = None
 
 
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -125,6 +157,8 @@ class BackupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     id: str = "backup"
     kek_label: str = "lantau-domain-kek"
     metrics_port: Port = 0
+    # The key the backup service signs clone authorizations with ([evidence] backup_keys).
+    authority: AuthorityConfig | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -132,6 +166,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     logging: LoggingConfig = LoggingConfig()
     hsm_nodes: list[HsmNodeConfig] = []
     hsm: HsmConfig = HsmConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     requesters: list[RequesterConfig] = []
     signer: SignerConfig = SignerConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -245,6 +280,9 @@ def _toml_value(v: Any) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        inner = ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None)
+        return "{ " + inner + " }"
     raise TypeError(f"cannot render {type(v).__name__} as TOML")
 
 

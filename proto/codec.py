@@ -12,7 +12,7 @@ from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent, AuditRecord
 from proto.errors import ErrorCode, LantauError
 from proto.events import Event, RejectedMessage
-from proto.hsm import HealthBeat, HsmCommand, HsmReply
+from proto.hsm import HealthBeat, HsmCommand, HsmReceipts, HsmReply
 from proto.keys import KeyRecord
 from proto.orders import Order
 from proto.requests import Request
@@ -75,6 +75,7 @@ EVENT = Decoder[Event](Event, "event")
 HSM_COMMAND = Decoder[HsmCommand](HsmCommand, "hsm command")
 HSM_REPLY = Decoder[HsmReply](HsmReply, "hsm reply")
 HEALTH_BEAT = Decoder[HealthBeat](HealthBeat, "health beat")
+HSM_RECEIPTS = Decoder[HsmReceipts](HsmReceipts, "hsm receipts")
 KEY_RECORD = Decoder[KeyRecord](KeyRecord, "key record")
 AUDIT_INTENT = Decoder[AuditIntent](AuditIntent, "audit intent")
 AUDIT_RECORD = Decoder[AuditRecord](AuditRecord, "audit record")

@@ -19,9 +19,14 @@ TimestampMs = Annotated[int, msgspec.Meta(ge=0)]
 Version = Annotated[int, msgspec.Meta(ge=1)]
 
 Curve = Literal["secp256k1", "ed25519"]
-# digest: a 32-byte hash the caller computed (secp256k1 ECDSA signs it as is).
-# message: the bytes themselves (Ed25519 signs the message, as RFC 8032 intends).
-PayloadKind = Literal["digest", "message"]
+# digest: a 32-byte hash the caller computed (secp256k1 ECDSA signs it as is) and
+# message: the bytes themselves (Ed25519 signs the message, as RFC 8032 intends) are
+# blind: nobody can tell what they do. The transaction kinds are decoded and judged:
+# evm_tx (EIP-1559 or EIP-155 unsigned transaction), evm_typed_data (EIP-712 JSON),
+# btc_psbt (BIP-174, version 0, binary), sol_message (a serialized Solana message).
+PayloadKind = Literal["digest", "message", "evm_tx", "evm_typed_data", "btc_psbt", "sol_message"]
+# The kinds Lantau decodes (libs/chains): policy judges what they do; the others are blind.
+TX_KINDS = ("evm_tx", "evm_typed_data", "btc_psbt", "sol_message")
 
 MAX_PAYLOAD_BYTES = 65536
 Payload = Annotated[bytes, msgspec.Meta(max_length=MAX_PAYLOAD_BYTES)]

@@ -23,6 +23,18 @@ class ErrorCode(enum.StrEnum):
     # A transfer of an asset the policy does not know, or more than the asset can hold.
     UNKNOWN_ASSET = "UNKNOWN_ASSET"
     AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"
+    # Clear signing: the declared transfer disagrees with the parsed transaction; a raw
+    # digest or message asked by a requester or key not allowed to sign blind.
+    TRANSFER_MISMATCH = "TRANSFER_MISMATCH"
+    BLIND_SIGNING_DENIED = "BLIND_SIGNING_DENIED"
+    # Platform keys (lantau-...) are never a requester's to use or create.
+    RESERVED_KEY = "RESERVED_KEY"
+    # The hsm-node's evidence check: what it refuses before its HSM is asked.
+    EVIDENCE_REFUSED = "EVIDENCE_REFUSED"
+    AUTHORIZATION_MISMATCH = "AUTHORIZATION_MISMATCH"
+    AUTHORIZATION_EXPIRED = "AUTHORIZATION_EXPIRED"
+    APPROVALS_MISSING = "APPROVALS_MISSING"
+    RESIDENCY_VIOLATION = "RESIDENCY_VIOLATION"
     APPROVAL_REJECTED = "APPROVAL_REJECTED"
     APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
     UNKNOWN_APPROVER = "UNKNOWN_APPROVER"

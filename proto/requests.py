@@ -17,11 +17,23 @@ from proto.common import Curve, Identity, KeyId, Payload, PayloadKind, RequestId
 
 
 class Transfer(msgspec.Struct, frozen=True, kw_only=True):
-    """What the payload moves, for policy rules: asset, integer minor units, destination."""
+    """What the requester says the payload moves: asset, integer minor units, destination.
 
-    asset: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")]
-    amount: Annotated[int, msgspec.Meta(ge=0)]
+    For a decoded transaction policy judges what it parses and refuses a declaration
+    that disagrees; for a blind payload the declaration is all there is to judge."""
+
+    # A native symbol (BTC, ETH, SOL) or a token as libs/chains names it (erc20:0x...).
+    asset: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._-]{1,80}$")]
+    # Minor units; a decimal string when it does not fit 64 bits (wei, token units).
+    amount: (
+        Annotated[int, msgspec.Meta(ge=0)]
+        | Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9][0-9]{0,77})$")]
+    )
     destination: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+    @property
+    def value(self) -> int:
+        return int(self.amount)
 
 
 class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
@@ -30,6 +42,9 @@ class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
     key_id: KeyId
     payload: Payload
     payload_kind: PayloadKind = "digest"
+    # Where a transaction does not say its own network: "bitcoin", "testnet", "signet",
+    # "regtest" for a PSBT; the cluster name for Solana. EVM transactions carry their chain.
+    chain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
     transfer: Transfer | None = None
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs

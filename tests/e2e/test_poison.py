@@ -6,12 +6,13 @@ import asyncio
 import hashlib
 
 import msgspec
+import nacl.signing
 import pytest
 
+from devkit import forge
 from proto import codec
 from proto.errors import ErrorCode
 from proto.events import KeyCreated
-from proto.orders import Decision, SignOrder
 from proto.results import SignResult
 from proto.subjects import (
     CREATE_KEY_ORDER,
@@ -26,18 +27,10 @@ from proto.subjects import (
 
 GARBAGE = b"\xc1\xff not msgpack"
 A_RESULT = codec.encode(SignResult(request_id="x", status="signed"))
+_FORGER = nacl.signing.SigningKey.generate()
+_SOME_REQUEST = forge.signed_request(_FORGER, "desk-a", "desk-a-p", b"1" * 32, request_id="o1")
 AN_ORDER = codec.encode(
-    SignOrder(
-        request_id="o1",
-        request_hash="h",
-        requester="desk-a",
-        key_id="desk-a-p",
-        payload=b"1" * 32,
-        payload_kind="digest",
-        decision=Decision(policy_version="t", rule="t", explanation="t"),
-        requested_at_ms=1,
-        deadline_ms=2**41,
-    )
+    forge.order(_SOME_REQUEST, forge.authorization(_FORGER, _SOME_REQUEST, b""))
 )
 BAD_FIELD = msgspec.msgpack.encode({"type": "sign_request", "request_id": "has space"})
 

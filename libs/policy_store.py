@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from libs import metrics
-from services.policy.rules import Policy, PolicyFile, PolicyFileError, Rule, parse
+from libs.policy_file import Policy, PolicyFile, PolicyFileError, Rule, parse
 
 log = logging.getLogger("lantau.policy")
 
