@@ -13,13 +13,23 @@ from typing import Annotated
 import msgspec
 
 from proto import SCHEMA_VERSION
-from proto.common import Curve, KeyId, Name, Payload, PayloadKind, RequestId, TimestampMs, Version
+from proto.common import (
+    Curve,
+    KeyId,
+    Name,
+    Payload,
+    PayloadKind,
+    RequestId,
+    TimestampMs,
+    Version,
+    whole,
+)
 
 
 class Transfer(msgspec.Struct, frozen=True, kw_only=True):
     """What the payload moves, for policy rules: asset, integer minor units, destination."""
 
-    asset: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")]
+    asset: Annotated[str, msgspec.Meta(pattern=whole("[A-Z0-9]{1,16}"))]
     amount: Annotated[int, msgspec.Meta(ge=0)]
     destination: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -45,7 +55,7 @@ class CreateKeyRequest(
     key_id: KeyId
     curve: Curve
     # Residency: a key tagged with a region is only ever held by HSMs of that region.
-    region: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    region: Annotated[str, msgspec.Meta(pattern=whole("[a-z0-9-]{1,32}"))] | None = None
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
