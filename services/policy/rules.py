@@ -212,7 +212,9 @@ def _where(error: str, lines: list[int], raw: dict) -> str:
     if m and isinstance(rules, list) and int(m.group(1)) < len(rules):
         i = int(m.group(1))
         name = rules[i].get("name", "?") if isinstance(rules[i], dict) else "?"
-        return f"{_at(lines, i)} (rule {i + 1}, {name!r})"
+        if i < len(lines):
+            return f"line {lines[i]} (rule {i + 1}, {name!r})"
+        return f"rule {i + 1} ({name!r})"
     return "policy file"
 
 

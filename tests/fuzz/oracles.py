@@ -80,7 +80,7 @@ def audit_lines(lines: list[str]) -> None:
         raise AssertionError(f"line {bad} reads on its own") from None
     assert len(entries) == sum(1 for line in lines if line.strip())
     for entry in entries:
-        assert not violations(entry, info(AuditEntry))
+        assert not violations(entry, info(AuditEntry)), violations(entry, info(AuditEntry))
 
 
 def policy_file(text: str) -> None:
@@ -90,7 +90,9 @@ def policy_file(text: str) -> None:
     except rules.PolicyFileError as e:
         assert str(e)
         return
-    assert not violations(policy.file, info(rules.PolicyFile))
+    assert not violations(policy.file, info(rules.PolicyFile)), violations(
+        policy.file, info(rules.PolicyFile)
+    )
     lines = text.split("\n")
     for rule in policy.rules:
         if rule.name in policy.lines:
@@ -104,7 +106,7 @@ def config_text(text: str, env: dict[str, str]) -> None:
     except config.ConfigError as e:
         assert str(e)
         return
-    assert not violations(cfg, info(config.Config))
+    assert not violations(cfg, info(config.Config)), violations(cfg, info(config.Config))
 
 
 def subject_token_ok(token: str) -> bool:

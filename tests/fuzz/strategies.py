@@ -363,9 +363,15 @@ def violations(value: Any, t: mi.Type, path: str = "$") -> list[str]:
     if isinstance(t, mi.IntType):
         if not isinstance(value, int) or isinstance(value, bool):
             return [f"{path}: not an int"]
-        lo, hi = _int_bounds(t)
-        bad = not lo <= value <= hi or (t.multiple_of and value % t.multiple_of)
-        return [f"{path}: {value} out of range"] if bad else []
+        # Only the declared bounds: msgpack holds 64 bits, JSON any int up to 4300 digits.
+        ok = (
+            (t.ge is None or value >= t.ge)
+            and (t.gt is None or value > t.gt)
+            and (t.le is None or value <= t.le)
+            and (t.lt is None or value < t.lt)
+            and not (t.multiple_of and value % t.multiple_of)
+        )
+        return [] if ok else [f"{path}: {value} out of range"]
     if isinstance(t, mi.FloatType):
         if not isinstance(value, float | int) or isinstance(value, bool):
             return [f"{path}: not a float"]
