@@ -19,5 +19,5 @@ _COMMON = settings(
     print_blob=True,
 )
 settings.register_profile("ci", _COMMON, max_examples=150)
-# About 20 s a test on one core: make fuzz runs some 40 of them after the atheris targets.
-settings.register_profile("fuzz", _COMMON, max_examples=2_000)
+# Up to 30 s a test on one core: some 40 tests, about 11 minutes after the atheris targets.
+settings.register_profile("fuzz", _COMMON, max_examples=5_000)
