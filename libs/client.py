@@ -87,7 +87,13 @@ class BadKeyFile(CustodyError):
 
 def load_signing_key(path: str | Path) -> nacl.signing.SigningKey:
     """Read an Ed25519 seed (64 hex characters) from a file made by ``lantau keygen``."""
-    text = Path(path).read_text().strip()
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise CustodyError(f"cannot read key file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        # Never quote the content: it is meant to be a secret.
+        raise CustodyError(f"{path} does not hold a 32-byte Ed25519 seed in hex") from None
     try:
         seed = bytes.fromhex(text)
         if len(seed) != 32:

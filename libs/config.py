@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from proto.common import whole
 from proto.errors import ErrorCode, LantauError
 
 ENV_PREFIX = "LANTAU__"
@@ -49,7 +50,7 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    id: Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
     module: str = "/usr/lib/softhsm/libsofthsm2.so"
     token_label: str
     # The user PIN comes from a file (mode 0600) or an environment variable, never the TOML.
@@ -94,7 +95,7 @@ class SignerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class RequesterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     # Ed25519 public key, hex: requests must be signed by its private half.
-    public_key: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+    public_key: Annotated[str, msgspec.Meta(pattern=whole("[0-9a-fA-F]{64}"))]
     # Need-to-know: key ids (fnmatch patterns) this system may use; none means none.
     keys: list[str] = []
     may_create_keys: bool = False
@@ -190,7 +191,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 def _parse_env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):
+        # Not a TOML value (TOMLDecodeError is a ValueError, as is an integer past
+        # Python's 4300-digit limit; RecursionError: nested too deeply): a string.
         return text
 
 
@@ -199,18 +202,19 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any, env_name: 
     for i, part in enumerate(path):
         last = i == len(path) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            # isdecimal, not isdigit: int() refuses superscripts that isdigit() accepts.
+            if not (part.isascii() and part.isdecimal()) or int(part) >= len(node):
                 raise ConfigError(f"{env_name}: no list item {part!r}")
             if last:
                 node[int(part)] = value
             else:
                 node = node[int(part)]
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{env_name}: {path[i - 1]!r} is not a table")
         elif last:
             node[part] = value
         else:
             node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                raise ConfigError(f"{env_name}: {part!r} is not a table")
 
 
 # Where `lantau dev up` writes its config: operator commands find the dev stack there.
@@ -224,18 +228,38 @@ def load_for_cli(path: str | None) -> Config:
 
 def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None) -> Config:
     """Read the TOML file (or none), apply ``LANTAU__*`` overrides and validate."""
-    env = dict(os.environ) if env is None else env
-    raw: dict[str, Any] = {}
+    text = ""
     where = str(path) if path else "<defaults>"
     if path:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file {where} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {where} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"config file {where} cannot be read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {where} is not UTF-8 text: {e.reason}") from None
+    return loads(text, env, where)
+
+
+def loads(text: str, env: dict[str, str] | None = None, where: str = "<string>") -> Config:
+    """Decode TOML text, apply ``LANTAU__*`` overrides and validate; errors name ``where``."""
+    env = dict(os.environ) if env is None else env
+    # os.environ holds bytes that are not UTF-8 as lone surrogates; msgspec cannot
+    # match such a key to a field (UnicodeEncodeError), and no setting wants one.
+    _check_utf8(text, f"config file {where}")
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {where} is not valid TOML: {e}") from None
+    except (ValueError, RecursionError) as e:
+        # tomllib lets these through: an integer past Python's 4300-digit limit, and
+        # arrays or inline tables nested a few hundred deep.
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise ConfigError(f"config file {where} is not valid TOML: {what}") from None
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX):
+            _check_utf8(name + value, f"environment variable {name!r}")
             parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
             if parts:
                 _apply_override(raw, parts, _parse_env_value(value), name)
@@ -243,6 +267,14 @@ def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None)
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(f"config {where}: {e}") from None
+
+
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:
+        where = f" (line {text.count(chr(10), 0, e.start) + 1})" if "\n" in text else ""
+        raise ConfigError(f"{what} is not UTF-8 text{where}") from None
 
 
 def read_pin(node: HsmNodeConfig, env: dict[str, str] | None = None) -> str:

@@ -18,14 +18,19 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from proto.common import PayloadKind
+from proto.common import PayloadKind, whole
 from proto.errors import ErrorCode, LantauError
 
-RuleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RuleName = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
 # Minor units: an integer, or a string of digits beyond TOML's 64-bit integers (wei).
-Amount = Annotated[int, msgspec.Meta(ge=0)] | Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,78}$")]
+Amount = (
+    Annotated[int, msgspec.Meta(ge=0)] | Annotated[str, msgspec.Meta(pattern=whole("[0-9]{1,78}"))]
+)
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+# Used with fullmatch and ASCII digits: `\d` took any script's digits, `$` a final newline.
+_HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
+# A [[rules]] header line, as TOML allows it to be written (spaces, quoted key, comment).
+_RULES_HEADER = re.compile(r"""\s*\[\[\s*(rules|"rules"|'rules')\s*\]\]\s*(#.*)?""")
 
 
 class PolicyFileError(LantauError):
@@ -120,7 +125,7 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 
 
 class Approver(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    public_key: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+    public_key: Annotated[str, msgspec.Meta(pattern=whole("[0-9a-fA-F]{64}"))]
 
 
 class Group(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -135,7 +140,8 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     decimals: Annotated[int, msgspec.Meta(ge=0, le=36)]
     # Minor units; a string of digits where TOML's 64-bit integers are too small.
     max_amount: (
-        Annotated[int, msgspec.Meta(ge=0)] | Annotated[str, msgspec.Meta(pattern=r"^[0-9]{1,78}$")]
+        Annotated[int, msgspec.Meta(ge=0)]
+        | Annotated[str, msgspec.Meta(pattern=whole("[0-9]{1,78}"))]
     )
 
     def limit(self) -> int:
@@ -188,30 +194,54 @@ def parse(text: str) -> Policy:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyFileError(f"not valid TOML: {e}") from None
-    lines = _rule_lines(text)
+    except (ValueError, RecursionError) as e:
+        # tomllib lets these through: an integer past Python's 4300-digit limit, and
+        # arrays or inline tables nested a few hundred deep.
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise PolicyFileError(f"not valid TOML: {what}") from None
+    try:
+        digest = hashlib.sha256(text.encode()).hexdigest()
+    except UnicodeEncodeError as e:
+        line = text.count("\n", 0, e.start) + 1
+        raise PolicyFileError(f"line {line}: not UTF-8 text (a lone surrogate)") from None
+    lines = _rule_lines(text, raw)
     try:
         policy_file = msgspec.convert(raw, PolicyFile)
     except msgspec.ValidationError as e:
         raise PolicyFileError(f"{_where(str(e), lines, raw)}: {e}") from None
     policy = Policy(
         policy_file,
-        f"{policy_file.version}#{hashlib.sha256(text.encode()).hexdigest()[:12]}",
+        f"{policy_file.version}#{digest[:12]}",
         {r.name: lines[i] for i, r in enumerate(policy_file.rules) if i < len(lines)},
     )
     _check(policy, lines)
     return policy
 
 
-def _rule_lines(text: str) -> list[int]:
-    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip() == "[[rules]]"]
+def _rule_lines(text: str, raw: dict) -> list[int]:
+    """The line of each rule's [[rules]] header, or [] where they cannot be told apart.
+
+    tomllib gives no positions: rules written as an inline array, or a header-like line
+    inside a multi-line string, make the headers found differ from the rules parsed.
+    """
+    found = [n for n, line in enumerate(text.split("\n"), 1) if _RULES_HEADER.fullmatch(line)]
+    rules = raw.get("rules")
+    return found if isinstance(rules, list) and len(found) == len(rules) else []
+
+
+def _at(lines: list[int], i: int) -> str:
+    return f"line {lines[i]}" if i < len(lines) else f"rule {i + 1}"
 
 
 def _where(error: str, lines: list[int], raw: dict) -> str:
     m = re.search(r"\$\.rules\[(\d+)\]", error)
-    if m and int(m.group(1)) < len(lines):
+    rules = raw.get("rules")
+    if m and isinstance(rules, list) and int(m.group(1)) < len(rules):
         i = int(m.group(1))
-        name = raw["rules"][i].get("name", "?") if isinstance(raw.get("rules"), list) else "?"
-        return f"line {lines[i]} (rule {i + 1}, {name!r})"
+        name = rules[i].get("name", "?") if isinstance(rules[i], dict) else "?"
+        if i < len(lines):
+            return f"line {lines[i]} (rule {i + 1}, {name!r})"
+        return f"rule {i + 1} ({name!r})"
     return "policy file"
 
 
@@ -223,7 +253,7 @@ def _check(policy: Policy, lines: list[int]) -> None:
                 raise PolicyFileError(f"group {name!r} names unknown approver {approver!r}")
     seen: set[str] = set()
     for i, rule in enumerate(f.rules):
-        at = f"line {lines[i]} (rule {rule.name!r})"
+        at = f"{_at(lines, i)} (rule {rule.name!r})"
         if rule.name in seen:
             raise PolicyFileError(f"{at}: a rule named {rule.name!r} already exists")
         seen.add(rule.name)
@@ -239,14 +269,15 @@ def _check(policy: Policy, lines: list[int]) -> None:
             if hours is None:
                 continue
             for value in (hours.start, hours.end):
-                if not _HHMM.match(value):
+                if not _HHMM.fullmatch(value):
                     raise PolicyFileError(f"{at}: time {value!r} is not HH:MM")
             bad_days = [d for d in hours.days if d not in _DAYS]
             if bad_days:
                 raise PolicyFileError(f"{at}: unknown days {bad_days} (use {', '.join(_DAYS)})")
             try:
                 ZoneInfo(hours.tz)
-            except (ZoneInfoNotFoundError, ValueError):
+            except (ZoneInfoNotFoundError, ValueError, OSError):
+                # OSError: a name too long for a path, or a directory of zones ("America").
                 raise PolicyFileError(f"{at}: unknown time zone {hours.tz!r}") from None
         v = rule.velocity
         if v is not None and v.max_amount is None and v.max_count is None:

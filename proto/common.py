@@ -6,15 +6,27 @@ from typing import Annotated, Literal
 
 import msgspec
 
+
+def whole(chars: str) -> str:
+    r"""A pattern that ``chars`` must match from the first character to the very last.
+
+    msgspec applies patterns with ``re.search``, where ``$`` also matches before a final
+    newline: ``^[a-z]+$`` accepts "id\n", which breaks a NATS subject. ``(?![\s\S])``
+    (nothing follows) is the absolute end both in Python and in the ECMA-262 regexes
+    that JSON Schema readers use.
+    """
+    return rf"^{chars}(?![\s\S])"
+
+
 # Ids appear in NATS subjects and KV keys, so they are restricted to safe characters.
-RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+RequestId = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
+KeyId = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
+NodeId = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
 # Requesters and approvers: each is a bus identity and a token of the subjects and KV
 # keys that belong to it (lantau.result.<requester>.<request id>).
-Identity = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Identity = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
 # People and things named in records but not on the bus (custodians, operators).
-Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.@-]{1,128}$")]
+Name = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_.@-]{1,128}"))]
 TimestampMs = Annotated[int, msgspec.Meta(ge=0)]
 Version = Annotated[int, msgspec.Meta(ge=1)]
 

@@ -98,6 +98,31 @@ class ErrorCode(enum.StrEnum):
     TRANSACTION_TOO_LARGE = "TRANSACTION_TOO_LARGE"
 
 
+def printable(text: str, limit: int = 200) -> str:
+    """Text from outside made fit for an error message or a log line: non-printable
+    characters escaped, at most ``limit`` characters, then how many were left out."""
+    out: list[str] = []
+    size = 0
+    for i, char in enumerate(text):
+        piece = _escape(char)
+        if size + len(piece) > limit:
+            return "".join(out) + f"...(+{len(text) - i} chars)"
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
 class LantauError(Exception):
     """An error with a wire code and a human sentence naming the field or rule at fault.
 

@@ -13,7 +13,16 @@ from typing import Annotated
 import msgspec
 
 from proto.base import Message
-from proto.common import Curve, Identity, KeyId, Payload, PayloadKind, RequestId, TimestampMs
+from proto.common import (
+    Curve,
+    Identity,
+    KeyId,
+    Payload,
+    PayloadKind,
+    RequestId,
+    TimestampMs,
+    whole,
+)
 
 
 class Transfer(msgspec.Struct, frozen=True, kw_only=True):
@@ -23,11 +32,11 @@ class Transfer(msgspec.Struct, frozen=True, kw_only=True):
     that disagrees; for a blind payload the declaration is all there is to judge."""
 
     # A native symbol (BTC, ETH, SOL) or a token as libs/chains names it (erc20:0x...).
-    asset: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9:._-]{1,80}$")]
+    asset: Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9:._-]{1,80}"))]
     # Minor units; a decimal string when it does not fit 64 bits (wei, token units).
     amount: (
         Annotated[int, msgspec.Meta(ge=0)]
-        | Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9][0-9]{0,77})$")]
+        | Annotated[str, msgspec.Meta(pattern=whole("(0|[1-9][0-9]{0,77})"))]
     )
     destination: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -44,7 +53,7 @@ class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
     payload_kind: PayloadKind = "digest"
     # Where a transaction does not say its own network: "bitcoin", "testnet", "signet",
     # "regtest" for a PSBT; the cluster name for Solana. EVM transactions carry their chain.
-    chain: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    chain: Annotated[str, msgspec.Meta(pattern=whole("[a-z0-9-]{1,32}"))] | None = None
     transfer: Transfer | None = None
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
@@ -57,7 +66,7 @@ class CreateKeyRequest(Message, tag="create_key_request", frozen=True, kw_only=T
     key_id: KeyId
     curve: Curve
     # Residency: a key tagged with a region is only ever held by HSMs of that region.
-    region: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    region: Annotated[str, msgspec.Meta(pattern=whole("[a-z0-9-]{1,32}"))] | None = None
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""

@@ -79,13 +79,25 @@ class _Envelope(msgspec.Struct):
 
 
 _envelope = msgspec.msgpack.Decoder(_Envelope)
+# Envelope fields are copied into the audit record: one of a near-1 MiB message would
+# take the record past NATS's max payload, and that fact would never reach the chain.
+ENVELOPE_FIELD_LIMIT = 256
 
 
 def describe(data: bytes) -> _Envelope:
+    """The envelope of any bytes; never raises (what it cannot read is "malformed")."""
     try:
-        return _envelope.decode(data)
-    except msgspec.MsgspecError:
+        env = _envelope.decode(data)
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+        # msgspec lets through RecursionError (deep nesting, even in a field the envelope
+        # skips) and UnicodeDecodeError (a str that is not UTF-8).
         return _Envelope(type="malformed")
+    long = {
+        name: value[:ENVELOPE_FIELD_LIMIT]
+        for name in env.__struct_fields__
+        if isinstance(value := getattr(env, name), str) and len(value) > ENVELOPE_FIELD_LIMIT
+    }
+    return msgspec.structs.replace(env, **long) if long else env
 
 
 class CheckpointKey:
