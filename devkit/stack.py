@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
+import nacl.signing
 from nats.aio.client import Client
 
 from devkit import demo_policy
@@ -36,6 +38,7 @@ from libs.bus.identity import ensure_seed
 from libs.config import (
     ApproverConfig,
     AuditConfig,
+    AuthorityConfig,
     BackupConfig,
     Config,
     HsmNodeConfig,
@@ -45,6 +48,7 @@ from libs.config import (
     ServiceNkeys,
     SignerConfig,
 )
+from libs.secret_files import write_secret
 from services.cli import bus_cmd, hsm_admin
 
 ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
@@ -269,6 +273,19 @@ async def start_platform(
     def nkey(identity: str) -> str:
         return ensure_seed(seeds / f"{identity}.seed")
 
+    # Policy's authority key lives in a token of its own; the backup service's in a
+    # 0600 seed file (either may be either: see [policy]/[backup] authority).
+    authority_token = await asyncio.to_thread(init_token, run_dir / "authority", "lantau-policy")
+    policy_authority = AuthorityConfig(
+        module=module,
+        token_label=authority_token.label,
+        pin_file=str(authority_token.pin_file),
+        key_label="lantau-policy-authority-1",
+        softhsm_conf=str(authority_token.conf_path),
+    )
+    backup_seed = run_dir / "authority" / "backup.seed"
+    backup_key = nacl.signing.SigningKey.generate()
+    write_secret(backup_seed, backup_key.encode().hex() + "\n", replace=True)
     cfg = Config(
         nats=NatsConfig(
             servers=[nats.url],
@@ -309,13 +326,28 @@ async def start_platform(
             for a in demo_policy.APPROVERS
         ],
         signer=SignerConfig(metrics_port=free_port()),
-        policy=PolicyConfig(metrics_port=free_port(), rules_file=str(policy_file)),
+        policy=PolicyConfig(
+            metrics_port=free_port(), rules_file=str(policy_file), authority=policy_authority
+        ),
         audit=AuditConfig(metrics_port=free_port()),
-        backup=BackupConfig(metrics_port=free_port()),
+        backup=BackupConfig(
+            metrics_port=free_port(), authority=AuthorityConfig(seed_file=str(backup_seed))
+        ),
     )
     if tweak is not None:
         cfg = tweak(cfg)
     config_path = run_dir / "lantau.toml"
+    config_path.write_text(config_mod.dump(cfg))
+    # The SO ceremony, automated for dev: make policy's key, pin both authorities.
+    policy_key = await asyncio.to_thread(_lantau, config_path, "authority", "create")
+    cfg = msgspec.structs.replace(
+        cfg,
+        evidence=msgspec.structs.replace(
+            cfg.evidence,
+            policy_keys=[*cfg.evidence.policy_keys, policy_key],
+            backup_keys=[*cfg.evidence.backup_keys, backup_key.verify_key.encode().hex()],
+        ),
+    )
     config_path.write_text(config_mod.dump(cfg))
     # Hosts with a node per token hold more than a hsm-node's seed; the stack runs them
     # all here, but each process gets only its own seed file.
@@ -365,6 +397,20 @@ async def start_platform(
 def seeds_dir(run_dir: Path) -> Path:
     """Where the dev stack keeps every identity's seed (``<identity>.seed``, 0600)."""
     return run_dir / "nkeys"
+
+
+def _lantau(config_path: Path, *args: str) -> str:
+    """One ``lantau`` command in its own process (a ceremony binds one token); its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args, "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"lantau {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
 
 
 def _form_key_domain(stack: DevStack) -> None:

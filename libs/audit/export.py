@@ -25,3 +25,8 @@ def from_lines(lines: Iterable[str]) -> Iterator[AuditEntry]:
                 raise ValueError(f"line {number}: not an audit entry ({e})") from None
             except msgspec.DecodeError as e:
                 raise ValueError(f"line {number}: not JSON ({e})") from None
+            except RecursionError:
+                raise ValueError(f"line {number}: JSON nested too deeply") from None
+            except UnicodeEncodeError:
+                # A str holding lone surrogates (msgspec reads text as UTF-8).
+                raise ValueError(f"line {number}: not UTF-8 text") from None

@@ -70,6 +70,7 @@ from proto.subjects import (
     js_stream_info,
     kv_key_subject,
     kv_stream,
+    receipt_subject,
     results_of,
     sign_request_subject,
 )
@@ -174,11 +175,11 @@ def hsm_calls(ops: Sequence[str]) -> Grant:
 # The hsm-node operations each caller uses (a role not listed calls none).
 HSM_CALLS: dict[str, tuple[str, ...]] = {
     SIGNER: ("generate", "public_key", "sign", "capabilities"),
-    # Clones: wrap on a holder, unwrap on the target, then check the clone (public key
-    # and a test signature verified in software).
-    BACKUP: ("wrap", "unwrap", "public_key", "sign", "capabilities"),
-    # The checkpoint key: generated once, then checkpoint signatures.
-    AUDIT_ROLE: ("generate", "public_key", "sign", "capabilities"),
+    # Clones: wrap on a holder, unwrap on the target, then check the clone (its public
+    # key, and a signature over clone-check bytes verified in software).
+    BACKUP: ("wrap", "unwrap", "public_key", "clone_check", "capabilities"),
+    # The checkpoint key: generated once, then checkpoint signatures (checkpoints only).
+    AUDIT_ROLE: ("generate", "public_key", "sign_checkpoint", "capabilities"),
 }
 # Who may ask an hsm-node something, so whose inboxes it may answer: the HSM callers and
 # the operator (micro discovery: $SRV.PING/INFO/STATS).
@@ -264,7 +265,8 @@ def hsm_node_grant(node_id: str) -> Grant:
     return grants(
         sub(hsm_rpc_all(node_id)),
         micro_endpoints(HSM_SERVICE_NAME),
-        pub(hsm_beat_subject(node_id)),
+        # Its beats, and the receipts of what it did (a JetStream stream, audited).
+        pub(hsm_beat_subject(node_id), receipt_subject(node_id)),
         replies_to(*HSM_CALLERS),
     )
 

@@ -33,6 +33,7 @@ from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.audit import AuditCheckpoint, AuditRecord
 from proto.errors import ErrorCode, TransientError
+from proto.hsm import HsmGenerate, HsmSignCheckpoint
 from proto.keys import KeyRecord
 from proto.subjects import (
     AUDIT_CHAIN,
@@ -78,13 +79,25 @@ class _Envelope(msgspec.Struct):
 
 
 _envelope = msgspec.msgpack.Decoder(_Envelope)
+# Envelope fields are copied into the audit record: one of a near-1 MiB message would
+# take the record past NATS's max payload, and that fact would never reach the chain.
+ENVELOPE_FIELD_LIMIT = 256
 
 
 def describe(data: bytes) -> _Envelope:
+    """The envelope of any bytes; never raises (what it cannot read is "malformed")."""
     try:
-        return _envelope.decode(data)
-    except msgspec.MsgspecError:
+        env = _envelope.decode(data)
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+        # msgspec lets through RecursionError (deep nesting, even in a field the envelope
+        # skips) and UnicodeDecodeError (a str that is not UTF-8).
         return _Envelope(type="malformed")
+    long = {
+        name: value[:ENVELOPE_FIELD_LIMIT]
+        for name in env.__struct_fields__
+        if isinstance(value := getattr(env, name), str) and len(value) > ENVELOPE_FIELD_LIMIT
+    }
+    return msgspec.structs.replace(env, **long) if long else env
 
 
 class CheckpointKey:
@@ -97,8 +110,11 @@ class CheckpointKey:
 
     async def record(self) -> KeyRecord:
         async def generate(node: str) -> bytes:
+            # A platform key: no request, no authorization; it signs checkpoints only.
+            command = HsmGenerate(key_id=AUDIT_CHECKPOINT_KEY, curve="secp256k1")
+
             async def on_node(backend: HsmBackend, _n: int) -> bytes:
-                return (await backend.generate(AUDIT_CHECKPOINT_KEY, "secp256k1")).public_key
+                return (await backend.generate(command)).public_key
 
             public_key, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
             return public_key
@@ -120,11 +136,14 @@ class CheckpointKey:
             raise TransientError(ErrorCode.HSM_UNAVAILABLE, "no healthy HSM node for the audit key")
         return node
 
-    async def sign(self, digest: bytes) -> bytes:
+    async def sign(self, checkpoint: AuditCheckpoint) -> bytes:
+        """The checkpoint key's signature; the hsm-node computes the digest itself."""
         record = await self.record()
+        command = HsmSignCheckpoint(key_id=AUDIT_CHECKPOINT_KEY, checkpoint=checkpoint)
+        digest = cp.digest(checkpoint)
 
         async def sign_on(backend: HsmBackend, _n: int) -> bytes:
-            raw = await backend.sign(AUDIT_CHECKPOINT_KEY, "secp256k1", digest)
+            raw = await backend.sign_checkpoint(command)
             return curves.finalize("secp256k1", record.public_key, digest, raw).signature
 
         signature, _ = await self.pool.run(
@@ -228,9 +247,7 @@ class Chain:
                 prev_checkpoint_seq=self._checkpointed_seq(),
                 key_id=AUDIT_CHECKPOINT_KEY,
             )
-            signed = msgspec.structs.replace(
-                unsigned, signature=await self._key.sign(cp.digest(unsigned))
-            )
+            signed = msgspec.structs.replace(unsigned, signature=await self._key.sign(unsigned))
             if await self._append(AUDIT_CHECKPOINT, signed, f"checkpoint:{head.seq}"):
                 return
 
