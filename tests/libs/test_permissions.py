@@ -151,11 +151,17 @@ def test_only_policy_issues_orders_and_only_the_signer_and_policy_write_results(
 
 def test_hsm_rpc_is_for_the_services_that_use_it(found):
     for name, ident in found.items():
-        sign = allows(ident.permissions.publish, "lantau.hsm.rpc.hsm-1.sign")
-        wrap = allows(ident.permissions.publish, "lantau.hsm.rpc.hsm-1.wrap")
-        assert sign == (name in ("signer", "backup", "audit")), name
-        assert wrap == (name == "backup"), name
+        def may(op: str) -> bool:
+            return allows(ident.permissions.publish, f"lantau.hsm.rpc.hsm-1.{op}")  # noqa: B023
+
+        # Only the signer asks for signatures over requests; backup checks clones and
+        # audit signs checkpoints through operations that sign nothing else.
+        assert may("sign") == (name == "signer"), name
+        assert may("wrap") == may("unwrap") == may("clone_check") == (name == "backup"), name
+        assert may("sign_checkpoint") == (name == "audit"), name
     assert allows(found["node-hsm-1"].permissions.subscribe, "lantau.hsm.rpc.hsm-1.sign")
+    assert allows(found["node-hsm-1"].permissions.publish, "lantau.receipt.hsm-1")
+    assert not allows(found["node-hsm-1"].permissions.publish, "lantau.receipt.hsm-2")
     assert not allows(found["node-hsm-1"].permissions.subscribe, "lantau.hsm.rpc.hsm-2.sign")
 
 
