@@ -9,11 +9,12 @@ import msgspec
 import nacl.signing
 import pytest
 
+from libs.bus.permissions import PROVISIONER
 from libs.client import CustodyClient, PermissionDenied, RequestIdConflict
 from libs.clock import now_ms
 from proto import codec
 from proto.errors import ErrorCode
-from proto.subjects import HDR_REQUEST_ID, SIGN_REQUEST, intent_subject
+from proto.subjects import HDR_REQUEST_ID, intent_subject, sign_request_subject
 from tests.e2e.helpers import results_on_subject, verify_independently
 from tests.e2e.test_poison import dead_letter_for
 
@@ -108,11 +109,16 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
     )
     request = forger.signed(request)
     if status is None:
-        js = client.connection.jetstream()
         ack = await forger.connection.jetstream().publish(
-            SIGN_REQUEST, codec.encode(request), headers={HDR_REQUEST_ID: "typed-x"}
+            sign_request_subject(requester),
+            codec.encode(request),
+            headers={HDR_REQUEST_ID: "typed-x"},
         )
-        record = await dead_letter_for(js, "LANTAU_REQUESTS", ack.seq)
+        admin = await platform.connect_as(PROVISIONER)  # dead letters: read as provisioner
+        try:
+            record = await dead_letter_for(admin.jetstream(), "LANTAU_REQUESTS", ack.seq)
+        finally:
+            await admin.close()
         assert record.code == code and record.message
         assert await forger.get_result(request.request_id) is None
     else:
