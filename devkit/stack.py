@@ -194,13 +194,21 @@ async def start_platform(
         requesters=list(requesters),
         signer=SignerConfig(metrics_port=free_port()),
         policy=PolicyConfig(metrics_port=free_port(), rules_file=str(policy_file)),
-        audit=AuditConfig(metrics_port=free_port()),
+        # The witness sink in its own directory (a separate volume in production).
+        audit=AuditConfig(
+            metrics_port=free_port(),
+            record_key_file=str(run_dir / "audit" / "record.key"),
+            create_record_key=True,
+            witness_files=[str(run_dir / "witness" / "checkpoints.jsonl")],
+        ),
         backup=BackupConfig(metrics_port=free_port()),
     )
     if tweak is not None:
         cfg = tweak(cfg)
     config_path = run_dir / "lantau.toml"
     config_path.write_text(config_mod.dump(cfg))
+    for sink in cfg.audit.witness_files:
+        Path(sink).parent.mkdir(parents=True, exist_ok=True)
     stack = DevStack(run_dir, cfg, config_path, nats, tokens)
     try:
         await asyncio.to_thread(_form_key_domain, stack)

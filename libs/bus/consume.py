@@ -10,6 +10,8 @@ gets the decoded message and its ``Delivery``. Rules every consumer follows
 - handler raises anything else         -> nak with exponential backoff; at the last allowed
                                           delivery, dead-letter + ``on_reject``, term
 Handlers must be idempotent: JetStream redelivers whatever was not acked.
+A consumer made with ``dead_letter=False`` (the audit's: a fact must never be dropped)
+naks every failure, however often, and never dead-letters or terms.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class Consumer(Generic[T]):
         concurrency: int = 64,
         on_reject: RejectHook[T] | None = None,
         name: str = "",
+        dead_letter: bool = True,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -139,6 +142,7 @@ class Consumer(Generic[T]):
         self._slots = asyncio.Semaphore(concurrency)
         self._credits = PullCredits(batch=batch, concurrency=concurrency)
         self._on_reject = on_reject
+        self._dead_letter = dead_letter
         self._name = name or spec.durable
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -228,12 +232,15 @@ class Consumer(Generic[T]):
                         tracing.outcome(span, "retry", str(getattr(e, "code", "INTERNAL")))
                         raise
             except LantauError as e:
-                await self._reject(msg, message, e, delivery, outcome="rejected")
+                if self._dead_letter:
+                    await self._reject(msg, message, e, delivery, outcome="rejected")
+                else:
+                    await self._retry(msg, delivery, e)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # transient or a bug: retry later, dead-letter at the end
                 code = e.code if isinstance(e, TransientError) else ErrorCode.INTERNAL
-                if delivery.count >= MAX_DELIVER:
+                if delivery.count >= MAX_DELIVER and self._dead_letter:
                     text = f"gave up after {delivery.count} deliveries; last error: {_describe(e)}"
                     await self._reject(
                         msg,
@@ -244,18 +251,21 @@ class Consumer(Generic[T]):
                         cause=code,
                     )
                     return
-                if not isinstance(e, TransientError):
-                    log.exception("handler %s failed on %s; will retry", self._name, msg.subject)
-                else:
-                    log.warning("%s: %s (delivery %d); will retry", self._name, e, delivery.count)
-                metrics.MESSAGES.labels(*self._labels, "retry").inc()
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=min(0.1 * 2 ** (delivery.count - 1), 5.0))
+                await self._retry(msg, delivery, e)
                 return
             self._acked.inc()
             self.processed += 1
             with contextlib.suppress(Exception):
                 await msg.ack()
+
+    async def _retry(self, msg: Msg, delivery: Delivery, e: Exception) -> None:
+        if not isinstance(e, TransientError | LantauError):
+            log.exception("handler %s failed on %s; will retry", self._name, msg.subject)
+        else:
+            log.warning("%s: %s (delivery %d); will retry", self._name, e, delivery.count)
+        metrics.MESSAGES.labels(*self._labels, "retry").inc()
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=min(0.1 * 2 ** (delivery.count - 1), 5.0))
 
     async def _reject(
         self,

@@ -42,6 +42,9 @@ async def provision(js: JetStreamContext, cfg: NatsConfig) -> None:
             deny_delete=is_audit_log,
             deny_purge=is_audit_log,
             discard=DiscardPolicy.OLD,
+            # Direct gets by sequence: how the audit reads the log and checks its sources
+            # without creating a consumer.
+            allow_direct=True,
         )
         try:
             await js.add_stream(config)
@@ -66,7 +69,7 @@ async def ensure_consumer(
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
-        max_deliver=MAX_DELIVER,
+        max_deliver=-1 if spec.unlimited_redelivery else MAX_DELIVER,
         max_ack_pending=4096,
         max_waiting=512,
         filter_subject=spec.filter_subject,

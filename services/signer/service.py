@@ -16,6 +16,7 @@ from nats import micro
 from nats.micro.request import Request
 
 from libs import curves, metrics, tracing
+from libs.audit import gate
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import last_on_subject, publish
 from libs.clock import now_ms
@@ -58,6 +59,7 @@ class Signer:
     # -- consumer callbacks --------------------------------------------------
 
     async def handle(self, order: Order, delivery: Delivery) -> None:
+        await gate.wait_until_witnessed(self.rt)  # fail closed: no signing unwitnessed
         request_id_var.set(order.request_id)
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
         # Policy sends one order per request (one msg id; a resend that finds a result

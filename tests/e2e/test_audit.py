@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-from libs.audit.verify import missing_sources, verify
+from libs.audit import logread
+from libs.audit.trail import Keys
+from libs.audit.verify import missing_facts, verify
 from libs.keys.directory import KeyDirectory
-from proto.audit import AuditCheckpoint, AuditRecord
 from proto.subjects import AUDIT_CHECKPOINT_KEY, RESULTS, result_subject
-from services.cli.audit_cmd import read_log
 from tests.e2e.helpers import lantau
 from tests.e2e.test_crash import _submit_all, _wait_all, _wait_for_progress
 
 
-async def _checkpoint_key(js) -> bytes:
+async def checkpoint_key(js) -> bytes:
     for _ in range(100):
         record, _ = await (await KeyDirectory.open(js)).get(AUDIT_CHECKPOINT_KEY, fresh=True)
         if record is not None and record.public_key:
@@ -22,7 +22,16 @@ async def _checkpoint_key(js) -> bytes:
     raise AssertionError("the audit service never made its checkpoint key")
 
 
-async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_signature(
+def record_key(stack) -> bytes:
+    """The record key the dev stack's audit service made (read from its seed file the way
+    an operator records it at deployment)."""
+    from libs.audit import keyfile
+
+    assert stack.config.audit.record_key_file
+    return keyfile.load(stack.config.audit.record_key_file).public_key
+
+
+async def test_killing_audit_under_load_leaves_an_unbroken_trail_covering_every_signature(
     fresh_platform, trader_key
 ):
     from libs.client import CustodyClient
@@ -40,53 +49,72 @@ async def test_killing_audit_under_load_leaves_an_unbroken_chain_covering_every_
         await fresh_platform.restart("audit")
 
         js = client.connection.jetstream()
+        keys = Keys(frozenset({record_key(fresh_platform)}), (await checkpoint_key(js),))
         expected = []
         for request, _ in requests:
             subject = result_subject(request.requester, request.request_id)
             raw = await js.get_last_msg(RESULTS.name, subject)
-            expected.append(f"{RESULTS.name}:{raw.seq}")
+            expected.append((RESULTS.name, raw.seq))
         for _ in range(150):
-            entries = await read_log(js)
-            if not missing_sources(entries, expected):
+            report = verify(await logread.read_all(js), keys)
+            if not missing_facts(report.trail, expected):
                 break
             await asyncio.sleep(0.2)
-        assert not missing_sources(entries, expected), "signatures missing from the audit trail"
-        intents = [
-            e for e in entries if isinstance(e, AuditRecord) and e.event_type == "audit_intent"
-        ]
-        assert {e.request_id for e in intents} >= {r.request_id for r, _ in requests}
+        assert not missing_facts(report.trail, expected), "signatures missing from the trail"
 
-        key = await _checkpoint_key(js)
         await asyncio.sleep(6)  # a checkpoint over the head after the catch-up
-        entries = await read_log(js)
-        report = verify(entries, [key])
+        items = await logread.read_all(js)
+        report = verify(items, keys)
         assert report.ok, report.summary()
-        assert report.checkpoints >= 1 and report.records >= 1200
+        trail = report.trail
+        assert trail.checkpoints >= 1 and trail.facts >= 1200
+        # Batches: far fewer records than facts, every fact exactly once (the trail checks).
+        assert trail.head_seq < trail.facts
+        intents = {
+            f.request_id
+            for item in items
+            if item.entry is not None and hasattr(item.entry, "facts")
+            for f in item.entry.facts
+            if f.event_type == "audit_intent"
+        }
+        assert intents >= {r.request_id for r, _ in requests}
 
         # The auditor's own tools, from the command line, on the live log and on an export.
         config = str(fresh_platform.config_path)
-        live = lantau("audit", "verify", "--config", config, "--trusted-key", key.hex())
+        pins = ["--trusted-key", keys.checkpoint_keys[0].hex()]
+        pins += ["--record-key", record_key(fresh_platform).hex()]
+        live = lantau("audit", "verify", "--config", config, *pins)
         assert live.returncode == 0 and live.stdout.startswith("OK"), live.stdout + live.stderr
+        assert "facts checked against their streams" in live.stdout, live.stdout
+        witness = fresh_platform.config.audit.witness_files[0]
+        witnessed = lantau("audit", "verify", "--config", config, *pins, "--witness", witness)
+        assert witnessed.returncode == 0, witnessed.stdout + witnessed.stderr
         export = fresh_platform.run_dir / "audit.jsonl"
         assert lantau("audit", "export", "--config", config, "--out", str(export)).returncode == 0
-        offline = lantau("audit", "verify", "--file", str(export), "--trusted-key", key.hex())
+        offline = lantau("audit", "verify", "--file", str(export), *pins)
         assert offline.returncode == 0, offline.stdout + offline.stderr
         lines = export.read_text().splitlines()
         lines[5] = lines[5].replace('"actor":"', '"actor":"x', 1)
         export.write_text("\n".join(lines) + "\n")
-        tampered = lantau("audit", "verify", "--file", str(export), "--trusted-key", key.hex())
-        assert tampered.returncode == 1 and "FAILED at seq 6" in tampered.stdout
+        tampered = lantau("audit", "verify", "--file", str(export), *pins)
+        assert tampered.returncode == 1 and "FAILED at log seq 6" in tampered.stdout, (
+            tampered.stdout
+        )
         wrong_key = lantau("audit", "verify", "--config", config, "--trusted-key", "02" + "11" * 32)
-        assert wrong_key.returncode == 1 and "forged" in wrong_key.stdout
+        assert wrong_key.returncode == 1, wrong_key.stdout
+        assert "not signed by a trusted key" in wrong_key.stdout, wrong_key.stdout
 
         story = lantau("audit", "show", "--config", config, "--request", requests[0][0].request_id)
-        assert story.returncode == 0
+        assert story.returncode == 0, story.stdout + story.stderr
         for step in ("sign_request", "sign_order", "audit_intent", "sign_result"):
             assert step in story.stdout, story.stdout
-        assert any(isinstance(e, AuditCheckpoint) for e in entries)
         # The key-domain ceremony that formed this platform is on record, by phase.
         admin = [
-            e for e in entries if isinstance(e, AuditRecord) and e.event_type == "admin_action"
+            f
+            for item in items
+            if item.entry is not None and hasattr(item.entry, "facts")
+            for f in item.entry.facts
+            if f.event_type == "admin_action"
         ]
         assert len(admin) >= 2 * len(fresh_platform.config.hsm_nodes)
     finally:
