@@ -155,12 +155,18 @@ class Trail:
         """The end of the log: a foreign entry no record accounted for is a failure."""
         if self.failure is None and self.pending:
             seq, reason = self.pending[0]
-            self._fail(
-                seq,
-                None,
-                f"{reason}; no record after it says the audit service quarantined it (it "
-                "does so within seconds while it runs: if it is down, start it and verify again)",
-            )
+            if self.head_seq == 0 and self.checkpoints == 0:
+                reason += (
+                    f"; none of the log's {len(self.pending)} entries verifies with the pinned "
+                    "keys: the log was replaced or rewritten with other keys (or the keys "
+                    "pinned are not this platform's)"
+                )
+            else:
+                reason += (
+                    "; no record after it says the audit service quarantined it (it does so "
+                    "within seconds while it runs: if it is down, start it and verify again)"
+                )
+            self._fail(seq, None, reason)
         return self
 
     # -- records -------------------------------------------------------------
@@ -254,8 +260,20 @@ class Trail:
                 )
         noted = {s for first, last in record.skipped for s in range(first, last + 1)}
         pending = {seq for seq, _ in self.pending}
+        lost = record.seq - self.head_seq - 1
         for seq, reason in self.pending:
             if seq not in noted:
+                if lost > 0:  # the next record follows records that are not there
+                    held = f"record {self.head_seq + 1}" + (
+                        f"..{record.seq - 1}" if lost > 1 else ""
+                    )
+                    return (
+                        seq,
+                        self.head_seq + 1,
+                        f"{held} is gone: this entry ({reason}) is where it stood, and record "
+                        f"{record.seq} (log seq {log_seq}) follows it: the log was changed on "
+                        "disk after it was written",
+                    )
                 return (
                     seq,
                     None,

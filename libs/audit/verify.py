@@ -47,18 +47,18 @@ class Report:
         last = t.last_checkpoint
         lines = [
             f"OK: {t.head_seq} records ({t.facts} facts) in log seq 1..{t.last_log_seq}, "
-            f"{t.checkpoints} checkpoints verified"
+            f"{t.checkpoints} checkpoint{'' if t.checkpoints == 1 else 's'} verified"
             + (
                 f"; the last covers {last.tree_size} records (log seq {t.last_checkpoint_log_seq})"
                 if last is not None
                 else ""
             )
             + (
-                f"; {t.head_seq - (last.tree_size if last else 0)} records after it are not "
-                "yet signed"
-                if t.head_seq > (last.tree_size if last else 0)
+                f"; {t.head_seq - t.last_cp_size} records after it are not yet signed"
+                if last is not None and t.head_seq > t.last_cp_size
                 else ""
             )
+            + ("; no checkpoint signs them yet" if last is None and t.head_seq else "")
         ]
         if t.quarantined:
             named = "; ".join(f"log seq {s}: {why}" for s, why in t.quarantined[:NAMED])
@@ -94,11 +94,17 @@ def verify(
                 None,
                 f"{w.label}: that checkpoint is not signed by a trusted checkpoint key",
             )
+    newest = max(outside, key=lambda w: w.checkpoint.tree_size, default=None)
     for w in sorted(outside, key=lambda w: w.checkpoint.tree_size):
         problem = against(trail, w, outside)
         if problem is not None:
-            return report.fail(*problem)
-    newest = max(outside, key=lambda w: w.checkpoint.tree_size, default=None)
+            log_seq, record, reason = problem
+            if newest is not None and newest is not w:
+                reason += (
+                    f"; the newest checkpoint held outside ({newest.label}) covers "
+                    f"{newest.checkpoint.tree_size} records"
+                )
+            return report.fail(log_seq, record, reason)
     if newest is not None:
         c = newest.checkpoint
         report.notes.append(

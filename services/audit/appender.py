@@ -278,7 +278,7 @@ class Appender:
                 await self._read_stream(stream, at + 1, at + self.cfg.batch_max_facts)
             self._swept_at[stream] = at
         metrics.AUDIT_LAG.set(lag)
-        if await self.writer.last_log_seq() > self.writer.trail.last_log_seq:
+        if await self.writer.last_log_seq() != self.writer.trail.last_log_seq:
             await self.writer.catch_up()  # foreign entries get their note in the next record
 
     # -- checkpoints and witnesses -------------------------------------------

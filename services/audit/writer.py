@@ -119,7 +119,14 @@ class LogWriter:
         """Read what others appended since our last read; returns how many entries were
         quarantined. Raises Halt if the log we build on is broken."""
         found = 0
-        async for item, _ in logread.read_items(self._js, self.trail.last_log_seq + 1):
+        last = (await logread.bounds(self._js)).last_seq
+        if last < self.trail.last_log_seq:
+            raise Halt(
+                f"the log shrank: it ends at log seq {last}, but this service read it up to "
+                f"{self.trail.last_log_seq} (record {self.trail.head_seq}): the log was "
+                "truncated or replaced"
+            )
+        async for item, _ in logread.read_items(self._js, self.trail.last_log_seq + 1, upto=last):
             verdict = self.trail.feed(item)
             if verdict.kind == "foreign":
                 found += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -87,6 +88,8 @@ class Log:
 
 async def _connect(args: argparse.Namespace) -> Live:
     cfg = config_mod.load_for_cli(args.config)
+    # A command's own disconnect is not news: keep the bus's warnings out of its output.
+    logging.getLogger("lantau.bus").setLevel(logging.ERROR)
     nc = await connect(cfg.nats, "lantau-audit-cli", patient=False)
     js = nc.jetstream()
     live = Live(nc, js)

@@ -307,7 +307,9 @@ def test_a_log_seq_the_store_lost_is_named():
     lost[i] = LogItem(i + 1, None, "missing from the store: deleted on disk")
     report = verify(lost, KEYS)
     assert not report.ok and report.failure is not None
-    assert report.failure.log_seq == i + 1 and "missing from the store" in report.failure.reason
+    assert (report.failure.log_seq, report.failure.record) == (i + 1, 30)
+    assert "record 30 is gone" in report.failure.reason
+    assert "missing from the store" in report.failure.reason
 
 
 def test_an_unsigned_tail_is_reported_not_hidden():

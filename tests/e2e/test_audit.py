@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
 
 from libs.audit import logread
 from libs.audit.trail import Keys
@@ -29,6 +35,53 @@ def record_key(stack) -> bytes:
 
     assert stack.config.audit.record_key_file
     return keyfile.load(stack.config.audit.record_key_file).public_key
+
+
+def pins(stack, checkpoint: bytes) -> list[str]:
+    return ["--trusted-key", checkpoint.hex(), "--record-key", record_key(stack).hex()]
+
+
+def audit_cli(stack, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``lantau audit <command>`` against the stack, printed for the record."""
+    out = lantau("audit", command, "--config", str(stack.config_path), *args)
+    said = f"{out.stdout}{out.stderr}(exit {out.returncode})"
+    print(f"\n$ lantau audit {command} {' '.join(args)}\n{said}")
+    return out
+
+
+def metric(stack, service: str, name: str, **labels: str) -> float | None:
+    """One sample from a service's /metrics (None when absent)."""
+    with urllib.request.urlopen(stack.url(service), timeout=5) as r:
+        text = r.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.escape(name) + (r"\{" + re.escape(want) + r"\}" if labels else "") + r" (\S+)"
+    m = re.search(r"^" + pattern + r"$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def readiness(stack, service: str) -> str:
+    try:
+        with urllib.request.urlopen(stack.url(service, "/readyz"), timeout=5) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
+
+
+def service_log(stack, service: str) -> str:
+    return stack.service(service).log_path.read_text(errors="replace")
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout_s} s")
+        await asyncio.sleep(0.2)
 
 
 async def test_killing_audit_under_load_leaves_an_unbroken_trail_covering_every_signature(
