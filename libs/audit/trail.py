@@ -308,6 +308,17 @@ class Trail:
                 f"checkpoint of tree size {c.tree_size} follows tree size {c.prev_tree_size}, "
                 f"but the previous checkpoint covers {last_size}: a checkpoint was deleted",
             )
+        if c.tree_size > self.head_seq and self.pending:
+            first, why = self.pending[0]
+            gone = f"record {self.head_seq + 1}" + (
+                f"..{c.tree_size}" if c.tree_size > self.head_seq + 1 else ""
+            )
+            return self._fail(
+                first,
+                self.head_seq + 1,
+                f"{gone} is gone: this entry ({why}) is where it stood, and the checkpoint at "
+                f"log seq {log_seq} covers it: the log was changed on disk after it was written",
+            )
         if c.tree_size > self.head_seq:
             return self._fail(
                 log_seq,
