@@ -424,3 +424,13 @@ def test_keys_must_be_pinned():
     assert not verify(items(LOG), Keys(frozenset({RECORD_KEY.public_key}), (bytes(33),))).ok
     assert not verify(items(LOG), Keys(frozenset(), (CP_PUB,))).ok
     assert CP_KEY  # the builders' keys are what the tests pin
+
+
+def test_an_export_keeps_line_separators_inside_strings():
+    """U+2028 and U+0085 are data in JSON, not line ends: read exports split on newlines."""
+    r = next(e for e in LOG if isinstance(e, AuditRecord))
+    odd = [msgspec.structs.replace(r.facts[0], actor="a\u2028b\x85c"), *r.facts[1:]]
+    log = _rechain(LOG[:3], {1: {"facts": odd}})
+    text = "".join(line_of(i) + "\n" for i in items(log))
+    assert len(text.splitlines()) > len(log)  # what splitlines would have done
+    assert verify(list(from_lines(text.split("\n"))), KEYS).ok
