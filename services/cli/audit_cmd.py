@@ -63,8 +63,11 @@ def _run(body: Callable[[], Coroutine[Any, Any, int]]) -> int:
         code = FAILED if e.code == ErrorCode.AUDIT_WITNESS_INVALID else UNREADABLE
         print(f"FAILED: {e.message}" if code == FAILED else f"cannot read: {e.message}")
         return code
-    except (OSError, nats.errors.Error, TimeoutError) as e:
-        print(f"cannot read: NATS or a file failed ({type(e).__name__}: {e})")
+    except (nats.errors.Error, TimeoutError) as e:
+        print(f"cannot read: NATS did not answer ({type(e).__name__}: {e})")
+        return UNREADABLE
+    except OSError as e:
+        print(f"cannot read: {e.strerror or e}")
         return UNREADABLE
 
 

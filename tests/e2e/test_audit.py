@@ -185,3 +185,21 @@ def test_an_admin_command_that_cannot_be_recorded_does_not_run(tmp_path):
     assert out.returncode != 0
     assert "refusing to run hsm domain-init: the audit trail cannot record it" in out.stderr
     assert "Traceback" not in out.stderr and "123456" not in out.stderr
+
+
+def test_verify_says_it_cannot_read_when_nats_does_not_answer(tmp_path):
+    config = tmp_path / "lantau.toml"
+    config.write_text('[nats]\nservers = ["nats://127.0.0.1:1"]\nconnect_timeout_s = 1\n')
+    out = lantau("audit", "verify", "--config", str(config), "--trusted-key", "02" + "11" * 32)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stdout.startswith("cannot read:") and "Traceback" not in out.stdout + out.stderr
+
+
+async def test_verify_names_a_missing_log_stream(nats_server, tmp_path):
+    server = nats_server()
+    config = tmp_path / "lantau.toml"
+    config.write_text(f'[nats]\nservers = ["{server.url}"]\n')
+    out = lantau("audit", "verify", "--config", str(config), "--trusted-key", "02" + "11" * 32)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "stream LANTAU_AUDIT_LOG does not exist" in out.stdout
+    assert "Traceback" not in out.stdout + out.stderr

@@ -221,3 +221,60 @@ async def test_losing_every_witness_sink_pauses_signing_until_one_returns(platfo
     assert result.status == "signed"
     assert metric(platform, "signer", "lantau_signing_paused") == 0
     assert metric(platform, "audit", "lantau_audit_witnessed") == 1
+
+
+async def test_proofs_from_the_command_line_check_with_lantau_and_with_the_recipe(platform, trader):
+    import json
+
+    from tests.audit.test_merkle_doc_recipe import recipe
+
+    js = trader.connection.jetstream()
+    keys = await _keys(platform, js)
+    pinned = pins(platform, keys.checkpoint_keys[0])
+    saved = platform.run_dir / "auditor-saved.json"
+    assert audit_cli(platform, "verify", *pinned, "--save-checkpoint", str(saved)).returncode == 0
+    results = await _sign(trader, 4, "after-saving")
+    subject_seq = (
+        await js.get_last_msg("LANTAU_RESULTS", f"lantau.result.{TRADER}.{results[-1].request_id}")
+    ).seq
+
+    async def covered() -> bool:
+        t = verify(await logread.read_all(js), keys).trail
+        return t.cursors.get("LANTAU_RESULTS", 0) >= subject_seq and t.last_cp_size == t.head_seq
+
+    await eventually(covered)
+    grew = platform.run_dir / "consistency.json"
+    out = audit_cli(platform, "prove", *pinned, "--from", str(saved), "--out", str(grew))
+    assert out.returncode == 0, out.stdout + out.stderr
+    included = platform.run_dir / "inclusion.json"
+    fact = f"LANTAU_RESULTS:{subject_seq}"
+    out = audit_cli(platform, "prove", *pinned, "--fact", fact, "--out", str(included))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for doc in (grew, included):
+        said = lantau_check(doc, pinned, saved)
+        assert said.returncode == 0 and said.stdout.startswith("OK:"), said.stdout
+    # The same documents, checked with the page's own code (hashlib and json only).
+    ns = recipe()
+    c = json.loads(grew.read_text())
+    assert ns["check_consistency"](json.dumps(c["proof"]), c["old"]["root"], c["new"]["root"])
+    i = json.loads(included.read_text())
+    assert any(
+        f["stream"] == "LANTAU_RESULTS" and f["seq"] == subject_seq for f in i["record"]["facts"]
+    )
+    assert ns["check_inclusion"](json.dumps(i["proof"]), i["checkpoint"]["root"])
+    # A proof doctored to another old root is refused.
+    c["old"]["root"] = "00" * 32
+    grew.write_text(json.dumps(c))
+    said = lantau_check(grew, pinned, None)
+    assert said.returncode == 1 and said.stdout.startswith("FAILED"), said.stdout
+
+
+def lantau_check(doc, pinned, saved):
+    from tests.e2e.helpers import lantau
+
+    extra = ["--since", str(saved)] if saved is not None else []
+    out = lantau("audit", "check-proof", str(doc), *pinned, *extra)
+    print(
+        f"\n$ lantau audit check-proof {doc.name}\n{out.stdout}{out.stderr}(exit {out.returncode})"
+    )
+    return out
