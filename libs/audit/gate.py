@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from libs import metrics
 from libs.bus import kv
+from libs.bus.consume import Delivery, hold
 from proto import codec
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.subjects import AUDIT_STATE_BUCKET, AUDIT_STATE_WITNESS
@@ -90,6 +91,10 @@ class WitnessGate:
                 await asyncio.wait_for(self._stopping.wait(), timeout=POLL_S)
             await self._read()
 
+    @property
+    def is_open(self) -> bool:
+        return self._open.is_set()
+
     async def wait(self) -> None:
         """Return when signing may go on; raises TransientError when stopping first."""
         if self._open.is_set():
@@ -113,8 +118,9 @@ _gates: dict[int, WitnessGate] = {}
 _starting: dict[int, asyncio.Lock] = {}
 
 
-async def wait_until_witnessed(rt: _Runtime) -> None:
-    """The signer's one call: wait while the audit trail is not witnessed."""
+async def wait_until_witnessed(rt: _Runtime, delivery: Delivery) -> None:
+    """The signer's one call: wait while the audit trail is not witnessed, keeping the
+    order's delivery alive (no redelivery to another replica while it waits)."""
     gate = _gates.get(id(rt))
     if gate is None:
         lock = _starting.setdefault(id(rt), asyncio.Lock())
@@ -122,4 +128,5 @@ async def wait_until_witnessed(rt: _Runtime) -> None:
             gate = _gates.get(id(rt))
             if gate is None:
                 gate = _gates[id(rt)] = await WitnessGate(rt.js, rt.stopping).start()
-    await gate.wait()
+    if not gate.is_open:
+        await hold(gate.wait(), delivery)

@@ -29,6 +29,8 @@ from proto.errors import LantauError
 Kind = Literal["record", "checkpoint", "foreign", "fail"]
 # Tree sizes remembered for checkpoints that sit later than the record they cover.
 RECENT_SIZES = 4096
+# Checkpoints the writer remembers (to recognise replays and check witnesses at start).
+RECENT_CHECKPOINTS = 1024
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,8 @@ class Trail:
         self.checkpoints += 1
         self.recent = {size: s for size, s in self.recent.items() if size >= c.tree_size}
         self.checkpoint_roots[c.tree_size] = (c, log_seq)
+        if not self.keep_leaves and len(self.checkpoint_roots) > RECENT_CHECKPOINTS:
+            del self.checkpoint_roots[min(self.checkpoint_roots)]  # the writer's memory stays flat
         return Verdict("checkpoint", log_seq)
 
     def _earlier_checkpoint(self, log_seq: int, c: AuditCheckpoint, last_size: int) -> Verdict:

@@ -59,6 +59,9 @@ class Delivery:
     pending: int
     headers: Mapping[str, str]
     request_id: str | None
+    # Tells the server the message is still being worked on (resets its ack wait): for
+    # a handler that waits on purpose (a paused signer, the audit appender).
+    keep_alive: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, msg: Msg, stream: str) -> Delivery:
@@ -71,6 +74,7 @@ class Delivery:
             pending=meta.num_pending if meta else 0,
             headers=dict(msg.headers or {}),
             request_id=request_id_from(msg.headers),
+            keep_alive=msg.in_progress,
         )
 
 
@@ -312,6 +316,28 @@ class Consumer(Generic[T]):
             metrics.DEAD_LETTERS.labels(*self._labels, str(cause or error.code)).inc()
         with contextlib.suppress(Exception):
             await msg.term()
+
+
+# How often a handler that waits on purpose tells the server it is still working: well
+# inside any ack wait (tests run with 4 s), and one small publish per second per message.
+KEEP_ALIVE_S = 1.0
+
+
+async def hold(work: Awaitable[T], delivery: Delivery) -> T:
+    """Await ``work``, resetting the message's ack wait while it lasts, so a handler that
+    waits on purpose is not redelivered (nor, after max_deliver, given up on)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=KEEP_ALIVE_S)
+            if done:
+                return task.result()
+            if delivery.keep_alive is not None:
+                with contextlib.suppress(Exception):
+                    await delivery.keep_alive()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _metadata(msg: Msg) -> Any:

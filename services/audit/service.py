@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 from libs import curves
 from libs.audit import keyfile
-from libs.bus.consume import Consumer, Delivery
+from libs.bus.consume import Consumer, Delivery, hold
 from libs.clock import now_ms
 from libs.config import Config, ConfigError
 from libs.hsm.backend import HsmBackend
@@ -155,7 +155,7 @@ async def serve(rt: Runtime) -> None:
 
     def handler_for(stream: str) -> Callable[[bytes, Delivery], Awaitable[None]]:
         async def handle(data: bytes, delivery: Delivery) -> None:
-            await appender.offer(stream, delivery.stream_seq, data)
+            await hold(appender.offer(stream, delivery.stream_seq, data), delivery)
 
         return handle
 

@@ -59,7 +59,7 @@ class Signer:
     # -- consumer callbacks --------------------------------------------------
 
     async def handle(self, order: Order, delivery: Delivery) -> None:
-        await gate.wait_until_witnessed(self.rt)  # fail closed: no signing unwitnessed
+        await gate.wait_until_witnessed(self.rt, delivery)  # fail closed: none unwitnessed
         request_id_var.set(order.request_id)
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
         # Policy sends one order per request (one msg id; a resend that finds a result

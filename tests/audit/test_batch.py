@@ -65,3 +65,23 @@ def test_a_fact_describes_its_message_and_survives_garbage():
     assert (f.event_type, f.actor, f.request_id, f.seq) == ("sign_request", "d", "r1", 7)
     g = describe("LANTAU_REQUESTS", 8, b"\xc1\x00garbage")
     assert g.event_type == "malformed" and g.actor == "platform"
+
+
+async def test_a_held_handler_keeps_its_delivery_alive():
+    import asyncio
+
+    from libs.bus import consume
+    from libs.bus.consume import Delivery, hold
+
+    beats = []
+
+    async def keep_alive() -> None:
+        beats.append(1)
+
+    delivery = Delivery("s", "S", 1, 1, 0, {}, None, keep_alive=keep_alive)
+    consume.KEEP_ALIVE_S, before = 0.05, consume.KEEP_ALIVE_S
+    try:
+        assert await hold(asyncio.sleep(0.3, result="done"), delivery) == "done"
+    finally:
+        consume.KEEP_ALIVE_S = before
+    assert len(beats) >= 3
