@@ -131,6 +131,7 @@ async def serve(rt: Runtime) -> None:
         key,
         accept_keys=frozenset(bytes.fromhex(k) for k in cfg.accept_record_keys),
         checkpoint_key=await checkpoint_key.existing(),
+        find_checkpoint_key=checkpoint_key.existing,
     )
     consume_stop = asyncio.Event()
 

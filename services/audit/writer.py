@@ -9,6 +9,7 @@ nothing can slip in between unseen and replicas never fork the chain.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -49,9 +50,13 @@ class LogWriter:
         *,
         accept_keys: frozenset[bytes] = frozenset(),
         checkpoint_key: bytes | None = None,
+        find_checkpoint_key: Callable[[], Awaitable[bytes | None]] | None = None,
     ) -> None:
         self._js = js
         self.key = key
+        # Another replica may make the checkpoint key after we started: look it up before
+        # calling its first checkpoint foreign.
+        self._find_checkpoint_key = find_checkpoint_key
         self._record_keys = accept_keys | {key.public_key}
         self.trail = Trail(self._keys(checkpoint_key))
 
@@ -84,6 +89,7 @@ class LogWriter:
             return None
         c_item = await self._item(state.checkpoint_log_seq, b.direct)
         r_item = await self._item(state.head_log_seq, b.direct)
+        await self._know_checkpoint_key(c_item)
         c, r = c_item.entry, r_item.entry
         keys = self.trail.keys
         ok = (
@@ -127,6 +133,7 @@ class LogWriter:
                 "truncated or replaced"
             )
         async for item, _ in logread.read_items(self._js, self.trail.last_log_seq + 1, upto=last):
+            await self._know_checkpoint_key(item)
             verdict = self.trail.feed(item)
             if verdict.kind == "foreign":
                 found += 1
@@ -142,6 +149,17 @@ class LogWriter:
                 raise Halt(f"the log is broken at log seq {verdict.log_seq}: {verdict.reason}")
         metrics.AUDIT_HEAD_SEQUENCE.set(self.trail.head_seq)
         return found
+
+    async def _know_checkpoint_key(self, item: LogItem) -> None:
+        c = item.entry
+        if (
+            isinstance(c, AuditCheckpoint)
+            and self._find_checkpoint_key is not None
+            and not cp.verify(c, list(self.trail.keys.checkpoint_keys))
+        ):
+            found = await self._find_checkpoint_key()
+            if found is not None:
+                self.set_checkpoint_key(found)
 
     async def last_log_seq(self) -> int:
         return (await logread.bounds(self._js)).last_seq

@@ -203,3 +203,47 @@ async def test_verify_names_a_missing_log_stream(nats_server, tmp_path):
     assert out.returncode == 3, out.stdout + out.stderr
     assert "stream LANTAU_AUDIT_LOG does not exist" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr
+
+
+async def test_two_audit_replicas_record_every_fact_once_and_never_fork(fresh_platform, trader_key):
+    """A second audit service on the same log (same record key, same witness file):
+    the two compete for the consumers' facts and for the log's head."""
+    from devkit.natsserver import free_port
+    from libs.client import CustodyClient
+    from tests.conftest import TRADER
+
+    stack = fresh_platform
+    port = free_port()
+    env = {"LANTAU__AUDIT__ID": "audit-2", "LANTAU__AUDIT__METRICS_PORT": str(port)}
+    stack.start_service("audit-2", ["serve", "audit"], port, env=env)
+    await stack.wait_ready(["audit-2"])
+    client = await CustodyClient.connect(stack.config.nats.servers, TRADER, trader_key)
+    try:
+        await client.create_key("desk-a-two", "secp256k1")
+        requests = await _submit_all(client, "desk-a-two", 200)
+        results = await _wait_all(client, requests)
+        assert all(r is not None and r.status == "signed" for r in results)
+        js = client.connection.jetstream()
+        keys = Keys(frozenset({record_key(stack)}), (await checkpoint_key(js),))
+        expected = []
+        for spec in ("LANTAU_REQUESTS", "LANTAU_ORDERS", "LANTAU_RESULTS", "LANTAU_AUDIT"):
+            expected.append((spec, (await js.stream_info(spec)).state.last_seq))
+
+        async def all_in() -> bool:
+            report = verify(await logread.read_all(js), keys)
+            assert report.ok, report.summary()  # never forked, never a duplicate
+            t = report.trail
+            return not missing_facts(t, expected) and t.last_cp_size == t.head_seq
+
+        await eventually(all_in, 60)
+        both = [
+            metric(stack, name, "lantau_audit_facts_total") or 0 for name in ("audit", "audit-2")
+        ]
+        print(f"facts recorded by each replica: {both}")
+        witness = stack.config.audit.witness_files[0]
+        out = audit_cli(
+            stack, "verify", *pins(stack, keys.checkpoint_keys[0]), "--witness", witness
+        )
+        assert out.returncode == 0, out.stdout
+    finally:
+        await client.close()
