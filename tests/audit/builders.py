@@ -47,7 +47,8 @@ def build(
     """``n_records`` records of ``batch`` facts each (round-robin over STREAMS), a signed
     checkpoint after every ``every`` records."""
     entries: list[AuditEntry] = []
-    head_hash, frontier, cursors, last_cp = records.GENESIS_HASH, merkle.Frontier(), {}, 0
+    head_hash, frontier, last_cp = records.GENESIS_HASH, merkle.Frontier(), 0
+    cursors: dict[str, int] = {}
     for seq in range(1, n_records + 1):
         facts = []
         for k in range(batch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import coincurve
 import msgspec
@@ -86,31 +87,31 @@ def test_it_accepts_gap_notes(tmp_path):
     assert run(noted, tmp_path) == "OK: 48 records, signed up to tree size 0"
 
 
-def _tampered() -> dict[str, list]:
-    cases: dict[str, list] = {}
-    edited = list(LOG)
+def _tampered() -> dict[str, list[Any]]:
+    cases: dict[str, list[Any]] = {}
+    edited: list[Any] = list(LOG)
     i = position(edited, 20)
     edited[i] = msgspec.structs.replace(edited[i], at_ms=1)
     cases["edited"] = edited
-    deleted = list(LOG)
+    deleted: list[Any] = list(LOG)
     del deleted[position(deleted, 20)]
     cases["deleted"] = deleted
-    swapped = list(LOG)
+    swapped: list[Any] = list(LOG)
     i = position(swapped, 20)
     swapped[i], swapped[i + 1] = swapped[i + 1], swapped[i]
     cases["swapped"] = swapped
-    garbage = list(LOG)
+    garbage: list[Any] = list(LOG)
     garbage.insert(position(garbage, 20), None)
     cases["garbage not quarantined"] = garbage
     cases["garbage at the end"] = [*LOG, None]
-    forged_cp = list(LOG)
+    forged_cp: list[Any] = list(LOG)
     i = cp_position(forged_cp, 24)
     forged_cp[i] = sign_checkpoint(forged_cp[i], coincurve.PrivateKey(b"\x05" * 32))
     cases["forged checkpoint"] = forged_cp
-    dropped = list(LOG)
+    dropped: list[Any] = list(LOG)
     del dropped[cp_position(dropped, 24)]
     cases["dropped checkpoint"] = dropped
-    resealed = list(LOG)
+    resealed: list[Any] = list(LOG)
     i = position(resealed, 20)
     resealed[i] = reseal(resealed[i], at_ms=2)
     cases["resealed with the record key"] = resealed

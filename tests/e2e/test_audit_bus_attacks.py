@@ -71,7 +71,7 @@ async def _sign(client, n: int, tag: str, timeout_s: float = 30.0) -> list:
 
 
 async def _wait_result(client, request_id: str, timeout_s: float = 30.0):
-    found = []
+    found: list[object] = []
 
     async def done() -> bool:
         found[:] = [await client.get_result(request_id)]
