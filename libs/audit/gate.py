@@ -19,6 +19,7 @@ import logging
 from typing import Protocol
 
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from libs import metrics
 from libs.bus import kv
@@ -60,6 +61,7 @@ class WitnessGate:
         self._open.set()
         self.reason = ""
         self._task: asyncio.Task[None] | None = None
+        self._bucket: KeyValue | None = None
 
     async def start(self) -> WitnessGate:
         await self._read()
@@ -68,8 +70,9 @@ class WitnessGate:
 
     async def _read(self) -> None:
         try:
-            bucket = await self._js.key_value(AUDIT_STATE_BUCKET)
-            value, _ = await kv.read(bucket, AUDIT_STATE_WITNESS)
+            if self._bucket is None:
+                self._bucket = await self._js.key_value(AUDIT_STATE_BUCKET)
+            value, _ = await kv.read(self._bucket, AUDIT_STATE_WITNESS)
         except Exception as e:  # the bus hiccuped: keep the last word
             log.debug("witness status not read: %s", type(e).__name__)
             return

@@ -112,11 +112,14 @@ class Appender:
             except LantauError as e:  # the log could not be read: retried next tick
                 log.warning("audit: %s", e.message)
                 await asyncio.sleep(TICK_S)
+            except Exception:  # a bug: keep the loop (and every waiting fact) alive
+                log.exception("audit appender step failed; retrying")
+                await asyncio.sleep(TICK_S)
         if self.halted is None:
             try:
                 await self._flush()
                 await self.checkpoint()  # leave a signed head behind
-            except (Halt, LantauError, Exception) as e:
+            except Exception as e:
                 log.warning("no final checkpoint: %s", getattr(e, "reason", type(e).__name__))
 
     def halt(self, reason: str) -> None:
@@ -142,10 +145,9 @@ class Appender:
         while True:
             self._release(self.pending.drop_recorded(self.writer.trail.cursors))
             await self._fill_holes(aged_only=True)
-            batch = self.pending.take(self.writer.trail.cursors, self.cfg.batch_max_facts)
-            if not batch and not self.writer.trail.pending:
+            batch = await self._append()
+            if batch is None:
                 return
-            await self._append(batch)
             self._release(self.pending.drop_recorded(self.writer.trail.cursors))
             self._last_change = time.monotonic()
             trail = self.writer.trail
@@ -154,8 +156,9 @@ class Appender:
             if len(batch) < self.cfg.batch_max_facts:
                 return
 
-    async def _append(self, batch: list[Waiting]) -> None:
-        """Append the batch as one record, retrying; Halt when it cannot."""
+    async def _append(self) -> list[Waiting] | None:
+        """Append the next batch as one record, retrying; Halt when it cannot. The batch
+        appended, or None when there was nothing to record."""
         first_failure: float | None = None
         conflicts = 0
         delay = 0.05
@@ -165,7 +168,7 @@ class Appender:
             self._release(self.pending.drop_recorded(trail.cursors))
             batch = self.pending.take(trail.cursors, self.cfg.batch_max_facts)
             if not batch and not trail.pending:
-                return
+                return None
             record = records.new_record(
                 seq=trail.head_seq + 1,
                 prev_hash=trail.head_hash,
@@ -214,7 +217,7 @@ class Appender:
                     gap.last,
                     gap.reason,
                 )
-            return
+            return batch
 
     def _release(self, done: list[Waiting]) -> None:
         for w in done:
