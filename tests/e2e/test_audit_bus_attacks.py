@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import msgspec
+import nats.js.errors
 import pytest
 
 from libs.audit import logread, records
@@ -25,6 +26,7 @@ from proto.subjects import (
     AUDIT_STATE_BUCKET,
     AUDIT_STATE_WITNESS,
     DEAD_LETTERS,
+    result_subject,
 )
 from tests.conftest import TRADER, fast_redelivery
 from tests.e2e.test_audit import (
@@ -234,9 +236,19 @@ async def test_proofs_from_the_command_line_check_with_lantau_and_with_the_recip
     saved = platform.run_dir / "auditor-saved.json"
     assert audit_cli(platform, "verify", *pinned, "--save-checkpoint", str(saved)).returncode == 0
     results = await _sign(trader, 4, "after-saving")
-    subject_seq = (
-        await js.get_last_msg("LANTAU_RESULTS", f"lantau.result.{TRADER}.{results[-1].request_id}")
-    ).seq
+    assert all(r.status == "signed" for r in results), results
+    subject = result_subject(TRADER, results[-1].request_id)
+    found: list[int] = []
+
+    async def stored() -> bool:  # the client hears a result as the stream stores it
+        try:
+            found[:] = [(await js.get_last_msg("LANTAU_RESULTS", subject)).seq]
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    await eventually(stored)
+    subject_seq = found[0]
 
     async def covered() -> bool:
         t = verify(await logread.read_all(js), keys).trail
