@@ -46,15 +46,16 @@ class Report:
         t = self.trail
         last = t.last_checkpoint
         lines = [
-            f"OK: {t.head_seq} records ({t.facts} facts) in log seq 1..{t.last_log_seq}, "
-            f"{t.checkpoints} checkpoint{'' if t.checkpoints == 1 else 's'} verified"
+            f"OK: {_n(t.head_seq, 'record')} ({_n(t.facts, 'fact')}) in log seq "
+            f"1..{t.last_log_seq}, {_n(t.checkpoints, 'checkpoint')} verified"
             + (
-                f"; the last covers {last.tree_size} records (log seq {t.last_checkpoint_log_seq})"
+                f"; the last covers {_n(last.tree_size, 'record')} "
+                f"(log seq {t.last_checkpoint_log_seq})"
                 if last is not None
                 else ""
             )
             + (
-                f"; {t.head_seq - t.last_cp_size} records after it are not yet signed"
+                f"; {_n(t.head_seq - t.last_cp_size, 'record')} after it not yet signed"
                 if last is not None and t.head_seq > t.last_cp_size
                 else ""
             )
@@ -72,6 +73,10 @@ class Report:
             lines.append(f"gap: {stream}:{span} {reason} before it could be recorded")
         lines.extend(self.notes)
         return "\n".join(lines)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def verify(

@@ -147,15 +147,18 @@ def _keys(args: argparse.Namespace, log: Log) -> Keys:
     record_keys = set(_hex_keys(getattr(args, "record_key", []), "--record-key", (32,)))
     if not record_keys:
         certified = record_keys_from_checkpoints(log.items, checkpoint_keys)
-        if not certified and log.live and log.live.writer_key:
-            certified = {log.live.writer_key}
-            note("no checkpoint names a record key yet: trusting the audit service's word")
-        record_keys = {bytes.fromhex(k) for k in certified}
-        if record_keys:
+        if certified:
             note(
                 "checking records with the record key named by checkpoints your checkpoint "
                 "key signed; pass --record-key to pin it"
             )
+        elif log.live and log.live.writer_key:
+            certified = {log.live.writer_key}
+            note(
+                "no checkpoint signed by your checkpoint key names a record key: trusting "
+                "the audit service's word for it; pass --record-key to pin it"
+            )
+        record_keys = {bytes.fromhex(k) for k in certified}
     return Keys(frozenset(record_keys), tuple(checkpoint_keys))
 
 

@@ -316,7 +316,7 @@ def test_an_unsigned_tail_is_reported_not_hidden():
     partial = build(n_records=65, every=10)
     report = verify(items(partial), KEYS)
     assert report.ok and report.trail.last_cp_size == 60
-    assert "5 records after it are not yet signed" in report.summary()
+    assert "5 records after it not yet signed" in report.summary()
 
 
 def _outside(entries, size: int, source: str = "saved.json") -> Witnessed:
