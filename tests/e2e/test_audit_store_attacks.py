@@ -119,7 +119,9 @@ async def test_the_log_stream_replaced_by_a_prefix_or_a_consistent_forgery_is_ca
         )  # a prefix alone may look whole: that is why witnesses exist
         # The audit service notices and stops building on it.
         await eventually(lambda: metric(stack, "audit", "lantau_audit_halted") == 1)
-        assert "halted: the log shrank" in readiness(stack, "audit")
+        said = readiness(stack, "audit")
+        print(f"\naudit /readyz: {said}")
+        assert "halted: the log shrank" in said
         assert "AUDIT HALTED" in service_log(stack, "audit")
 
         # 2. Replace it with a complete, consistent log written with the attacker's keys.
@@ -223,7 +225,9 @@ async def test_a_block_file_cut_back_and_a_byte_edited_on_disk_are_named(
     # The audit service, started on it, refuses to build on a log its witness outgrew.
     stack.service("audit").start()
     await eventually(lambda: _halted(stack), 60)
-    assert "witnessed a checkpoint of" in readiness(stack, "audit")
+    said = readiness(stack, "audit")
+    print(f"\naudit /readyz: {said}")
+    assert "witnessed a checkpoint of" in said
 
     # 2. One byte of a record edited on disk: the verifier names it, no traceback.
     await asyncio.to_thread(stack.procs.stop_all)
@@ -284,8 +288,12 @@ async def test_an_append_that_keeps_failing_halts_the_service_and_drops_no_fact(
         results = await asyncio.gather(*(client.send(r) for r in requests))
         assert all(r.status == "signed" for r in results)  # signing goes on, fail closed
         await eventually(lambda: metric(stack, "audit", "lantau_audit_halted") == 1, 30)
-        assert "halted: could not append record" in readiness(stack, "audit")
-        assert "AUDIT HALTED" in service_log(stack, "audit")
+        said = readiness(stack, "audit")
+        print(f"\naudit /readyz: {said}")
+        assert "halted: could not append record" in said
+        halted = [ln for ln in service_log(stack, "audit").splitlines() if "AUDIT HALTED" in ln]
+        print(f"audit log: {halted[0] if halted else None}")
+        assert halted
         dlq = await js.stream_info(DEAD_LETTERS.name)
         assert dlq.state.messages == 0, "a fact was dead-lettered"
         # Restarting provisions the stream back to its settings; every fact gets recorded.
