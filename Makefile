@@ -1,12 +1,15 @@
 # Lantau: two commands on a fresh Debian machine.
 #   make run   - install, start the dev stack, send demo sign requests, keep serving (Ctrl-C stops)
 #   make test  - install and run the whole test suite against real NATS and SoftHSM
+#   make fuzz  - fuzz every decoder, header and file parser (FUZZ_SECONDS per target)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test lint bench setup system-deps schemas clean
+FUZZ_SECONDS ?= 60
+
+.PHONY: run demo test lint bench fuzz setup system-deps schemas clean
 
 setup: $(STAMP)
 
@@ -30,6 +33,10 @@ $(STAMP): pyproject.toml | system-deps
 	$(PY) -m pip install -q --no-deps 'bip32==5.0.0'
 	@touch $(STAMP)
 
+$(VENV)/.fuzz-installed: $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,fuzz]'
+	@touch $@
+
 run: setup
 	$(VENV)/bin/lantau dev up --demo --prometheus
 
@@ -38,6 +45,18 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Each atheris target runs in its own process (libFuzzer exits when done); crashes go to
+# .fuzz/crashes/. Then the hypothesis fuzz tests with their large profile.
+fuzz: $(VENV)/.fuzz-installed
+	@status=0; \
+	for target in $$($(PY) -m tests.fuzz.atheris_targets --list); do \
+	  echo "== $$target ($(FUZZ_SECONDS) s)"; \
+	  $(PY) -m tests.fuzz.atheris_targets $$target -max_total_time=$(FUZZ_SECONDS) \
+	    -print_final_stats=1 || { status=1; echo "!! $$target found a crash"; }; \
+	done; \
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/fuzz || status=1; \
+	exit $$status
 
 bench: setup
 	$(VENV)/bin/lantau bench

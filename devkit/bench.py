@@ -137,12 +137,12 @@ def machine() -> dict[str, Any]:
 def raw_worker(args: argparse.Namespace) -> int:
     """Child process: sign on one token for ``seconds``; print ops and CPU seconds."""
     from libs import config as config_mod
-    from libs.hsm.pkcs11_backend import Pkcs11Backend
+    from libs.hsm.token import Pkcs11Token
 
     cfg = config_mod.load(args.config)
     node = cfg.hsm_node(args.node)
     pin = config_mod.read_pin(node)
-    backend = Pkcs11Backend(node.module, node.token_label, pin, sessions=node.sessions)
+    backend = Pkcs11Token(node.module, node.token_label, pin, sessions=node.sessions)
     payload = hashlib.sha256(b"raw").digest() if args.curve == "secp256k1" else b"raw" * 11
 
     async def loop() -> int:
@@ -312,6 +312,7 @@ async def _stack(run_dir: Path, nodes: int) -> tuple[DevStack, list[CustodyClien
         public_key=key.verify_key.encode().hex(),
         keys=["bench-*"],
         may_create_keys=True,
+        blind_keys=["bench-*"],
     )
     stack = await start_platform(run_dir / f"{nodes}-nodes", nodes=nodes, requesters=[requester])
     servers = stack.config.nats.servers

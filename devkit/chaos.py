@@ -288,6 +288,7 @@ async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
         public_key=key.verify_key.encode().hex(),
         keys=["chaos-*"],
         may_create_keys=True,
+        blind_keys=["chaos-*"],
     )
     print(f"starting a 3-node dev stack in {run_dir} ...", flush=True)
     stack = await start_platform(run_dir, nodes=3, requesters=[requester])

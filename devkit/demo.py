@@ -165,6 +165,7 @@ def prepare_run_dir(run_dir: Path) -> RequesterConfig:
         public_key=key.verify_key.encode().hex(),
         keys=["demo-*"],
         may_create_keys=True,
+        blind_keys=["demo-*"],
     )
 
 

@@ -11,12 +11,16 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import msgspec
+import nacl.signing
 
 from devkit import demo_policy
 from devkit.natsserver import NatsServer, free_port
@@ -25,6 +29,7 @@ from devkit.softhsm import SoftHsmToken, find_module, init_token
 from libs import config as config_mod
 from libs.config import (
     AuditConfig,
+    AuthorityConfig,
     BackupConfig,
     Config,
     HsmNodeConfig,
@@ -33,6 +38,7 @@ from libs.config import (
     RequesterConfig,
     SignerConfig,
 )
+from libs.secret_files import write_secret
 from services.cli import hsm_admin
 
 ALERT_RULES = Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "alerts.yml"
@@ -176,6 +182,19 @@ async def start_platform(
         for i in range(1, nodes + 1)
     ]
     policy_file = demo_policy.write(run_dir, [r.name for r in requesters])
+    # Policy's authority key lives in a token of its own; the backup service's in a
+    # 0600 seed file (either may be either: see [policy]/[backup] authority).
+    authority_token = await asyncio.to_thread(init_token, run_dir / "authority", "lantau-policy")
+    policy_authority = AuthorityConfig(
+        module=module,
+        token_label=authority_token.label,
+        pin_file=str(authority_token.pin_file),
+        key_label="lantau-policy-authority-1",
+        softhsm_conf=str(authority_token.conf_path),
+    )
+    backup_seed = run_dir / "authority" / "backup.seed"
+    backup_key = nacl.signing.SigningKey.generate()
+    write_secret(backup_seed, backup_key.encode().hex() + "\n", replace=True)
     cfg = Config(
         nats=NatsConfig(servers=[nats.url]),
         hsm_nodes=[
@@ -193,7 +212,9 @@ async def start_platform(
         ],
         requesters=list(requesters),
         signer=SignerConfig(metrics_port=free_port()),
-        policy=PolicyConfig(metrics_port=free_port(), rules_file=str(policy_file)),
+        policy=PolicyConfig(
+            metrics_port=free_port(), rules_file=str(policy_file), authority=policy_authority
+        ),
         # The witness sink in its own directory (a separate volume in production).
         audit=AuditConfig(
             metrics_port=free_port(),
@@ -201,11 +222,24 @@ async def start_platform(
             create_record_key=True,
             witness_files=[str(run_dir / "witness" / "checkpoints.jsonl")],
         ),
-        backup=BackupConfig(metrics_port=free_port()),
+        backup=BackupConfig(
+            metrics_port=free_port(), authority=AuthorityConfig(seed_file=str(backup_seed))
+        ),
     )
     if tweak is not None:
         cfg = tweak(cfg)
     config_path = run_dir / "lantau.toml"
+    config_path.write_text(config_mod.dump(cfg))
+    # The SO ceremony, automated for dev: make policy's key, pin both authorities.
+    policy_key = await asyncio.to_thread(_lantau, config_path, "authority", "create")
+    cfg = msgspec.structs.replace(
+        cfg,
+        evidence=msgspec.structs.replace(
+            cfg.evidence,
+            policy_keys=[*cfg.evidence.policy_keys, policy_key],
+            backup_keys=[*cfg.evidence.backup_keys, backup_key.verify_key.encode().hex()],
+        ),
+    )
     config_path.write_text(config_mod.dump(cfg))
     for sink in cfg.audit.witness_files:
         Path(sink).parent.mkdir(parents=True, exist_ok=True)
@@ -237,6 +271,20 @@ async def start_platform(
         await stack.stop()
         raise
     return stack
+
+
+def _lantau(config_path: Path, *args: str) -> str:
+    """One ``lantau`` command in its own process (a ceremony binds one token); its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *args, "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"lantau {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout.strip()
 
 
 def _form_key_domain(stack: DevStack) -> None:

@@ -34,6 +34,7 @@ from proto.requests import (
     Request,
     SignRequest,
     Transfer,
+    message_id,
     request_hash,
     signing_bytes,
 )
@@ -44,7 +45,6 @@ from proto.subjects import (
     HDR_REQUEST_ID,
     RESULTS,
     SIGN_REQUEST,
-    request_key,
     result_subject,
     results_of,
 )
@@ -87,7 +87,13 @@ class BadKeyFile(CustodyError):
 
 def load_signing_key(path: str | Path) -> nacl.signing.SigningKey:
     """Read an Ed25519 seed (64 hex characters) from a file made by ``lantau keygen``."""
-    text = Path(path).read_text().strip()
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise CustodyError(f"cannot read key file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        # Never quote the content: it is meant to be a secret.
+        raise CustodyError(f"{path} does not hold a 32-byte Ed25519 seed in hex") from None
     try:
         seed = bytes.fromhex(text)
         if len(seed) != 32:
@@ -216,7 +222,7 @@ class CustodyClient:
         request = self.sign_request(
             key_id, payload, payload_kind=payload_kind, transfer=transfer, request_id=request_id
         )
-        result = await self.send(request, timeout=timeout)
+        result = await self.send(request, timeout=timeout, resend=request_id is not None)
         assert isinstance(result, SignResult)
         return result
 
@@ -230,19 +236,23 @@ class CustodyClient:
         timeout: float = 30.0,
     ) -> KeyResult:
         request = self.create_key_request(key_id, curve, region=region, request_id=request_id)
-        result = await self.send(request, timeout=timeout)
+        result = await self.send(request, timeout=timeout, resend=request_id is not None)
         assert isinstance(result, KeyResult)
         return result
 
-    async def send(self, request: Request, *, timeout: float = 30.0) -> Result:
-        """Publish a signed request durably and wait for its result."""
+    async def send(
+        self, request: Request, *, timeout: float = 30.0, resend: bool = False
+    ) -> Result:
+        """Publish a signed request durably and wait for its result.
+
+        ``resend``: the id may have been sent before (its result may already be stored)."""
         with tracing.span(
             f"lantau {type(request).__name__}",
             kind=tracing.SpanKind.PRODUCER,
             request_id=request.request_id,
             key_id=request.key_id,
         ) as span:
-            result = await self._send(request, timeout)
+            result = await self._send(request, timeout, resend)
             tracing.outcome(span, result.status, result.error.code if result.error else None)
             return result
 
@@ -255,13 +265,13 @@ class CustodyClient:
         for queue in self._waiting.get(request_id, ()):
             queue.put_nowait(msg.data)
 
-    async def _send(self, request: Request, timeout: float) -> Result:
+    async def _send(self, request: Request, timeout: float, resend: bool) -> Result:
         expected = request_hash(request)
         inbox: asyncio.Queue[bytes] = asyncio.Queue()
         await self._listen()
         self._waiting.setdefault(request.request_id, []).append(inbox)
         try:
-            if await self.submit(request):
+            if await self.submit(request) or resend:
                 stored = await self.get_result(request.request_id)
                 if stored is not None:
                     return self._own(stored, expected, request.request_id)
@@ -291,7 +301,7 @@ class CustodyClient:
         subject = SIGN_REQUEST if isinstance(request, SignRequest) else CREATE_KEY_REQUEST
         headers = tracing.inject(
             {
-                HDR_MSG_ID: request_key(request.requester, request.request_id),
+                HDR_MSG_ID: message_id(request),
                 HDR_REQUEST_ID: request.request_id,
             }
         )

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from proto.common import whole
 from proto.errors import ErrorCode, LantauError
 
 ENV_PREFIX = "LANTAU__"
@@ -49,7 +50,7 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    id: Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
     module: str = "/usr/lib/softhsm/libsofthsm2.so"
     token_label: str
     # The user PIN comes from a file (mode 0600) or an environment variable, never the TOML.
@@ -94,10 +95,40 @@ class SignerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 class RequesterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     # Ed25519 public key, hex: requests must be signed by its private half.
-    public_key: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+    public_key: Annotated[str, msgspec.Meta(pattern=whole("[0-9a-fA-F]{64}"))]
     # Need-to-know: key ids (fnmatch patterns) this system may use; none means none.
     keys: list[str] = []
     may_create_keys: bool = False
+    # Keys (fnmatch patterns) this system may have sign a raw digest or message that
+    # nobody can decode: blind signing is a permission of its own, denied by default.
+    blind_keys: list[str] = []
+
+
+class AuthorityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An Ed25519 key that signs authorizations: in a PKCS#11 token (module, token_label,
+    pin_file, key_label) where there is one, else a 0600 seed file (seed_file)."""
+
+    seed_file: str | None = None
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str | None = None
+    pin_file: str | None = None
+    key_label: str | None = None
+    # SoftHSM only: its config file, set as SOFTHSM2_CONF before the module loads.
+    softhsm_conf: str | None = None
+
+
+class EvidenceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What every hsm-node trusts (the signer checks orders against it too). Changed only
+    by a Security Officer ceremony: see docs/security.md."""
+
+    # Hex Ed25519 public keys of policy's authority keys (during a rotation: old and new).
+    policy_keys: list[str] = []
+    # Rotated-out policy keys: their key-creation records still prove where keys may live.
+    retired_policy_keys: list[str] = []
+    # Hex Ed25519 public keys of the backup service's authority key.
+    backup_keys: list[str] = []
+    # How far an authorization's issue time may run ahead of the node's clock.
+    clock_skew_ms: Positive = 30_000
 
 
 class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +144,8 @@ class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # request that passes need-to-know is allowed.
     rules_file: str | None = None
     reload_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # The key policy signs every authorization with (pinned in [evidence] policy_keys).
+    authority: AuthorityConfig | None = None
 
 
 class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -148,6 +181,8 @@ class BackupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     id: str = "backup"
     kek_label: str = "lantau-domain-kek"
     metrics_port: Port = 0
+    # The key the backup service signs clone authorizations with ([evidence] backup_keys).
+    authority: AuthorityConfig | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -155,6 +190,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     logging: LoggingConfig = LoggingConfig()
     hsm_nodes: list[HsmNodeConfig] = []
     hsm: HsmConfig = HsmConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     requesters: list[RequesterConfig] = []
     signer: SignerConfig = SignerConfig()
     policy: PolicyConfig = PolicyConfig()
@@ -178,7 +214,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 def _parse_env_value(text: str) -> Any:
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):
+        # Not a TOML value (TOMLDecodeError is a ValueError, as is an integer past
+        # Python's 4300-digit limit; RecursionError: nested too deeply): a string.
         return text
 
 
@@ -187,18 +225,19 @@ def _apply_override(raw: dict[str, Any], path: list[str], value: Any, env_name: 
     for i, part in enumerate(path):
         last = i == len(path) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
+            # isdecimal, not isdigit: int() refuses superscripts that isdigit() accepts.
+            if not (part.isascii() and part.isdecimal()) or int(part) >= len(node):
                 raise ConfigError(f"{env_name}: no list item {part!r}")
             if last:
                 node[int(part)] = value
             else:
                 node = node[int(part)]
+        elif not isinstance(node, dict):
+            raise ConfigError(f"{env_name}: {path[i - 1]!r} is not a table")
         elif last:
             node[part] = value
         else:
             node = node.setdefault(part, {})
-            if not isinstance(node, dict | list):
-                raise ConfigError(f"{env_name}: {part!r} is not a table")
 
 
 # Where `lantau dev up` writes its config: operator commands find the dev stack there.
@@ -212,18 +251,38 @@ def load_for_cli(path: str | None) -> Config:
 
 def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None) -> Config:
     """Read the TOML file (or none), apply ``LANTAU__*`` overrides and validate."""
-    env = dict(os.environ) if env is None else env
-    raw: dict[str, Any] = {}
+    text = ""
     where = str(path) if path else "<defaults>"
     if path:
         try:
-            raw = tomllib.loads(Path(path).read_text())
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file {where} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {where} is not valid TOML: {e}") from None
+        except OSError as e:
+            raise ConfigError(f"config file {where} cannot be read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {where} is not UTF-8 text: {e.reason}") from None
+    return loads(text, env, where)
+
+
+def loads(text: str, env: dict[str, str] | None = None, where: str = "<string>") -> Config:
+    """Decode TOML text, apply ``LANTAU__*`` overrides and validate; errors name ``where``."""
+    env = dict(os.environ) if env is None else env
+    # os.environ holds bytes that are not UTF-8 as lone surrogates; msgspec cannot
+    # match such a key to a field (UnicodeEncodeError), and no setting wants one.
+    _check_utf8(text, f"config file {where}")
+    try:
+        raw: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {where} is not valid TOML: {e}") from None
+    except (ValueError, RecursionError) as e:
+        # tomllib lets these through: an integer past Python's 4300-digit limit, and
+        # arrays or inline tables nested a few hundred deep.
+        what = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise ConfigError(f"config file {where} is not valid TOML: {what}") from None
     for name, value in sorted(env.items()):
         if name.startswith(ENV_PREFIX):
+            _check_utf8(name + value, f"environment variable {name!r}")
             parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
             if parts:
                 _apply_override(raw, parts, _parse_env_value(value), name)
@@ -231,6 +290,14 @@ def load(path: str | os.PathLike[str] | None, env: dict[str, str] | None = None)
         return msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(f"config {where}: {e}") from None
+
+
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError as e:
+        where = f" (line {text.count(chr(10), 0, e.start) + 1})" if "\n" in text else ""
+        raise ConfigError(f"{what} is not UTF-8 text{where}") from None
 
 
 def read_pin(node: HsmNodeConfig, env: dict[str, str] | None = None) -> str:
@@ -268,6 +335,9 @@ def _toml_value(v: Any) -> str:
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        inner = ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items() if x is not None)
+        return "{ " + inner + " }"
     raise TypeError(f"cannot render {type(v).__name__} as TOML")
 
 

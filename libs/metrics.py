@@ -37,6 +37,11 @@ POLICY_DECISIONS = Counter(
     "Policy decisions by rule and decision (allow, deny, approval).",
     ["rule", "decision"],
 )
+BLIND_REQUESTS = Counter(
+    "lantau_policy_blind_requests",
+    "Blind sign requests (a raw digest or message nobody decoded), by decision.",
+    ["decision"],
+)
 POLICY_RELOADS = Counter(
     "lantau_policy_reloads",
     "Policy file loads by outcome (loaded, refused); a refused file leaves the old one in force.",

@@ -27,6 +27,9 @@ class ApprovalVote(Message, tag="approval_vote", frozen=True, kw_only=True):
     approver: Identity
     vote: Vote
     payload_sha256: str
+    # For a decoded transaction: the digest of the decoded view the approver was shown
+    # (libs.chains.view_digest), so nobody can show one thing and have another signed.
+    view_sha256: str = ""
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
@@ -53,6 +56,8 @@ class ChargeRef(msgspec.Struct, frozen=True, kw_only=True):
 
     counter: str
     window_s: int
+    # Minor units, as a decimal string: they may not fit 64 bits.
+    amount: str = "0"
 
 
 class CastVote(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +65,8 @@ class CastVote(msgspec.Struct, frozen=True, kw_only=True):
     vote: Vote
     vote_id: str
     at_ms: TimestampMs
+    # The approver's signed vote: it travels with the order to the hsm-node.
+    signed: ApprovalVote | None = None
 
 
 class PendingApproval(Message, tag="pending_approval", frozen=True, kw_only=True):
@@ -69,6 +76,14 @@ class PendingApproval(Message, tag="pending_approval", frozen=True, kw_only=True
     requester: Identity
     key_id: KeyId
     payload_sha256: str
+    # What the approvers read and sign: the decoded transaction (its lines and digest);
+    # for a blind request only what it declared.
+    view: list[str] = []
+    view_sha256: str = ""
+    # What the authorization will say once approved: the key's curve, the bytes to sign.
+    curve: str = ""
+    blind: bool = True
+    digests: list[str] = []
     rule: str
     group: str
     quorum: int

@@ -13,14 +13,14 @@ from typing import Annotated, Literal
 import msgspec
 
 from proto.base import Message
-from proto.common import TimestampMs
+from proto.common import TimestampMs, whole
 
-HexHash = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+HexHash = Annotated[str, msgspec.Meta(pattern=whole("[0-9a-f]{64}"))]
 # An Ed25519 public key, lower-case hex.
-HexKey = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+HexKey = Annotated[str, msgspec.Meta(pattern=whole("[0-9a-f]{64}"))]
 Seq = Annotated[int, msgspec.Meta(ge=1)]
 Count = Annotated[int, msgspec.Meta(ge=0)]
-StreamName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+StreamName = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
 
 
 class AuditIntent(Message, tag="audit_intent", frozen=True, kw_only=True):
@@ -66,6 +66,13 @@ class FactGap(msgspec.Struct, frozen=True, kw_only=True):
     reason: Literal["expired", "deleted"]
 
 
+class SkippedRange(msgspec.Struct, frozen=True, kw_only=True):
+    """Log sequences first..last the audit service found and did not accept."""
+
+    first: Seq
+    last: Seq
+
+
 class AuditRecord(Message, tag="audit_record", frozen=True, kw_only=True):
     """A batch of facts, linked to the previous record and signed by the audit service.
 
@@ -81,8 +88,8 @@ class AuditRecord(Message, tag="audit_record", frozen=True, kw_only=True):
     facts: list[AuditFact] = []
     gaps: list[FactGap] = []
     # Log sequences the audit service found since the previous record and did not accept
-    # (not an audit entry, not its signature, a replay...): [first, last] ranges.
-    skipped: list[tuple[int, int]] = []
+    # (not an audit entry, not its signature, a replay...), as ranges.
+    skipped: list[SkippedRange] = []
     # SHA-256 over the canonical bytes (docs/audit.md); "" while being built.
     hash: str = ""
     # Ed25519 over "lantau/audit-record-signature/v1\n" + the 32 bytes of ``hash``.

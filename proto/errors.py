@@ -23,6 +23,18 @@ class ErrorCode(enum.StrEnum):
     # A transfer of an asset the policy does not know, or more than the asset can hold.
     UNKNOWN_ASSET = "UNKNOWN_ASSET"
     AMOUNT_OUT_OF_RANGE = "AMOUNT_OUT_OF_RANGE"
+    # Clear signing: the declared transfer disagrees with the parsed transaction; a raw
+    # digest or message asked by a requester or key not allowed to sign blind.
+    TRANSFER_MISMATCH = "TRANSFER_MISMATCH"
+    BLIND_SIGNING_DENIED = "BLIND_SIGNING_DENIED"
+    # Platform keys (lantau-...) are never a requester's to use or create.
+    RESERVED_KEY = "RESERVED_KEY"
+    # The hsm-node's evidence check: what it refuses before its HSM is asked.
+    EVIDENCE_REFUSED = "EVIDENCE_REFUSED"
+    AUTHORIZATION_MISMATCH = "AUTHORIZATION_MISMATCH"
+    AUTHORIZATION_EXPIRED = "AUTHORIZATION_EXPIRED"
+    APPROVALS_MISSING = "APPROVALS_MISSING"
+    RESIDENCY_VIOLATION = "RESIDENCY_VIOLATION"
     APPROVAL_REJECTED = "APPROVAL_REJECTED"
     APPROVAL_EXPIRED = "APPROVAL_EXPIRED"
     UNKNOWN_APPROVER = "UNKNOWN_APPROVER"
@@ -92,6 +104,31 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_INPUT = "UNSUPPORTED_INPUT"
     NOT_OUR_TRANSACTION = "NOT_OUR_TRANSACTION"
     TRANSACTION_TOO_LARGE = "TRANSACTION_TOO_LARGE"
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from outside made fit for an error message or a log line: non-printable
+    characters escaped, at most ``limit`` characters, then how many were left out."""
+    out: list[str] = []
+    size = 0
+    for i, char in enumerate(text):
+        piece = _escape(char)
+        if size + len(piece) > limit:
+            return "".join(out) + f"...(+{len(text) - i} chars)"
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
 
 
 class LantauError(Exception):

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import msgspec
+
+from proto.approvals import ApprovalVote
+from proto.audit import AuditCheckpoint
+from proto.authorization import CloneAuthorization, CreateKeyAuthorization, SignAuthorization
 from proto.base import Message
 from proto.common import Curve, KeyId, NodeId, TimestampMs
 
 
 class HsmGenerate(Message, tag="hsm_generate", frozen=True, kw_only=True):
-    """Create a key pair inside the token; idempotent: an existing key_id is returned as is."""
+    """Create a key pair inside the token; idempotent: an existing key_id is returned as is.
+
+    A requester's key comes with the requester's signed request and policy's create
+    authorization; a platform key (id ``lantau-...``) with neither."""
 
     key_id: KeyId
     curve: Curve
+    request: bytes = b""
+    authorization: CreateKeyAuthorization | None = None
 
 
 class HsmPublicKey(Message, tag="hsm_public_key", frozen=True, kw_only=True):
@@ -18,13 +28,31 @@ class HsmPublicKey(Message, tag="hsm_public_key", frozen=True, kw_only=True):
 
 
 class HsmSign(Message, tag="hsm_sign", frozen=True, kw_only=True):
+    """Sign a request: the node checks the evidence and computes the bytes itself."""
+
     key_id: KeyId
     curve: Curve
-    data: bytes
-    # "<requester>.<request id>" for a request's signature: the node signs it once and
-    # answers a repeat with the same signature (its replay record) until the deadline.
-    request_key: str = ""
-    deadline_ms: TimestampMs = 0
+    # The requester's SignRequest exactly as the requester signed it.
+    request: bytes
+    authorization: SignAuthorization
+    # The approvers' votes the authorization counted (when it needed approvals).
+    approvals: list[ApprovalVote] = []
+
+
+class HsmSignCheckpoint(Message, tag="hsm_sign_checkpoint", frozen=True, kw_only=True):
+    """The audit checkpoint key signs checkpoints and nothing else: the node computes the
+    digest from the checkpoint itself."""
+
+    key_id: KeyId
+    checkpoint: AuditCheckpoint
+
+
+class HsmCloneCheck(Message, tag="hsm_clone_check", frozen=True, kw_only=True):
+    """Prove a clone works: sign a fixed, domain-separated message naming the key and the
+    node (a statement nobody could want signed for any other purpose)."""
+
+    key_id: KeyId
+    curve: Curve
 
 
 class HsmWrap(Message, tag="hsm_wrap", frozen=True, kw_only=True):
@@ -32,6 +60,9 @@ class HsmWrap(Message, tag="hsm_wrap", frozen=True, kw_only=True):
 
     key_id: KeyId
     kek_label: str
+    clone: CloneAuthorization
+    # Policy's authorization that created the key (its region); None for platform keys.
+    created: CreateKeyAuthorization | None = None
 
 
 class HsmUnwrap(Message, tag="hsm_unwrap", frozen=True, kw_only=True):
@@ -40,19 +71,32 @@ class HsmUnwrap(Message, tag="hsm_unwrap", frozen=True, kw_only=True):
     kek_label: str
     wrapped: bytes
     public_key: bytes
+    clone: CloneAuthorization
+    created: CreateKeyAuthorization | None = None
 
 
 class HsmCapabilitiesQuery(Message, tag="hsm_capabilities_query", frozen=True, kw_only=True):
     """Which mechanisms and key types the token supports (new key types ask first)."""
 
 
-HsmCommand = HsmGenerate | HsmPublicKey | HsmSign | HsmWrap | HsmUnwrap | HsmCapabilitiesQuery
+HsmCommand = (
+    HsmGenerate
+    | HsmPublicKey
+    | HsmSign
+    | HsmSignCheckpoint
+    | HsmCloneCheck
+    | HsmWrap
+    | HsmUnwrap
+    | HsmCapabilitiesQuery
+)
 
 # The operations an hsm-node serves, one RPC subject each, and the command each takes.
 COMMANDS: dict[str, type] = {
     "generate": HsmGenerate,
     "public_key": HsmPublicKey,
     "sign": HsmSign,
+    "sign_checkpoint": HsmSignCheckpoint,
+    "clone_check": HsmCloneCheck,
     "wrap": HsmWrap,
     "unwrap": HsmUnwrap,
     "capabilities": HsmCapabilitiesQuery,
@@ -68,8 +112,8 @@ class HsmKey(Message, tag="hsm_key", frozen=True, kw_only=True):
 
 class HsmSignature(Message, tag="hsm_signature", frozen=True, kw_only=True):
     key_id: str
-    # As the token returns it: r||s for ECDSA, R||S for EdDSA.
-    signature: bytes
+    # As the token returns them, one per signed byte string: r||s for ECDSA, R||S for EdDSA.
+    signatures: list[bytes]
 
 
 class HsmWrapped(Message, tag="hsm_wrapped", frozen=True, kw_only=True):
@@ -105,3 +149,28 @@ class HealthBeat(Message, tag="health_beat", frozen=True, kw_only=True):
     in_flight: int
     ok: bool
     detail: str = ""
+
+
+class HsmReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    """One operation an hsm-node performed or refused: audit chains every one and
+    reconciles signatures against orders (a signature without an order is an alert)."""
+
+    op: str
+    key_id: str
+    # "<requester>.<request id>" for a request's signature or key; "" otherwise.
+    request_key: str = ""
+    # statement_hash of the authorization that allowed it ("" when none applies).
+    authorization: str = ""
+    # SHA-256 of each byte string signed.
+    digests: list[str] = []
+    # "done", "replayed" (a repeat answered from the replay record) or "refused".
+    outcome: str
+    code: str = ""
+    at_ms: TimestampMs
+
+
+class HsmReceipts(Message, tag="hsm_receipts", frozen=True, kw_only=True):
+    """A batch of one node's receipts, published together (one durable write)."""
+
+    node: NodeId
+    receipts: list[HsmReceipt]

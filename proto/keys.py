@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from proto.authorization import CreateKeyAuthorization
 from proto.base import Message
 from proto.common import Curve, TimestampMs
 
@@ -22,3 +23,6 @@ class KeyRecord(Message, tag="key_record", frozen=True, kw_only=True):
     nodes: list[str]
     created_at_ms: TimestampMs
     created_by_request: str
+    # Policy's authorization that created it (its region among other things): the
+    # hsm-nodes check it before they clone the key. None for platform keys (lantau-...).
+    authorization: CreateKeyAuthorization | None = None

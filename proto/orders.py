@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import msgspec
 
+from proto.approvals import ApprovalVote
+from proto.authorization import CreateKeyAuthorization, SignAuthorization
 from proto.base import Message
-from proto.common import Curve, Identity, KeyId, Payload, PayloadKind, RequestId, TimestampMs
+from proto.common import Curve, Identity, KeyId, RequestId, TimestampMs
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -18,15 +20,21 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SignOrder(Message, tag="sign_order", frozen=True, kw_only=True):
+    """A request policy allowed: the evidence the hsm-node checks travels with it. The
+    plain fields repeat what the evidence says, for readers (logs, the audit trail)."""
+
     request_id: RequestId
     request_hash: str
     requester: Identity
     key_id: KeyId
-    payload: Payload
-    payload_kind: PayloadKind
     decision: Decision
     requested_at_ms: TimestampMs
     deadline_ms: TimestampMs
+    # The requester's SignRequest exactly as signed, policy's authorization over it,
+    # and the approvers' votes it counted.
+    request: bytes
+    authorization: SignAuthorization
+    approvals: list[ApprovalVote] = []
 
 
 class CreateKeyOrder(Message, tag="create_key_order", frozen=True, kw_only=True):
@@ -39,6 +47,8 @@ class CreateKeyOrder(Message, tag="create_key_order", frozen=True, kw_only=True)
     decision: Decision
     requested_at_ms: TimestampMs
     deadline_ms: TimestampMs
+    request: bytes
+    authorization: CreateKeyAuthorization
 
 
 Order = SignOrder | CreateKeyOrder

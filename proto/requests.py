@@ -13,15 +13,36 @@ from typing import Annotated
 import msgspec
 
 from proto.base import Message
-from proto.common import Curve, Identity, KeyId, Payload, PayloadKind, RequestId, TimestampMs
+from proto.common import (
+    Curve,
+    Identity,
+    KeyId,
+    Payload,
+    PayloadKind,
+    RequestId,
+    TimestampMs,
+    whole,
+)
 
 
 class Transfer(msgspec.Struct, frozen=True, kw_only=True):
-    """What the payload moves, for policy rules: asset, integer minor units, destination."""
+    """What the requester says the payload moves: asset, integer minor units, destination.
 
-    asset: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{1,16}$")]
-    amount: Annotated[int, msgspec.Meta(ge=0)]
+    For a decoded transaction policy judges what it parses and refuses a declaration
+    that disagrees; for a blind payload the declaration is all there is to judge."""
+
+    # A native symbol (BTC, ETH, SOL) or a token as libs/chains names it (erc20:0x...).
+    asset: Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9:._-]{1,80}"))]
+    # Minor units; a decimal string when it does not fit 64 bits (wei, token units).
+    amount: (
+        Annotated[int, msgspec.Meta(ge=0)]
+        | Annotated[str, msgspec.Meta(pattern=whole("(0|[1-9][0-9]{0,77})"))]
+    )
     destination: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+    @property
+    def value(self) -> int:
+        return int(self.amount)
 
 
 class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
@@ -30,6 +51,9 @@ class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
     key_id: KeyId
     payload: Payload
     payload_kind: PayloadKind = "digest"
+    # Where a transaction does not say its own network: "bitcoin", "testnet", "signet",
+    # "regtest" for a PSBT; the cluster name for Solana. EVM transactions carry their chain.
+    chain: Annotated[str, msgspec.Meta(pattern=whole("[a-z0-9-]{1,32}"))] | None = None
     transfer: Transfer | None = None
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
@@ -42,7 +66,7 @@ class CreateKeyRequest(Message, tag="create_key_request", frozen=True, kw_only=T
     key_id: KeyId
     curve: Curve
     # Residency: a key tagged with a region is only ever held by HSMs of that region.
-    region: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{1,32}$")] | None = None
+    region: Annotated[str, msgspec.Meta(pattern=whole("[a-z0-9-]{1,32}"))] | None = None
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
@@ -60,6 +84,14 @@ def signing_bytes(request: Request) -> bytes:
 
 
 _ENVELOPE = {"signature": b"", "created_at_ms": 0, "expires_at_ms": 0}
+
+
+def message_id(request: Request) -> str:
+    """JetStream's de-duplication id for a request: the requester's id *and* its signature,
+    so a byte-identical resend is dropped but a forgery published first under the same id
+    can never make the bus drop the genuine request as a duplicate."""
+    tag = hashlib.sha256(request.signature).hexdigest()[:32]
+    return f"{request.requester}.{request.request_id}.{tag}"
 
 
 def request_hash(request: Request) -> str:

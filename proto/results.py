@@ -23,6 +23,12 @@ class SignResult(Message, tag="sign_result", frozen=True, kw_only=True):
     signature: bytes | None = None
     # secp256k1 only: 0 or 1, so Ethereum can recover the address (v = 27 + id).
     recovery_id: int | None = None
+    # Every signature made, in the order of the bytes signed (a PSBT signs one per input
+    # of the key); ``signature`` is the first.
+    signatures: list[bytes] = []
+    # For a decoded transaction: what a wallet broadcasts (the signed EVM transaction,
+    # the PSBT with its signatures in place, the signed Solana transaction).
+    signed_payload: bytes | None = None
     # secp256k1: 33-byte compressed point; Ed25519: 32 raw bytes.
     public_key: bytes | None = None
     node: str | None = None

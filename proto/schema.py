@@ -17,7 +17,7 @@ from proto.admin import PoolStatus
 from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent
 from proto.events import Event, RejectedMessage
-from proto.hsm import HealthBeat, HsmCommand, HsmReply
+from proto.hsm import HealthBeat, HsmCommand, HsmReceipts, HsmReply
 from proto.keys import KeyRecord
 from proto.orders import Order
 from proto.requests import Request
@@ -35,6 +35,7 @@ FAMILIES: dict[str, Any] = {
     "hsm_command": HsmCommand,
     "hsm_reply": HsmReply,
     "health_beat": HealthBeat,
+    "hsm_receipts": HsmReceipts,
     "key_record": KeyRecord,
     "audit_intent": AuditIntent,
     "audit_entry": AuditEntry,

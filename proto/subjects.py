@@ -46,6 +46,8 @@ DEAD_LETTER_PREFIX = f"{PREFIX}.dlq"
 HSM_RPC_PREFIX = f"{PREFIX}.hsm.rpc"
 HSM_BEAT_PREFIX = f"{PREFIX}.hsm.beat"
 HSM_SERVICE_NAME = "lantau-hsm-node"
+# Receipts of every operation an hsm-node performed or refused (JetStream, audited).
+RECEIPT_PREFIX = f"{PREFIX}.receipt"
 # Scatter-gather: every signer replica answers with its view of the pool.
 ADMIN_POOL_STATUS = f"{PREFIX}.admin.pool"
 SIGNER_SERVICE_NAME = "lantau-signer"
@@ -72,6 +74,10 @@ def hsm_rpc_subject(node_id: str, op: str) -> str:
     return f"{HSM_RPC_PREFIX}.{node_id}.{op}"
 
 
+def receipt_subject(node_id: str) -> str:
+    return f"{RECEIPT_PREFIX}.{node_id}"
+
+
 def hsm_beat_subject(node_id: str) -> str:
     return f"{HSM_BEAT_PREFIX}.{node_id}"
 
@@ -89,8 +95,9 @@ EVENTS = StreamSpec("LANTAU_EVENTS", (f"{PREFIX}.event.>",), "key lifecycle and 
 AUDIT = StreamSpec("LANTAU_AUDIT", (f"{PREFIX}.audit.>",), "audit intents before signing")
 AUDIT_CHAIN = StreamSpec("LANTAU_AUDIT_LOG", (f"{PREFIX}.auditlog.>",), "hash-chained records")
 DEAD_LETTERS = StreamSpec("LANTAU_DLQ", (f"{DEAD_LETTER_PREFIX}.>",), "messages nobody could use")
+RECEIPTS = StreamSpec("LANTAU_RECEIPTS", (f"{RECEIPT_PREFIX}.>",), "what the HSM nodes did")
 
-ALL_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, AUDIT_CHAIN, DEAD_LETTERS)
+ALL_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, AUDIT_CHAIN, DEAD_LETTERS, RECEIPTS)
 
 
 class ConsumerSpec(NamedTuple):
@@ -106,7 +113,7 @@ SIGNER_ORDERS = ConsumerSpec(ORDERS, "signer")
 BACKUP_KEY_EVENTS = ConsumerSpec(EVENTS, "backup", EVENT_KEY_CREATED)
 # The audit service reads every stream that carries facts, each with its own cursor. A
 # new stream of facts is recorded once it is added here (the verifier needs no change).
-AUDIT_SOURCE_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS)
+AUDIT_SOURCE_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS, RECEIPTS)
 AUDIT_SOURCES = tuple(
     ConsumerSpec(s, "audit", unlimited_redelivery=True) for s in AUDIT_SOURCE_STREAMS
 )

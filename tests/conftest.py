@@ -30,6 +30,7 @@ def requesters(trader_key: nacl.signing.SigningKey) -> list[RequesterConfig]:
             public_key=trader_key.verify_key.encode().hex(),
             keys=["desk-a-*"],
             may_create_keys=True,
+            blind_keys=["desk-a-*"],
         )
     ]
 

@@ -37,6 +37,9 @@ class _ReadLine(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _line_decoder = msgspec.json.Decoder(_ReadLine)
+# msgspec also lets through RecursionError (JSON nested too deeply) and UnicodeEncodeError
+# (a str holding lone surrogates).
+_UNREADABLE = (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeError)
 _entry_decoder = msgspec.json.Decoder(AuditEntry)
 
 
@@ -60,7 +63,7 @@ def from_lines(lines: Iterable[str]) -> Iterator[LogItem]:
             continue
         try:
             line = _line_decoder.decode(text)
-        except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        except _UNREADABLE as e:
             previous += 1
             yield LogItem(previous, None, f"line {number} of the export is unreadable ({e})")
             continue
@@ -73,7 +76,7 @@ def from_lines(lines: Iterable[str]) -> Iterator[LogItem]:
         if len(line.entry):
             try:
                 yield LogItem(line.log_seq, _entry_decoder.decode(line.entry))
-            except (msgspec.ValidationError, msgspec.DecodeError) as e:
+            except _UNREADABLE as e:
                 yield LogItem(line.log_seq, None, f"not an audit entry ({e})")
         elif line.raw is not None:
             try:

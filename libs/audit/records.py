@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from libs.audit import merkle
-from proto.audit import AuditCheckpoint, AuditFact, AuditRecord, FactGap
+from proto.audit import AuditCheckpoint, AuditFact, AuditRecord, FactGap, SkippedRange
 
 RECORD_DOMAIN = b"lantau/audit-record/v2\n"
 SIGNATURE_DOMAIN = b"lantau/audit-record-signature/v1\n"
@@ -92,7 +92,7 @@ def new_record(
         prev_hash=prev_hash,
         facts=list(facts),
         gaps=list(gaps),
-        skipped=list(skipped),
+        skipped=[SkippedRange(first=a, last=b) for a, b in skipped],
     )
     return seal(unsigned, key)
 

@@ -252,7 +252,8 @@ class Trail:
     ) -> tuple[int, int | None, str] | None:
         """Why the record's ``skipped`` is not exactly the foreign entries since the
         previous record, naming the first log sequence at fault."""
-        for first, last in record.skipped:
+        for r in record.skipped:
+            first, last = r.first, r.last
             if not self.head_log_seq < first <= last < log_seq:
                 return (
                     log_seq,
@@ -260,7 +261,7 @@ class Trail:
                     f"record {record.seq} says it skipped log seqs {first}..{last}, which do "
                     f"not lie between the previous record (log seq {self.head_log_seq}) and it",
                 )
-        noted = {s for first, last in record.skipped for s in range(first, last + 1)}
+        noted = {s for r in record.skipped for s in range(r.first, r.last + 1)}
         pending = {seq for seq, _ in self.pending}
         lost = record.seq - self.head_seq - 1
         for seq, reason in self.pending:

@@ -309,7 +309,11 @@ class Consumer(Generic[T]):
                 await msg.nak(delay=1.0)
             return
         log.warning(
-            "%s: %s %s: %s", self._name, outcome, safe_for_log(msg.subject), safe_for_log(error)
+            "%s: %s %s: %s",
+            self._name,
+            outcome,
+            safe_for_log(msg.subject),
+            safe_for_log(str(error)),
         )
         metrics.MESSAGES.labels(*self._labels, outcome).inc()
         if outcome == "dead_letter":

@@ -4,7 +4,7 @@ Pure functions, no I/O. See docs/chains.md for what each payload kind parses,
 signs, returns and refuses.
 """
 
-from libs.chains.dispatch import address_of, assemble, parse, signing_inputs
+from libs.chains.dispatch import address_of, assemble, curve_for, parse, signing_inputs
 from libs.chains.model import TX_KINDS, Movement, ParsedTx, view_digest
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "ParsedTx",
     "address_of",
     "assemble",
+    "curve_for",
     "parse",
     "signing_inputs",
     "view_digest",

@@ -27,6 +27,11 @@ def _decode(kind: str, payload: bytes, public_key: bytes, chain_hint: str | None
     )
 
 
+def curve_for(kind: str) -> str:
+    """The key type that signs a payload kind: Solana is Ed25519, the others secp256k1."""
+    return "ed25519" if kind == "sol_message" else "secp256k1"
+
+
 def parse(
     kind: str, payload: bytes, public_key: bytes, *, chain_hint: str | None = None
 ) -> ParsedTx:

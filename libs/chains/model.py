@@ -12,7 +12,7 @@ import hashlib
 
 import msgspec
 
-TX_KINDS = ("evm_tx", "evm_typed_data", "btc_psbt", "sol_message")
+from proto.common import TX_KINDS as TX_KINDS  # the kinds decoded here; named once, in proto
 
 # Anything larger is refused before a library sees it: parsers are not all linear
 # in the worst case, and no real single-key transaction is close to this.

@@ -1,17 +1,28 @@
-"""The one interface every HSM backend implements, whether the token is in this process
-(PKCS#11) or behind an hsm-node (NATS request/reply).
+"""The one interface every HSM backend implements: a guarded token in this process
+(``libs.hsm.guard.Guard``) or an hsm-node reached over NATS (``libs.hsm.remote``).
 
-Failures are LantauError when retrying cannot help (unknown key, bad input) and
-TransientError when another attempt or another node may succeed. Callers ask a
-backend what it can do (``capabilities``), never which kind it is.
+Every operation that uses a private key carries the evidence that allows it (a
+requester's signed request and policy's authorization, a clone authorization, a
+checkpoint); the guard checks it before the token is asked. Failures are LantauError
+when retrying cannot help (unknown key, refused evidence) and TransientError when
+another attempt or another node may succeed. Callers ask a backend what it can do
+(``capabilities``), never which kind it is.
 """
 
 from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from proto.common import Curve
-from proto.hsm import HsmCapabilities, HsmKey
+from proto.hsm import (
+    HsmCapabilities,
+    HsmCloneCheck,
+    HsmGenerate,
+    HsmKey,
+    HsmSign,
+    HsmSignCheckpoint,
+    HsmUnwrap,
+    HsmWrap,
+)
 
 # How the pool learns a backend is alive: health beats on the bus (an hsm-node process
 # that can die on its own), or "in_process" (alive exactly as long as its caller).
@@ -22,28 +33,28 @@ class HsmBackend(Protocol):
     name: str
     liveness: Liveness
 
-    async def generate(self, key_id: str, curve: Curve) -> HsmKey:
+    async def generate(self, cmd: HsmGenerate) -> HsmKey:
         """Create a key pair inside the HSM (idempotent: an existing key is returned)."""
         ...
 
     async def public_key(self, key_id: str) -> HsmKey: ...
 
-    async def sign(
-        self, key_id: str, curve: Curve, data: bytes, *, request_key: str = "", deadline_ms: int = 0
-    ) -> bytes:
-        """Raw signature as the token returns it (r||s or the EdDSA signature).
-
-        ``request_key`` names the request being signed: an hsm-node signs one request once
-        and answers a repeat with the same signature (its replay record)."""
+    async def sign(self, cmd: HsmSign) -> list[bytes]:
+        """Raw signatures as the token returns them (r||s, or the EdDSA signature), one
+        per byte string the evidence allows; a repeat returns the same signatures."""
         ...
 
-    async def wrap(self, key_id: str, kek_label: str) -> bytes:
+    async def sign_checkpoint(self, cmd: HsmSignCheckpoint) -> bytes: ...
+
+    async def clone_check(self, cmd: HsmCloneCheck) -> bytes:
+        """The key's signature over the fixed clone-check statement of this node."""
+        ...
+
+    async def wrap(self, cmd: HsmWrap) -> bytes:
         """The private key wrapped under the domain key-encryption key (never plaintext)."""
         ...
 
-    async def unwrap(
-        self, key_id: str, curve: Curve, kek_label: str, wrapped: bytes, public_key: bytes
-    ) -> HsmKey:
+    async def unwrap(self, cmd: HsmUnwrap) -> HsmKey:
         """Store a wrapped private key (and its public half) in this HSM."""
         ...
 

@@ -11,11 +11,11 @@ from nats.aio.client import Client
 from libs import tracing
 from libs.hsm.backend import Liveness
 from proto import codec
-from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import (
     HsmCapabilities,
     HsmCapabilitiesQuery,
+    HsmCloneCheck,
     HsmCommand,
     HsmFailure,
     HsmGenerate,
@@ -24,6 +24,7 @@ from proto.hsm import (
     HsmReply,
     HsmSign,
     HsmSignature,
+    HsmSignCheckpoint,
     HsmUnwrap,
     HsmWrap,
     HsmWrapped,
@@ -86,31 +87,26 @@ class RemoteHsm:
             raise LantauError(ErrorCode(reply.code), reply.message)
         return reply
 
-    async def generate(self, key_id: str, curve: Curve) -> HsmKey:
-        return _expect(await self.call("generate", HsmGenerate(key_id=key_id, curve=curve)), HsmKey)
+    async def generate(self, cmd: HsmGenerate) -> HsmKey:
+        return _expect(await self.call("generate", cmd), HsmKey)
 
     async def public_key(self, key_id: str) -> HsmKey:
         return _expect(await self.call("public_key", HsmPublicKey(key_id=key_id)), HsmKey)
 
-    async def sign(
-        self, key_id: str, curve: Curve, data: bytes, *, request_key: str = "", deadline_ms: int = 0
-    ) -> bytes:
-        command = HsmSign(
-            key_id=key_id, curve=curve, data=data, request_key=request_key, deadline_ms=deadline_ms
-        )
-        return _expect(await self.call("sign", command), HsmSignature).signature
+    async def sign(self, cmd: HsmSign) -> list[bytes]:
+        return _expect(await self.call("sign", cmd), HsmSignature).signatures
 
-    async def wrap(self, key_id: str, kek_label: str) -> bytes:
-        reply = await self.call("wrap", HsmWrap(key_id=key_id, kek_label=kek_label))
-        return _expect(reply, HsmWrapped).wrapped
+    async def sign_checkpoint(self, cmd: HsmSignCheckpoint) -> bytes:
+        return _one(_expect(await self.call("sign_checkpoint", cmd), HsmSignature))
 
-    async def unwrap(
-        self, key_id: str, curve: Curve, kek_label: str, wrapped: bytes, public_key: bytes
-    ) -> HsmKey:
-        command = HsmUnwrap(
-            key_id=key_id, curve=curve, kek_label=kek_label, wrapped=wrapped, public_key=public_key
-        )
-        return _expect(await self.call("unwrap", command), HsmKey)
+    async def clone_check(self, cmd: HsmCloneCheck) -> bytes:
+        return _one(_expect(await self.call("clone_check", cmd), HsmSignature))
+
+    async def wrap(self, cmd: HsmWrap) -> bytes:
+        return _expect(await self.call("wrap", cmd), HsmWrapped).wrapped
+
+    async def unwrap(self, cmd: HsmUnwrap) -> HsmKey:
+        return _expect(await self.call("unwrap", cmd), HsmKey)
 
     async def probe(self) -> None:
         try:
@@ -123,6 +119,12 @@ class RemoteHsm:
 
     async def close(self) -> None:
         return None
+
+
+def _one(reply: HsmSignature) -> bytes:
+    if len(reply.signatures) != 1:
+        raise TransientError(ErrorCode.HSM_ERROR, "expected one signature")
+    return reply.signatures[0]
 
 
 def _expect(reply: HsmReply, kind: type[R]) -> R:

@@ -17,6 +17,7 @@ from typing import Literal, NamedTuple
 
 from libs.clock import now_ms
 from libs.keys.directory import KeyDirectory
+from proto.authorization import CreateKeyAuthorization
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.keys import KeyRecord
@@ -75,6 +76,7 @@ async def create(
     region: str | None,
     choose_node: Callable[[], str],
     generate: Callable[[str], Awaitable[bytes]],
+    authorization: CreateKeyAuthorization | None = None,
 ) -> KeyRecord:
     """Run the protocol to its end: the active record, a LantauError for a refusal, or a
     TransientError to retry later (the reservation kept or released as planned)."""
@@ -96,6 +98,7 @@ async def create(
                 nodes=[choose_node()],
                 created_at_ms=now_ms(),
                 created_by_request=request_id,
+                authorization=authorization,
             )
             reserved_now = await directory.reserve(pending)
             continue  # re-read: ours, or someone else's reservation

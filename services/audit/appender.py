@@ -47,7 +47,8 @@ SWEEP_S = 1.0
 # Appends that lost the race to another writer, in a row, before giving up.
 MAX_CONFLICTS = 100
 
-Signer = Callable[[bytes], Awaitable[tuple[bytes, bytes]]]
+# Signs an unsigned checkpoint (the HSM computes its digest): (public key, signature).
+Signer = Callable[[AuditCheckpoint], Awaitable[tuple[bytes, bytes]]]
 
 
 class Appender:
@@ -307,7 +308,7 @@ class Appender:
                 return None
             unsigned = self.writer.next_checkpoint(at_ms=now_ms(), key_id=AUDIT_CHECKPOINT_KEY)
             try:
-                public_key, signature = await self._sign(cp.digest(unsigned))
+                public_key, signature = await self._sign(unsigned)
             except Exception as e:  # an HSM hiccup: records keep flowing; retried later
                 log.warning("checkpoint not signed: %s", getattr(e, "message", type(e).__name__))
                 return None

@@ -37,20 +37,37 @@ class _Envelope(msgspec.Struct):
 
 
 _envelope = msgspec.msgpack.Decoder(_Envelope)
+# Envelope fields are copied into the record: one of a near-1 MiB message would take a
+# batch past NATS's max payload, and its facts would never reach the log.
+ENVELOPE_FIELD_LIMIT = 256
+
+
+def envelope(data: bytes) -> _Envelope:
+    """The envelope of any bytes, every field bounded; never raises (what it cannot read
+    is "malformed")."""
+    try:
+        env = _envelope.decode(data)
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+        # msgspec lets through RecursionError (deep nesting, even in a field the envelope
+        # skips) and UnicodeDecodeError (a str that is not UTF-8).
+        return _Envelope(type="malformed")
+    long = {
+        name: value[:ENVELOPE_FIELD_LIMIT]
+        for name in env.__struct_fields__
+        if isinstance(value := getattr(env, name), str) and len(value) > ENVELOPE_FIELD_LIMIT
+    }
+    return msgspec.structs.replace(env, **long) if long else env
 
 
 def describe(stream: str, seq: int, data: bytes) -> AuditFact:
-    """The fact a message of a source stream becomes; bytes that are no message are
-    recorded too, as "malformed"."""
-    try:
-        env = _envelope.decode(data)
-    except msgspec.MsgspecError:
-        env = _Envelope(type="malformed")
+    """The fact a message of a source stream becomes; never raises: bytes that are no
+    message are recorded too, as "malformed"."""
+    env = envelope(data)
     return AuditFact(
         stream=stream,
         seq=seq,
         sha256=content_hash(data),
-        event_type=str(env.type)[:64],
-        actor=str(env.who())[:128],
-        request_id=str(env.request_id)[:128] if env.request_id is not None else None,
+        event_type=env.type,
+        actor=env.who()[:ENVELOPE_FIELD_LIMIT],
+        request_id=env.request_id,
     )

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from libs import curves
+from libs.audit import checkpoint as cp
 from libs.audit import keyfile
 from libs.bus.consume import Consumer, Delivery, hold
 from libs.clock import now_ms
@@ -27,7 +28,9 @@ from libs.hsm.pool import HsmPool
 from libs.keys import creation
 from libs.keys.directory import KeyDirectory
 from libs.service import Runtime, ServiceEntry
+from proto.audit import AuditCheckpoint
 from proto.errors import ErrorCode, LantauError, TransientError
+from proto.hsm import HsmGenerate, HsmSignCheckpoint
 from proto.keys import KeyRecord
 from proto.subjects import AUDIT_CHECKPOINT_KEY, AUDIT_SOURCES
 from services.audit.appender import Appender
@@ -52,8 +55,11 @@ class CheckpointKey:
 
     async def record(self) -> KeyRecord:
         async def generate(node: str) -> bytes:
+            # A platform key: no request, no authorization; it signs checkpoints only.
+            command = HsmGenerate(key_id=AUDIT_CHECKPOINT_KEY, curve="secp256k1")
+
             async def on_node(backend: HsmBackend, _n: int) -> bytes:
-                return (await backend.generate(AUDIT_CHECKPOINT_KEY, "secp256k1")).public_key
+                return (await backend.generate(command)).public_key
 
             public_key, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
             return public_key
@@ -75,12 +81,14 @@ class CheckpointKey:
             raise TransientError(ErrorCode.HSM_UNAVAILABLE, "no healthy HSM node for the audit key")
         return node
 
-    async def sign(self, digest: bytes) -> tuple[bytes, bytes]:
-        """(public key, signature) over a checkpoint digest."""
+    async def sign(self, checkpoint: AuditCheckpoint) -> tuple[bytes, bytes]:
+        """(public key, signature) over a checkpoint; the hsm-node computes the digest."""
         record = await self.record()
+        command = HsmSignCheckpoint(key_id=AUDIT_CHECKPOINT_KEY, checkpoint=checkpoint)
+        digest = cp.digest(checkpoint)
 
         async def sign_on(backend: HsmBackend, _n: int) -> bytes:
-            raw = await backend.sign(AUDIT_CHECKPOINT_KEY, "secp256k1", digest)
+            raw = await backend.sign_checkpoint(command)
             return curves.finalize("secp256k1", record.public_key, digest, raw).signature
 
         signature, _ = await self.pool.run(

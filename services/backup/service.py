@@ -10,35 +10,46 @@ nodes that were down, and keys created while the backup service was down.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
+
+import msgspec
 
 from libs import curves, metrics
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
+from libs.config import Config, ConfigError
+from libs.hsm import authority
+from libs.hsm.authority import AuthorityKey
 from libs.hsm.backend import HsmBackend
 from libs.hsm.balancer import NodeState
+from libs.hsm.guard import clone_check_bytes
 from libs.hsm.pool import HsmPool
 from libs.keys.directory import KeyDirectory
 from libs.keys.residency import fully_replicated, plan
 from libs.service import Runtime, ServiceEntry
 from proto import codec
+from proto.authorization import CloneAuthorization, signing_bytes
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import Event, KeyCreated, KeyReplicated
+from proto.hsm import HsmCloneCheck, HsmUnwrap, HsmWrap
 from proto.keys import KeyRecord
 from proto.subjects import BACKUP_KEY_EVENTS, EVENT_KEY_REPLICATED
 
 log = logging.getLogger("lantau.backup")
 
 SWEEP_INTERVAL_S = 2.0
-_TEST_DIGEST = hashlib.sha256(b"lantau clone check").digest()
+# A clone authorization is used at once; it must not stay good for long.
+CLONE_AUTHORIZATION_MS = 60_000
 
 
 class Backup:
-    def __init__(self, rt: Runtime, pool: HsmPool, keys: KeyDirectory) -> None:
+    def __init__(
+        self, rt: Runtime, pool: HsmPool, keys: KeyDirectory, authority: AuthorityKey
+    ) -> None:
         self.rt = rt
         self.pool = pool
+        self.authority = authority
         self.keys = keys
         self.nodes = rt.config.hsm_nodes
         self.kek = rt.config.backup.kek_label
@@ -65,8 +76,17 @@ class Backup:
             if not p.targets or p.source is None:
                 return record
 
+            clones = {t: await self._authorize(record, p.source, t) for t in p.targets}
+
             async def wrap(backend: HsmBackend, _n: int) -> bytes:
-                return await backend.wrap(key_id, self.kek)
+                # Any target's authorization names this source: the source checks that
+                # the key may leave it (and for where) before it wraps.
+                first = clones[p.targets[0]]
+                return await backend.wrap(
+                    HsmWrap(
+                        key_id=key_id, kek_label=self.kek, clone=first, created=record.authorization
+                    )
+                )
 
             try:
                 wrapped, source = await self.pool.run("wrap", [p.source], wrap, max_attempts=1)
@@ -77,20 +97,50 @@ class Backup:
                     return record
                 raise
             for target in p.targets:
-                await self._clone(record, wrapped, source, target)
+                await self._clone(record, wrapped, source, target, clones[target])
             return (await self.keys.get(key_id, fresh=True))[0]
 
-    async def _clone(self, record: KeyRecord, wrapped: bytes, source: str, target: str) -> None:
+    async def _authorize(self, record: KeyRecord, source: str, target: str) -> CloneAuthorization:
+        now = now_ms()
+        unsigned = CloneAuthorization(
+            key_id=record.key_id,
+            curve=record.curve,
+            public_key=record.public_key,
+            source=source,
+            target=target,
+            issued_at_ms=now,
+            not_after_ms=now + CLONE_AUTHORIZATION_MS,
+            signed_by=self.authority.public_hex,
+        )
+        signature = await self.authority.sign(signing_bytes(unsigned))
+        return msgspec.structs.replace(unsigned, signature=signature)
+
+    async def _clone(
+        self,
+        record: KeyRecord,
+        wrapped: bytes,
+        source: str,
+        target: str,
+        clone: CloneAuthorization,
+    ) -> None:
         async def unwrap_and_check(backend: HsmBackend, _n: int) -> None:
-            clone = await backend.unwrap(
-                record.key_id, record.curve, self.kek, wrapped, record.public_key
+            made = await backend.unwrap(
+                HsmUnwrap(
+                    key_id=record.key_id,
+                    curve=record.curve,
+                    kek_label=self.kek,
+                    wrapped=wrapped,
+                    public_key=record.public_key,
+                    clone=clone,
+                    created=record.authorization,
+                )
             )
-            if clone.public_key != record.public_key:
+            if made.public_key != record.public_key:
                 raise TransientError(
                     ErrorCode.HSM_ERROR, f"clone of {record.key_id} on {target} differs"
                 )
-            data = _TEST_DIGEST if record.curve == "secp256k1" else b"lantau clone check"
-            raw = await backend.sign(record.key_id, record.curve, data)
+            raw = await backend.clone_check(HsmCloneCheck(key_id=record.key_id, curve=record.curve))
+            data = clone_check_bytes(record.curve, record.key_id, target)
             # Raises if the clone's signature does not verify under the original public key.
             curves.finalize(record.curve, record.public_key, data, raw)
 
@@ -135,7 +185,9 @@ async def serve(rt: Runtime) -> None:
         publish_state=False,  # the signers report node state; one voice is enough
     )
     await pool.start(rt.stopping)
-    backup = Backup(rt, pool, await KeyDirectory.open(rt.js))
+    assert rt.config.backup.authority is not None  # check() refused to start otherwise
+    key = await asyncio.to_thread(authority.load, rt.config.backup.authority)
+    backup = Backup(rt, pool, await KeyDirectory.open(rt.js), key)
     consumer = Consumer(
         rt.nc,
         rt.js,
@@ -151,6 +203,12 @@ async def serve(rt: Runtime) -> None:
     await consumer.run(rt.stopping)
     sweeper.cancel()
     await pool.stop()
+    await key.close()
 
 
-ENTRY = ServiceEntry(section="backup", serve=serve)
+def check(cfg: Config) -> None:
+    if cfg.backup.authority is None:
+        raise ConfigError("[backup] authority: the backup service signs every clone")
+
+
+ENTRY = ServiceEntry(section="backup", serve=serve, check=check)

@@ -248,9 +248,10 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
-    from services.cli import approvals_cmd, audit_cmd
+    from services.cli import approvals_cmd, audit_cmd, authority_cmd
 
     audit_cmd.add_parsers(sub)
+    authority_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
     try:
         from devkit import commands as dev_commands

@@ -1,8 +1,11 @@
-"""hsm-node: owns exactly one PKCS#11 token and serves it to signers over NATS.
+"""hsm-node: owns exactly one PKCS#11 token and serves it over NATS, behind its guard.
 
-Endpoints are NATS micro-service endpoints (``$SRV.PING|INFO|STATS`` come free),
+The node holds the token's PIN, so it is the last line: every operation passes
+``libs.hsm.guard.Guard`` (the evidence check, the replay record) before the token is
+asked, and every operation done or refused becomes a receipt published for the audit
+trail. Endpoints are NATS micro-service endpoints (``$SRV.PING|INFO|STATS`` come free),
 one subject per operation: ``lantau.hsm.rpc.<node>.<op>``. Health beats go to
-``lantau.hsm.beat.<node>`` so signers notice a dead or hung node without asking.
+``lantau.hsm.beat.<node>`` so callers notice a dead or hung node without asking.
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from nats import micro
 from nats.micro.request import Request
 
 from libs import metrics, tracing
+from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
 from libs.config import ConfigError, HsmNodeConfig, read_pin
-from libs.hsm.pkcs11_backend import Pkcs11Backend
+from libs.evidence import Pins, pins_from
+from libs.hsm.guard import Guard
+from libs.hsm.replay import ReplayLog
+from libs.hsm.token import Pkcs11Token
+from libs.policy_store import PolicyStore
 from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.errors import ErrorCode, LantauError, TransientError
@@ -29,42 +37,48 @@ from proto.hsm import (
     COMMANDS,
     HealthBeat,
     HsmCapabilitiesQuery,
+    HsmCloneCheck,
     HsmCommand,
     HsmFailure,
     HsmGenerate,
-    HsmKey,
     HsmPublicKey,
+    HsmReceipt,
+    HsmReceipts,
     HsmReply,
     HsmSign,
     HsmSignature,
+    HsmSignCheckpoint,
     HsmUnwrap,
     HsmWrap,
     HsmWrapped,
 )
-from proto.subjects import HSM_SERVICE_NAME, hsm_beat_subject, hsm_rpc_subject
-from services.hsm_node.replay import ReplayLog, Signed, replay, sign_content
+from proto.subjects import HSM_SERVICE_NAME, hsm_beat_subject, hsm_rpc_subject, receipt_subject
 
 log = logging.getLogger("lantau.hsm_node")
 
 # Token errors in a row after which the node reports itself unhealthy in its beats.
 UNHEALTHY_AFTER = 3
+# Receipts wait at most this long to share one durable write.
+RECEIPT_FLUSH_S = 0.02
+RECEIPTS_PER_MESSAGE = 256
 
 
 class HsmNode:
-    def __init__(
-        self, rt: Runtime, node: HsmNodeConfig, backend: Pkcs11Backend, replays: ReplayLog
-    ) -> None:
+    def __init__(self, rt: Runtime, node: HsmNodeConfig, make_guard: Callable[[HsmNode], Guard]):
         self.rt = rt
         self.node = node
-        self.backend = backend
-        self.replays = replays
-        # Signatures being made now, by request: a concurrent repeat waits for the first.
-        self._signing: dict[str, tuple[str, asyncio.Future[bytes]]] = {}
+        self.guard = make_guard(self)
         self.in_flight = 0
         self.token_errors = 0
         self.started_at_ms = now_ms()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(node.sessions * 8)
+        self._receipts: list[HsmReceipt] = []
+        self._receipts_ready = asyncio.Event()
+
+    def on_receipt(self, receipt: HsmReceipt) -> None:
+        self._receipts.append(receipt)
+        self._receipts_ready.set()
 
     async def on_request(self, op: str, req: Request) -> None:
         # micro delivers one message at a time per endpoint: serve each in its own task
@@ -118,62 +132,49 @@ class HsmNode:
                 ErrorCode.WRONG_MESSAGE_TYPE,
                 f"{type(command).__name__} sent to the {op} endpoint",
             )
+        g = self.guard
         if isinstance(command, HsmSign):
-            signature = await self._sign(command)
-            return HsmSignature(key_id=command.key_id, signature=signature)
+            return HsmSignature(key_id=command.key_id, signatures=await g.sign(command))
+        if isinstance(command, HsmSignCheckpoint):
+            signature = await g.sign_checkpoint(command)
+            return HsmSignature(key_id=command.key_id, signatures=[signature])
+        if isinstance(command, HsmCloneCheck):
+            signature = await g.clone_check(command)
+            return HsmSignature(key_id=command.key_id, signatures=[signature])
         if isinstance(command, HsmGenerate):
-            key: HsmKey = await self.backend.generate(command.key_id, command.curve)
+            key = await g.generate(command)
             if key.created:
                 log.info("generated %s key %s", command.curve, command.key_id)
             return key
         if isinstance(command, HsmWrap):
-            wrapped = await self.backend.wrap(command.key_id, command.kek_label)
-            return HsmWrapped(key_id=command.key_id, wrapped=wrapped)
+            return HsmWrapped(key_id=command.key_id, wrapped=await g.wrap(command))
         if isinstance(command, HsmUnwrap):
-            return await self.backend.unwrap(
-                command.key_id,
-                command.curve,
-                command.kek_label,
-                command.wrapped,
-                command.public_key,
-            )
+            return await g.unwrap(command)
         if isinstance(command, HsmCapabilitiesQuery):
-            return await self.backend.capabilities()
+            return await g.capabilities()
         assert isinstance(command, HsmPublicKey)
-        return await self.backend.public_key(command.key_id)
+        return await g.public_key(command.key_id)
 
-    async def _sign(self, command: HsmSign) -> bytes:
-        """Sign, once per request: a repeat gets the signature already made."""
-        if not command.request_key:
-            return await self.backend.sign(command.key_id, command.curve, command.data)
-        key = command.request_key
-        content = sign_content(command)
-        if (done := replay(self.replays.get(key), key, content)) is not None:
-            metrics.TOKEN_OPERATIONS.labels(self.node.id, "sign", "replayed").inc()
-            return done
-        if key in self._signing:
-            running_content, running = self._signing[key]
-            replay(Signed(running_content, b""), key, content)  # refuses other content
-            return await asyncio.shield(running)
-        running = asyncio.get_running_loop().create_future()
-        self._signing[key] = (content, running)
-        try:
-            signature = await self.backend.sign(command.key_id, command.curve, command.data)
-            # Durable before it leaves the node: a repeat can never make a second one.
-            await self.replays.record(key, Signed(content, signature), command.deadline_ms)
-            log.info("signed request %s with key %s", key, command.key_id)
-            running.set_result(signature)
-            return signature
-        except BaseException as e:
-            running.set_exception(e)
-            running.exception()  # retrieved: a waiter may not exist
-            raise
-        finally:
-            self._signing.pop(key, None)
-
-    async def prune_forever(self) -> None:
-        while not await wait_or_stop(self.rt.stopping, 60.0):
-            await asyncio.to_thread(self.replays.prune, now_ms())
+    async def publish_receipts_forever(self) -> None:
+        """Receipts go out in small batches, each one durable write on the bus; a batch
+        the bus refuses is kept and sent again (the audit intent already recorded the
+        operation, the receipt confirms it happened)."""
+        subject = receipt_subject(self.node.id)
+        while not self.rt.stopping.is_set() or self._receipts:
+            await self._receipts_ready.wait()
+            await asyncio.sleep(RECEIPT_FLUSH_S)
+            batch = self._receipts[:RECEIPTS_PER_MESSAGE]
+            try:
+                await publish(self.rt.js, subject, HsmReceipts(node=self.node.id, receipts=batch))
+            except Exception as e:
+                log.warning("receipts not published yet (%s); retrying", type(e).__name__)
+                if self.rt.stopping.is_set():
+                    return
+                await asyncio.sleep(0.5)
+                continue
+            del self._receipts[: len(batch)]
+            if not self._receipts:
+                self._receipts_ready.clear()
 
     async def beat_forever(self) -> None:
         seq = 0
@@ -199,17 +200,36 @@ class HsmNode:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def check(node: HsmNodeConfig) -> None:
+    if not node.state_dir:
+        raise ConfigError(f"hsm node {node.id}: set state_dir (its replay record lives there)")
+
+
 async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
+    check(node)
+    assert node.state_dir is not None
     if node.softhsm_conf:
         # SoftHSM reads its config once, at C_Initialize: set it before loading the module.
         os.environ["SOFTHSM2_CONF"] = node.softhsm_conf
-    if not node.state_dir:
-        raise ConfigError(f"hsm node {node.id}: set state_dir (its replay record lives there)")
+    # The node pins what the config and the policy file say; the file may change (a new
+    # approver) and is reloaded like policy reloads it.
+    policies = PolicyStore(rt.config.policy.rules_file)
+    policies.load()
+
+    def pins() -> Pins:
+        return pins_from(rt.config, policies.current if rt.config.policy.rules_file else None)
+
     replays = await asyncio.to_thread(ReplayLog, Path(node.state_dir) / "replay.sqlite")
-    backend = await asyncio.to_thread(
-        Pkcs11Backend, node.module, node.token_label, read_pin(node), sessions=node.sessions
+    token = await asyncio.to_thread(
+        Pkcs11Token, node.module, node.token_label, read_pin(node), sessions=node.sessions
     )
-    hsm = HsmNode(rt, node, backend, replays)
+    hsm = HsmNode(
+        rt,
+        node,
+        lambda n: Guard(
+            token, node_id=node.id, pins=pins, replays=replays, on_receipt=n.on_receipt
+        ),
+    )
     service = await micro.add_service(
         rt.nc,
         name=HSM_SERVICE_NAME,
@@ -225,17 +245,29 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
         await service.add_endpoint(
             name=op, subject=hsm_rpc_subject(node.id, op), handler=handler_for(op)
         )
-    beats = asyncio.create_task(hsm.beat_forever())
-    pruning = asyncio.create_task(hsm.prune_forever())
+    background = [
+        asyncio.create_task(hsm.beat_forever()),
+        asyncio.create_task(policies.watch(rt.stopping, rt.config.policy.reload_interval_s)),
+        asyncio.create_task(_prune_forever(rt, replays)),
+    ]
+    receipts = asyncio.create_task(hsm.publish_receipts_forever())
     rt.set_ready("startup", True)
     log.info("hsm node %s serving token %s", node.id, node.token_label)
     await rt.stopping.wait()
     await service.stop()
     await hsm.drain()
-    beats.cancel()
-    pruning.cancel()
-    await backend.close()
+    for task in background:
+        task.cancel()
+    hsm._receipts_ready.set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(receipts, timeout=5)
+    await hsm.guard.close()
     replays.close()
+
+
+async def _prune_forever(rt: Runtime, replays: ReplayLog) -> None:
+    while not await wait_or_stop(rt.stopping, 60.0):
+        await asyncio.to_thread(replays.prune, now_ms())
 
 
 ENTRY = ServiceEntry(section="hsm-node", serve=serve, per_node=True, provision=False)

@@ -13,6 +13,7 @@ from libs import metrics
 from libs.bus import kv
 from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
+from libs.policy_file import Policy
 from libs.service import Runtime
 from proto import codec
 from proto.approvals import (
@@ -23,10 +24,13 @@ from proto.approvals import (
     payload_sha256,
 )
 from proto.errors import ErrorCode, LantauError, TransientError
+from proto.orders import Decision
 from proto.requests import SignRequest
 from proto.subjects import approval_event_subject, request_key
 from services.policy import approvals, rules
-from services.policy.outcomes import publish_order, publish_refusal, sign_order
+from services.policy.authorize import Authorizer
+from services.policy.facts import Judged
+from services.policy.outcomes import publish_order, publish_refusal
 from services.policy.velocity_state import VelocityBook
 
 log = logging.getLogger("lantau.policy")
@@ -36,18 +40,26 @@ SWEEP_INTERVAL_S = 1.0
 
 
 class Approvals:
-    def __init__(self, rt: Runtime, bucket: KeyValue) -> None:
+    def __init__(self, rt: Runtime, bucket: KeyValue, authorizer: Authorizer) -> None:
         self.rt = rt
         self.kv = bucket
+        self.authorizer = authorizer
         self.velocity: VelocityBook | None = None
 
-    async def hold(self, request: SignRequest, decision: rules.Verdict, now: int) -> None:
+    async def hold(
+        self, request: SignRequest, decision: rules.Verdict, now: int, judged: Judged
+    ) -> None:
         assert decision.group is not None
         pending = PendingApproval(
             request_id=request.request_id,
             requester=request.requester,
             key_id=request.key_id,
             payload_sha256=payload_sha256(request.payload),
+            view=list(judged.facts.summary),
+            view_sha256=judged.facts.view_sha256,
+            curve=judged.curve,
+            blind=judged.facts.blind,
+            digests=judged.digests,
             rule=decision.rule,
             group=decision.group,
             quorum=decision.quorum,
@@ -57,7 +69,8 @@ class Approvals:
             expires_at_ms=now + decision.approval_window_s * 1000,
             request=codec.encode(request),
             charges=[
-                ChargeRef(counter=c.counter, window_s=c.velocity.window_s) for c in decision.charges
+                ChargeRef(counter=c.counter, window_s=c.velocity.window_s, amount=str(c.amount))
+                for c in decision.charges
             ],
         )
         # create() fails on a redelivery: the request is already held, nothing to add.
@@ -66,7 +79,7 @@ class Approvals:
             log.info("request held for approval: %s", decision.explanation)
             await self._announce(pending, "", "", decision.explanation)
 
-    async def vote(self, vote: ApprovalVote, policy: rules.Policy) -> None:
+    async def vote(self, vote: ApprovalVote, policy: Policy) -> None:
         approvals.check_signature(vote, policy)
         key = request_key(vote.requester, vote.request_id)
         for _ in range(_CAS_ATTEMPTS):
@@ -123,18 +136,30 @@ class Approvals:
         assert isinstance(request, SignRequest)
         if pending.status == "approved":
             if self.velocity is not None and pending.charges:
-                amount = request.transfer.amount if request.transfer else 0
                 rkey = request_key(pending.requester, pending.request_id)
-                await self.velocity.record_approved(pending.charges, rkey, now_ms(), amount)
+                await self.velocity.record_approved(pending.charges, rkey, now_ms())
             names = approvals.approvers(pending.votes)
-            order = sign_order(
+            now = now_ms()
+            order = await self.authorizer.sign_order(
                 request,
-                pending.rule,
-                f"approved by {', '.join(names)} ({len(names)} of quorum {pending.quorum}, "
-                f"group {pending.group!r})",
-                pending.policy_version,
-                names,
-                now_ms() + self.rt.config.policy.order_deadline_ms,
+                curve=pending.curve,
+                digests=pending.digests,
+                blind=pending.blind,
+                view_sha256=pending.view_sha256,
+                decision=Decision(
+                    policy_version=pending.policy_version,
+                    rule=pending.rule,
+                    explanation=f"approved by {', '.join(names)} ({len(names)} of quorum "
+                    f"{pending.quorum}, group {pending.group!r})",
+                    approvers=names,
+                ),
+                issued_at_ms=now,
+                deadline_ms=now + self.rt.config.policy.order_deadline_ms,
+                group=pending.group,
+                quorum=pending.quorum,
+                votes=[
+                    v.signed for v in pending.votes if v.vote == "approve" and v.signed is not None
+                ],
             )
             await publish_order(self.rt.js, order)
             return

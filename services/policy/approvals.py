@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from libs.policy_file import Policy
 from proto.approvals import (
     ApprovalVote,
     CastVote,
@@ -14,7 +15,6 @@ from proto.approvals import (
 )
 from proto.errors import ErrorCode, LantauError
 from services.policy.auth import signed_by
-from services.policy.rules import Policy
 
 
 def check_signature(vote: ApprovalVote, policy: Policy) -> None:
@@ -50,7 +50,11 @@ def apply(pending: PendingApproval, vote: ApprovalVote, now_ms: int) -> PendingA
             ErrorCode.WRONG_GROUP,
             f"{vote.approver} is not in approver group {pending.group!r}",
         )
-    if vote.requester != pending.requester or vote.payload_sha256 != pending.payload_sha256:
+    if (
+        vote.requester != pending.requester
+        or vote.payload_sha256 != pending.payload_sha256
+        or vote.view_sha256 != pending.view_sha256
+    ):
         raise LantauError(
             ErrorCode.APPROVAL_MISMATCH,
             "the approval is for different content than the held request",
@@ -62,7 +66,9 @@ def apply(pending: PendingApproval, vote: ApprovalVote, now_ms: int) -> PendingA
         )
     votes = [
         *pending.votes,
-        CastVote(approver=vote.approver, vote=vote.vote, vote_id=vote.vote_id, at_ms=now_ms),
+        CastVote(
+            approver=vote.approver, vote=vote.vote, vote_id=vote.vote_id, at_ms=now_ms, signed=vote
+        ),
     ]
     status: PendingStatus = pending.status
     if vote.vote == "reject":

@@ -9,7 +9,7 @@ import nacl.signing
 
 from libs.config import PolicyConfig, RequesterConfig
 from proto.errors import ErrorCode, LantauError
-from proto.requests import CreateKeyRequest, Request, signing_bytes
+from proto.requests import CreateKeyRequest, Request, SignRequest, signing_bytes
 
 
 def signed_by(public_key_hex: str, data: bytes, signature: bytes) -> bool:
@@ -50,6 +50,17 @@ def check_freshness(request: Request, cfg: PolicyConfig, now_ms: int) -> None:
         raise LantauError(
             ErrorCode.REQUEST_EXPIRED,
             f"the request is older than max_request_age_ms ({cfg.max_request_age_ms} ms)",
+        )
+
+
+def check_blind(request: SignRequest, requester: RequesterConfig) -> None:
+    """A raw digest or message nobody can decode is signed only for keys the config
+    lets this requester sign blind: a permission of its own, denied by default."""
+    if not any(fnmatch.fnmatchcase(request.key_id, p) for p in requester.blind_keys):
+        raise LantauError(
+            ErrorCode.BLIND_SIGNING_DENIED,
+            f"requester {requester.name} may not have key {request.key_id} sign a "
+            f"{request.payload_kind} nobody can decode; send the transaction itself",
         )
 
 

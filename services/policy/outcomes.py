@@ -7,8 +7,8 @@ from nats.js import JetStreamContext
 from libs import metrics
 from libs.bus.publish import publish
 from libs.clock import now_ms
-from proto.orders import CreateKeyOrder, Decision, SignOrder
-from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
+from proto.orders import CreateKeyOrder, SignOrder
+from proto.requests import CreateKeyRequest, Request, request_hash
 from proto.results import unsuccessful
 from proto.subjects import (
     CREATE_KEY_ORDER,
@@ -17,32 +17,6 @@ from proto.subjects import (
     request_key,
     result_subject,
 )
-
-
-def sign_order(
-    request: SignRequest,
-    rule: str,
-    explanation: str,
-    policy_version: str,
-    approvers: list[str],
-    deadline_ms: int,
-) -> SignOrder:
-    return SignOrder(
-        request_id=request.request_id,
-        request_hash=request_hash(request),
-        requester=request.requester,
-        key_id=request.key_id,
-        payload=request.payload,
-        payload_kind=request.payload_kind,
-        decision=Decision(
-            policy_version=policy_version,
-            rule=rule,
-            explanation=explanation,
-            approvers=approvers,
-        ),
-        requested_at_ms=request.created_at_ms,
-        deadline_ms=deadline_ms,
-    )
 
 
 async def publish_order(js: JetStreamContext, order: SignOrder | CreateKeyOrder) -> None:

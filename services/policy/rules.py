@@ -1,169 +1,34 @@
-"""The policy file and its evaluation: pure functions, no I/O.
+"""Evaluating the policy file's rules: pure functions, no I/O.
 
-A policy file (TOML) holds address lists, approvers (Ed25519 public keys), approver
-groups and ordered rules. For a sign request the first rule whose every condition
-holds decides: allow, deny, or require M approvals of a group. No rule matching is a
-denial. ``docs/policy.md`` is the reference for risk officers.
+For a sign request the first rule whose every condition holds decides: allow, deny, or
+require M approvals of a group; no rule matching is a denial. Conditions judge the
+request's facts (services/policy/facts.py): parsed from a transaction, declared only
+for a blind payload.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import re
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from datetime import datetime, time
-from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from dataclasses import dataclass
+from typing import Literal
 
-import msgspec
-
-from proto.common import PayloadKind
+from libs.chains import Movement
+from libs.policy_file import Policy, Rule, Velocity
 from proto.errors import ErrorCode, LantauError
 from proto.requests import SignRequest
+from services.policy.facts import Facts, facts_of
 from services.policy.velocity import Window
-
-RuleName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
-
-
-class PolicyFileError(LantauError):
-    """A policy file that cannot be used; the message names the line and the field."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(ErrorCode.POLICY_FILE_INVALID, message)
-
-
-class Hours(
-    msgspec.Struct,
-    frozen=True,
-    kw_only=True,
-    forbid_unknown_fields=True,
-    rename={"start": "from", "end": "to"},
-):
-    start: str
-    end: str
-    tz: str
-    days: list[str] = msgspec.field(default_factory=lambda: list(_DAYS))
-
-    def contains(self, now_ms: int) -> bool:
-        local = datetime.fromtimestamp(now_ms / 1000, ZoneInfo(self.tz))
-        if _DAYS[local.weekday()] not in self.days:
-            return False
-        t, start, end = local.time(), _clock(self.start), _clock(self.end)
-        return start <= t < end if start <= end else (t >= start or t < end)
-
-
-class Velocity(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A rolling window per key or per requester; the rule matches when this request
-    would take the window past a limit."""
-
-    per: Literal["key", "requester"]
-    window_s: Annotated[int, msgspec.Meta(ge=1, le=31 * 86400)]
-    max_amount: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    max_count: Annotated[int, msgspec.Meta(ge=0)] | None = None
-
-
-class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: RuleName
-    action: Literal["allow", "deny", "approve"]
-    # Conditions; an absent condition holds for every request.
-    keys: list[str] = []
-    requesters: list[str] = []
-    kinds: list[PayloadKind] = []
-    has_transfer: bool | None = None
-    assets: list[str] = []
-    amount_above: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    amount_at_most: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    destination_in: list[str] = []
-    destination_not_in: list[str] = []
-    within_hours: Hours | None = None
-    outside_hours: Hours | None = None
-    velocity: Velocity | None = None
-    # For action = "approve".
-    group: str | None = None
-    quorum: Annotated[int, msgspec.Meta(ge=1)] | None = None
-    approval_window_s: Annotated[int, msgspec.Meta(ge=1, le=7 * 86400)] = 3600
-    reason: str = ""
-
-    @property
-    def uses_transfer(self) -> bool:
-        return bool(
-            self.assets
-            or self.amount_above is not None
-            or self.amount_at_most is not None
-            or self.destination_in
-            or self.destination_not_in
-        )
-
-
-class Approver(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    public_key: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
-
-
-class Group(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    approvers: list[str]
-    # Need-to-know for approvers: the requesters whose requests this group approves.
-    approves_for: list[str]
-
-
-class Asset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """What an asset can hold: no transfer is judged (or counted) beyond its supply."""
-
-    decimals: Annotated[int, msgspec.Meta(ge=0, le=36)]
-    # Minor units; a string of digits where TOML's 64-bit integers are too small.
-    max_amount: Annotated[int, msgspec.Meta(ge=0)] | Annotated[
-        str, msgspec.Meta(pattern=r"^[0-9]{1,78}$")
-    ]
-
-    def limit(self) -> int:
-        return int(self.max_amount)
-
-
-# Assets every policy knows; a policy file may add others or tighten these.
-BUILTIN_ASSETS = {
-    "BTC": Asset(decimals=8, max_amount=21_000_000 * 10**8),
-    "ETH": Asset(decimals=18, max_amount=str(10**9 * 10**18)),
-    "SOL": Asset(decimals=9, max_amount=10**9 * 10**9),
-}
-
-
-class PolicyFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    version: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    assets: dict[str, Asset] = {}
-    address_lists: dict[str, list[str]] = {}
-    approvers: dict[str, Approver] = {}
-    groups: dict[str, Group] = {}
-    rules: list[Rule] = []
-
-
-@dataclass(frozen=True)
-class Policy:
-    file: PolicyFile
-    # "<version>#<first 12 hex of the file's SHA-256>": names exactly the text in force.
-    version: str
-    lines: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rules(self) -> list[Rule]:
-        return self.file.rules
-
-    def group(self, name: str) -> Group:
-        return self.file.groups[name]
-
-    def asset(self, symbol: str) -> Asset | None:
-        return self.file.assets.get(symbol) or BUILTIN_ASSETS.get(symbol)
 
 
 @dataclass(frozen=True)
 class Charge:
-    """One velocity window a request counts towards."""
+    """One velocity window a request counts towards, and by how much."""
 
     counter: str
     velocity: Velocity
+    amount: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,103 +47,21 @@ class Verdict:
 DEFAULT_DENY = "default-deny"
 
 
-def _clock(text: str) -> time:
-    hours, minutes = text.split(":")
-    return time(int(hours), int(minutes))
-
-
-def parse(text: str) -> Policy:
-    """Decode and check a policy file; every error names a line."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyFileError(f"not valid TOML: {e}") from None
-    lines = _rule_lines(text)
-    try:
-        policy_file = msgspec.convert(raw, PolicyFile)
-    except msgspec.ValidationError as e:
-        raise PolicyFileError(f"{_where(str(e), lines, raw)}: {e}") from None
-    policy = Policy(
-        policy_file,
-        f"{policy_file.version}#{hashlib.sha256(text.encode()).hexdigest()[:12]}",
-        {r.name: lines[i] for i, r in enumerate(policy_file.rules) if i < len(lines)},
-    )
-    _check(policy, lines)
-    return policy
-
-
-def _rule_lines(text: str) -> list[int]:
-    return [n for n, line in enumerate(text.splitlines(), 1) if line.strip() == "[[rules]]"]
-
-
-def _where(error: str, lines: list[int], raw: dict) -> str:
-    m = re.search(r"\$\.rules\[(\d+)\]", error)
-    if m and int(m.group(1)) < len(lines):
-        i = int(m.group(1))
-        name = raw["rules"][i].get("name", "?") if isinstance(raw.get("rules"), list) else "?"
-        return f"line {lines[i]} (rule {i + 1}, {name!r})"
-    return "policy file"
-
-
-def _check(policy: Policy, lines: list[int]) -> None:
-    f = policy.file
-    for name, group in f.groups.items():
-        for approver in group.approvers:
-            if approver not in f.approvers:
-                raise PolicyFileError(f"group {name!r} names unknown approver {approver!r}")
-    seen: set[str] = set()
-    for i, rule in enumerate(f.rules):
-        at = f"line {lines[i]} (rule {rule.name!r})"
-        if rule.name in seen:
-            raise PolicyFileError(f"{at}: a rule named {rule.name!r} already exists")
-        seen.add(rule.name)
-        for listed in (*rule.destination_in, *rule.destination_not_in):
-            if listed not in f.address_lists:
-                raise PolicyFileError(f"{at}: no address list named {listed!r}")
-        for hours in (rule.within_hours, rule.outside_hours):
-            if hours is None:
-                continue
-            for value in (hours.start, hours.end):
-                if not _HHMM.match(value):
-                    raise PolicyFileError(f"{at}: time {value!r} is not HH:MM")
-            bad_days = [d for d in hours.days if d not in _DAYS]
-            if bad_days:
-                raise PolicyFileError(f"{at}: unknown days {bad_days} (use {', '.join(_DAYS)})")
-            try:
-                ZoneInfo(hours.tz)
-            except (ZoneInfoNotFoundError, ValueError):
-                raise PolicyFileError(f"{at}: unknown time zone {hours.tz!r}") from None
-        v = rule.velocity
-        if v is not None and v.max_amount is None and v.max_count is None:
-            raise PolicyFileError(f"{at}: velocity needs max_amount or max_count")
-        if rule.action == "approve":
-            if rule.group is None or rule.quorum is None:
-                raise PolicyFileError(f"{at}: action 'approve' needs group and quorum")
-            if rule.group not in f.groups:
-                raise PolicyFileError(f"{at}: no approver group named {rule.group!r}")
-            size = len(f.groups[rule.group].approvers)
-            if rule.quorum > size:
-                raise PolicyFileError(
-                    f"{at}: quorum {rule.quorum} is more than group {rule.group!r} has ({size})"
-                )
-        elif rule.group is not None or rule.quorum is not None:
-            raise PolicyFileError(f"{at}: group and quorum only apply to action 'approve'")
-
-
-def check_transfer(policy: Policy, request: SignRequest) -> None:
-    """Refuse a declared transfer of an unknown asset or beyond what the asset can hold,
-    before any rule or window sees it."""
-    t = request.transfer
-    if t is None:
-        return
-    asset = policy.asset(t.asset)
-    if asset is None:
-        raise LantauError(ErrorCode.UNKNOWN_ASSET, f"asset {t.asset} is not known to the policy")
-    if t.amount > asset.limit():
-        raise LantauError(
-            ErrorCode.AMOUNT_OUT_OF_RANGE,
-            f"transfer of {t.amount} minor units of {t.asset} is more than the asset can hold",
-        )
+def check_facts(policy: Policy, facts: Facts) -> None:
+    """Refuse movements of an unknown asset or beyond what the asset can hold, before
+    any rule or window sees them."""
+    for m in facts.movements:
+        asset = policy.asset(m.asset)
+        if asset is None:
+            raise LantauError(
+                ErrorCode.UNKNOWN_ASSET, f"asset {m.asset} is not known to the policy"
+            )
+        if m.amount > asset.limit():
+            raise LantauError(
+                ErrorCode.AMOUNT_OUT_OF_RANGE,
+                f"a movement of {m.amount} minor units of {m.asset} is more than the asset "
+                "can hold",
+            )
 
 
 def counter_key(rule: Rule, request: SignRequest) -> str:
@@ -289,46 +72,80 @@ def counter_key(rule: Rule, request: SignRequest) -> str:
     return f"{rule.name}.{rule.velocity.per}.{safe}"
 
 
-def charges_for(policy: Policy, request: SignRequest) -> tuple[Charge, ...]:
-    """Every velocity window this request counts towards (if it is not denied)."""
+def charges_for(policy: Policy, request: SignRequest, facts: Facts) -> tuple[Charge, ...]:
+    """Every velocity window this request counts towards (if it is not denied), and
+    the amount it counts for in each."""
     return tuple(
-        Charge(counter_key(r, request), r.velocity)
+        Charge(counter_key(r, request), r.velocity, facts.total(r.assets))
         for r in policy.rules
-        if r.velocity is not None and _static_match(policy, r, request) is None
+        if r.velocity is not None and _static_match(policy, r, request, facts) is None
     )
 
 
-def _amount(request: SignRequest) -> int:
-    return request.transfer.amount if request.transfer else 0
+def _in_lists(policy: Policy, value: str, names: list[str]) -> bool:
+    lists = policy.file.address_lists
+    return any(value in lists[n] for n in names)
 
 
-def _static_match(policy: Policy, rule: Rule, request: SignRequest) -> str | None:
+def _movement_fits(policy: Policy, rule: Rule, m: Movement) -> bool:
+    if rule.assets and m.asset not in rule.assets:
+        return False
+    if rule.destination_in and not _in_lists(policy, m.destination, rule.destination_in):
+        return False
+    return not (
+        rule.destination_not_in and _in_lists(policy, m.destination, rule.destination_not_in)
+    )
+
+
+def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts) -> str | None:
     """None if every condition but hours and velocity holds, else the first that fails."""
-    t = request.transfer
     if rule.keys and not any(fnmatch.fnmatchcase(request.key_id, p) for p in rule.keys):
         return "key"
     if rule.requesters and request.requester not in rule.requesters:
         return "requester"
     if rule.kinds and request.payload_kind not in rule.kinds:
         return "kind"
-    if rule.has_transfer is not None and rule.has_transfer != (t is not None):
+    if rule.blind is not None and rule.blind != facts.blind:
+        return "blind"
+    if rule.unknown is not None and rule.unknown != facts.unknown:
+        return "unknown"
+    if rule.unknown is None and facts.unknown and not rule.restrictive:
+        return "unknown transaction"
+    moves = facts.movements
+    if rule.has_transfer is not None and rule.has_transfer != bool(moves):
         return "has_transfer"
-    if rule.uses_transfer and t is None:
+    if rule.uses_transfer and not moves:
         return "no transfer"
-    if t is None:
-        return None
-    if rule.assets and t.asset not in rule.assets:
-        return "asset"
-    if rule.amount_above is not None and not t.amount > rule.amount_above:
+    if rule.chains and facts.chain not in rule.chains:
+        return "chain"
+    quantifier = any if rule.restrictive else all
+    if (rule.assets or rule.destination_in or rule.destination_not_in) and not quantifier(
+        _movement_fits(policy, rule, m) for m in moves
+    ):
+        return "movements"
+    total = facts.total(rule.assets)
+    if rule.amount_above is not None and not total > int(rule.amount_above):
         return "amount"
-    if rule.amount_at_most is not None and not t.amount <= rule.amount_at_most:
+    if rule.amount_at_most is not None and not total <= int(rule.amount_at_most):
         return "amount"
-    lists = policy.file.address_lists
-    if rule.destination_in and not any(t.destination in lists[n] for n in rule.destination_in):
-        return "destination"
-    if rule.destination_not_in and any(t.destination in lists[n] for n in rule.destination_not_in):
-        return "destination"
+    contracts = facts.contracts
+    if rule.contracts_in and not quantifier(
+        _in_lists(policy, c, rule.contracts_in) for c in contracts
+    ):
+        return "contracts"
+    if rule.contracts_not_in and not quantifier(
+        not _in_lists(policy, c, rule.contracts_not_in) for c in contracts
+    ):
+        return "contracts"
+    if rule.fee_above is not None and not (facts.fee or 0) > int(rule.fee_above):
+        return "fee"
     return None
+
+
+def _moved(facts: Facts) -> str:
+    shown = [f"{m.amount} {m.asset} to {m.destination}" for m in facts.movements[:3]]
+    more = len(facts.movements) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 def matches(
@@ -337,14 +154,19 @@ def matches(
     request: SignRequest,
     now_ms: int,
     windows: Mapping[str, Window],
+    facts: Facts | None = None,
 ) -> str | None:
     """The human reason the rule matches this request, or None if it does not."""
-    if _static_match(policy, rule, request) is not None:
+    facts = facts or facts_of(request, None)
+    if _static_match(policy, rule, request, facts) is not None:
         return None
     reasons: list[str] = []
-    t = request.transfer
-    if t is not None and rule.uses_transfer:
-        reasons.append(f"{t.amount} {t.asset} to {t.destination}")
+    if facts.movements and rule.uses_transfer:
+        reasons.append(_moved(facts))
+    if facts.unknown and rule.unknown:
+        reasons.append("the transaction has parts nobody decoded: " + ", ".join(facts.calls))
+    if rule.fee_above is not None:
+        reasons.append(f"fee {facts.fee} > {rule.fee_above}")
     if rule.within_hours is not None:
         if not rule.within_hours.contains(now_ms):
             return None
@@ -359,11 +181,11 @@ def matches(
         v = rule.velocity
         window = windows.get(counter_key(rule, request), Window())
         count, total = window.totals(now_ms, v.window_s)
-        amount = _amount(request)
+        amount = facts.total(rule.assets)
         over = []
         if v.max_count is not None and count + 1 > v.max_count:
             over.append(f"{count + 1} requests > {v.max_count}")
-        if v.max_amount is not None and total + amount > v.max_amount:
+        if v.max_amount is not None and total + amount > int(v.max_amount):
             over.append(f"{total + amount} > {v.max_amount}")
         if not over:
             return None
@@ -372,17 +194,23 @@ def matches(
 
 
 def evaluate(
-    policy: Policy, request: SignRequest, now_ms: int, windows: Mapping[str, Window]
+    policy: Policy,
+    request: SignRequest,
+    now_ms: int,
+    windows: Mapping[str, Window],
+    facts: Facts | None = None,
 ) -> Verdict:
-    """First matching rule wins; none matching denies."""
+    """First matching rule wins; none matching denies. ``facts``: what the request does
+    (parsed for a transaction; by default the declaration of a blind request)."""
+    facts = facts or facts_of(request, None)
     for rule in policy.rules:
-        why = matches(policy, rule, request, now_ms, windows)
+        why = matches(policy, rule, request, now_ms, windows, facts)
         if why is None:
             continue
         text = f"rule {rule.name!r} ({why})" + (f": {rule.reason}" if rule.reason else "")
         if rule.action == "deny":
             return Verdict("deny", rule.name, text, policy.version)
-        charges = charges_for(policy, request)
+        charges = charges_for(policy, request, facts)
         if rule.action == "allow":
             return Verdict("allow", rule.name, text, policy.version, charges=charges)
         assert rule.group is not None and rule.quorum is not None

@@ -14,20 +14,25 @@ import logging
 
 from nats.js.kv import KeyValue
 
-from libs import curves, metrics, tracing
+from libs import chains, curves, evidence, metrics, tracing
 from libs.bus import kv
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import last_on_subject
 from libs.clock import now_ms
-from libs.config import Config
+from libs.config import Config, ConfigError, RequesterConfig
+from libs.evidence import PLATFORM_KEY_PREFIX
+from libs.hsm import authority
 from libs.keys.directory import KeyDirectory
 from libs.logs import request_id_var
+from libs.policy_store import PolicyStore
 from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.approvals import ApprovalVote
+from proto.authorization import digest_of
+from proto.common import TX_KINDS
 from proto.errors import ErrorCode, LantauError
-from proto.orders import CreateKeyOrder, Decision
-from proto.requests import CreateKeyRequest, Request, request_hash
+from proto.orders import Decision
+from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
 from proto.subjects import (
     APPROVALS_BUCKET,
     POLICY_REQUESTS,
@@ -39,8 +44,9 @@ from proto.subjects import (
 )
 from services.policy import auth, rules
 from services.policy.approval_state import Approvals
-from services.policy.outcomes import publish_order, publish_refusal, sign_order
-from services.policy.store import PolicyStore
+from services.policy.authorize import Authorizer
+from services.policy.facts import Judged, facts_of
+from services.policy.outcomes import publish_order, publish_refusal
 from services.policy.velocity_state import VelocityBook
 
 log = logging.getLogger("lantau.policy")
@@ -55,6 +61,7 @@ class PolicyService:
         held: Approvals,
         velocity: VelocityBook,
         policies: PolicyStore,
+        authorizer: Authorizer,
     ) -> None:
         self.rt = rt
         self.cfg = rt.config.policy
@@ -63,6 +70,7 @@ class PolicyService:
         self.held = held
         self.velocity = velocity
         self.policies = policies
+        self.authorizer = authorizer
 
     async def handle(self, message: Request | ApprovalVote, _delivery: Delivery) -> None:
         if isinstance(message, ApprovalVote):
@@ -81,22 +89,19 @@ class PolicyService:
         now = now_ms()
         auth.check_freshness(request, self.cfg, now)
         pattern = auth.check_access(request, requester)
+        if request.key_id.startswith(PLATFORM_KEY_PREFIX):
+            raise LantauError(
+                ErrorCode.RESERVED_KEY, f"{request.key_id} is a platform key, nobody's to use"
+            )
+        deadline = now + self.cfg.order_deadline_ms
         if isinstance(request, CreateKeyRequest):
             decision = Decision(
                 policy_version="config",
                 rule="need-to-know",
                 explanation=f"{requester.name} may create keys matching {pattern!r}",
             )
-            create_order = CreateKeyOrder(
-                request_id=request.request_id,
-                request_hash=digest,
-                requester=requester.name,
-                key_id=request.key_id,
-                curve=request.curve,
-                region=request.region,
-                decision=decision,
-                requested_at_ms=request.created_at_ms,
-                deadline_ms=now + self.cfg.order_deadline_ms,
+            create_order = await self.authorizer.create_order(
+                request, decision=decision, issued_at_ms=now, deadline_ms=deadline
             )
             metrics.POLICY_DECISIONS.labels(decision.rule, "allow").inc()
             await publish_order(self.rt.js, create_order)
@@ -104,24 +109,59 @@ class PolicyService:
         record, _ = await self.keys.get(request.key_id)
         if record is None or record.status != "active":
             raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {request.key_id} does not exist")
-        curves.check_payload(record.curve, request.payload_kind, request.payload)
+        judged = self._judge(request, requester, record.curve, record.public_key)
         policy = self.policies.current
-        rules.check_transfer(policy, request)
-        verdict = await self.velocity.decide(policy, request, now, seen_before=not fresh)
+        rules.check_facts(policy, judged.facts)
+        verdict = await self.velocity.decide(
+            policy, request, now, seen_before=not fresh, facts=judged.facts
+        )
         metrics.POLICY_DECISIONS.labels(verdict.rule, verdict.action).inc()
+        if judged.facts.blind:
+            metrics.BLIND_REQUESTS.labels(verdict.action).inc()
         tracing.annotate(rule=verdict.rule, decision=verdict.action)
         if verdict.action == "deny":
             await publish_refusal(
                 self.rt.js, request, str(ErrorCode.POLICY_DENIED), verdict.explanation, "rejected"
             )
         elif verdict.action == "approve":
-            await self.held.hold(request, verdict, now)
+            await self.held.hold(request, verdict, now, judged)
         else:
-            deadline = min(now + self.cfg.order_deadline_ms, request.expires_at_ms)
-            order = sign_order(
-                request, verdict.rule, verdict.explanation, verdict.policy_version, [], deadline
+            order = await self.authorizer.sign_order(
+                request,
+                curve=record.curve,
+                digests=judged.digests,
+                blind=judged.facts.blind,
+                view_sha256=judged.facts.view_sha256,
+                decision=Decision(
+                    policy_version=verdict.policy_version,
+                    rule=verdict.rule,
+                    explanation=verdict.explanation,
+                ),
+                issued_at_ms=now,
+                deadline_ms=min(deadline, request.expires_at_ms),
             )
             await publish_order(self.rt.js, order)
+
+    def _judge(
+        self, request: SignRequest, requester: RequesterConfig, curve: str, public_key: bytes
+    ) -> Judged:
+        """The facts policy judges, and the exact bytes an HSM would sign for them."""
+        if request.payload_kind in TX_KINDS:
+            if curve != chains.curve_for(request.payload_kind):
+                raise LantauError(
+                    ErrorCode.CURVE_MISMATCH,
+                    f"a {request.payload_kind} payload is not signed by a {curve} key",
+                )
+            parsed = chains.parse(
+                request.payload_kind, request.payload, public_key, chain_hint=request.chain
+            )
+            facts = facts_of(request, parsed)
+        else:
+            curves.check_payload(curve, request.payload_kind, request.payload)  # type: ignore[arg-type]
+            auth.check_blind(request, requester)
+            facts = facts_of(request, None)
+        data = evidence.bytes_to_sign(request, public_key)
+        return Judged(facts, [digest_of(d) for d in data], curve)
 
     async def _claim(self, request: Request, digest: str) -> bool:
         """Bind the requester's id to this content forever; reusing it for other content
@@ -163,14 +203,22 @@ class PolicyService:
 
 
 def check(cfg: Config) -> None:
-    """Refuse to start on a policy file that does not load: there is no old one to keep."""
+    """Refuse to start on a policy file that does not load (there is no old one to keep),
+    or without the authority key the hsm-nodes would accept."""
     PolicyStore(cfg.policy.rules_file).load()
+    if cfg.policy.authority is None:
+        raise ConfigError("[policy] authority: policy signs every order; configure its key")
 
 
 async def serve(rt: Runtime) -> None:
     policies = PolicyStore(rt.config.policy.rules_file)
     policies.load()
-    held = Approvals(rt, await rt.js.key_value(APPROVALS_BUCKET))
+    assert rt.config.policy.authority is not None  # check() refused to start otherwise
+    key = await asyncio.to_thread(authority.load, rt.config.policy.authority)
+    if key.public_hex not in rt.config.evidence.policy_keys:
+        log.error("policy's authority key %s is not pinned in [evidence]", key.public_hex[:16])
+    authorizer = Authorizer(key)
+    held = Approvals(rt, await rt.js.key_value(APPROVALS_BUCKET), authorizer)
     velocity = VelocityBook(await rt.js.key_value(VELOCITY_BUCKET))
     held.velocity = velocity
     policy = PolicyService(
@@ -180,6 +228,7 @@ async def serve(rt: Runtime) -> None:
         held,
         velocity,
         policies,
+        authorizer,
     )
     consumer = Consumer(
         rt.nc,
@@ -203,6 +252,7 @@ async def serve(rt: Runtime) -> None:
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
+        await key.close()
 
 
 ENTRY = ServiceEntry(section="policy", serve=serve, check=check)

@@ -40,8 +40,9 @@ class Window(msgspec.Struct, frozen=True):
         return Window([e for e in self.entries if e.request_id != request_id])
 
 
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Window)
+# JSON, not msgpack: amounts in wei or token units do not fit 64 bits.
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Window)
 
 
 def encode(window: Window) -> bytes:

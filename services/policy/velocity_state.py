@@ -9,16 +9,19 @@ import msgspec
 from nats.js.kv import KeyValue
 
 from libs.bus import kv
+from libs.policy_file import Policy
 from proto.approvals import ChargeRef
 from proto.errors import ErrorCode, TransientError
 from proto.requests import SignRequest
 from proto.subjects import request_key
 from services.policy import rules
 from services.policy import velocity as vel
+from services.policy.facts import Facts, facts_of
 
 _CAS_ATTEMPTS = 20
-_verdict_encoder = msgspec.msgpack.Encoder()
-_verdict_decoder = msgspec.msgpack.Decoder(rules.Verdict)
+# JSON: a verdict carries amounts that may not fit 64 bits.
+_verdict_encoder = msgspec.json.Encoder()
+_verdict_decoder = msgspec.json.Decoder(rules.Verdict)
 
 
 class VelocityBook:
@@ -30,7 +33,13 @@ class VelocityBook:
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
 
     async def decide(
-        self, policy: rules.Policy, request: SignRequest, now: int, *, seen_before: bool = True
+        self,
+        policy: Policy,
+        request: SignRequest,
+        now: int,
+        *,
+        seen_before: bool = True,
+        facts: Facts | None = None,
     ) -> rules.Verdict:
         """Decide once per request, whatever the redeliveries and replicas.
 
@@ -45,15 +54,16 @@ class VelocityBook:
             data, _ = await kv.read(self.kv, memo_key)
             if data is not None:
                 return _verdict_decoder.decode(data)
-        counters = tuple(sorted(c.counter for c in rules.charges_for(policy, request)))
+        facts = facts or facts_of(request, None)
+        counters = tuple(sorted(c.counter for c in rules.charges_for(policy, request, facts)))
         if counters:
             lock = self._locks.setdefault(counters, asyncio.Lock())
             async with lock:
-                decision = await self._evaluate_and_charge(policy, request, now)
+                decision = await self._evaluate_and_charge(policy, request, now, facts)
             if not lock.locked() and len(self._locks) > 10_000:
                 self._locks.pop(counters, None)
         else:
-            decision = await self._evaluate_and_charge(policy, request, now)
+            decision = await self._evaluate_and_charge(policy, request, now, facts)
         if not decision.charges and decision.action != "approve":
             # Nothing counted: evaluating again gives the same answer under the same
             # policy, so no stored decision (and no disk write) is needed.
@@ -65,18 +75,17 @@ class VelocityBook:
         return decision
 
     async def _evaluate_and_charge(
-        self, policy: rules.Policy, request: SignRequest, now: int
+        self, policy: Policy, request: SignRequest, now: int, facts: Facts
     ) -> rules.Verdict:
-        amount = request.transfer.amount if request.transfer else 0
         rkey = request_key(request.requester, request.request_id)
         for _ in range(_CAS_ATTEMPTS):
             read = {}
-            for charge in rules.charges_for(policy, request):
+            for charge in rules.charges_for(policy, request, facts):
                 data, revision = await kv.read(self.kv, charge.counter)
                 read[charge.counter] = (vel.decode(data), revision)
             # A request charged by a replica that died before deciding is judged afresh.
             windows = {k: w.released(rkey) for k, (w, _) in read.items()}
-            decision = rules.evaluate(policy, request, now, windows)
+            decision = rules.evaluate(policy, request, now, windows, facts)
             if decision.action == "deny":
                 await self.release(list(read), rkey)
                 return decision
@@ -90,7 +99,7 @@ class VelocityBook:
                 window, revision = read[charge.counter]
                 if window.holds(rkey):
                     continue
-                new = window.charged(rkey, now, amount, charge.velocity.window_s)
+                new = window.charged(rkey, now, charge.amount, charge.velocity.window_s)
                 if await kv.write(self.kv, charge.counter, vel.encode(new), revision) is None:
                     break
                 applied.append(charge.counter)
@@ -99,9 +108,7 @@ class VelocityBook:
             await self.release(applied, rkey)
         raise TransientError(ErrorCode.INTERNAL, "velocity windows kept changing; retrying")
 
-    async def record_approved(
-        self, charges: list[ChargeRef], rkey: str, now: int, amount: int
-    ) -> None:
+    async def record_approved(self, charges: list[ChargeRef], rkey: str, now: int) -> None:
         """Count an approved request in its windows: approvers overrule the limit, so the
         charge is added whatever the window holds (once: a repeat finds it there)."""
         for charge in charges:
@@ -110,7 +117,7 @@ class VelocityBook:
                 window = vel.decode(data)
                 if window.holds(rkey):
                     break
-                new = vel.encode(window.charged(rkey, now, amount, charge.window_s))
+                new = vel.encode(window.charged(rkey, now, int(charge.amount), charge.window_s))
                 if await kv.write(self.kv, charge.counter, new, revision) is not None:
                     break
             else:

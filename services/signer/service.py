@@ -15,7 +15,7 @@ import uuid
 from nats import micro
 from nats.micro.request import Request
 
-from libs import curves, metrics, tracing
+from libs import chains, curves, evidence, metrics, tracing
 from libs.audit import gate
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import last_on_subject, publish
@@ -28,9 +28,12 @@ from libs.logs import request_id_var
 from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.audit import AuditIntent
+from proto.common import TX_KINDS
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import KeyCreated
+from proto.hsm import HsmGenerate, HsmSign
 from proto.orders import CreateKeyOrder, Order, SignOrder
+from proto.requests import SignRequest
 from proto.results import KeyResult, SignResult, unsuccessful
 from proto.subjects import (
     ADMIN_POOL_STATUS,
@@ -38,7 +41,6 @@ from proto.subjects import (
     RESULTS,
     SIGNER_ORDERS,
     SIGNER_SERVICE_NAME,
-    request_key,
     result_subject,
 )
 from services.signer.intents import EarlierAttempt, IntentLog
@@ -51,6 +53,7 @@ class Signer:
         self.rt = rt
         self.cfg = rt.config.signer
         self.max_attempts = rt.config.hsm.max_attempts
+        self.pins = evidence.pins_from(rt.config, None)
         self.pool = pool
         self.keys = keys
         # Offline backup HSMs hold clones but are never asked to sign.
@@ -62,6 +65,9 @@ class Signer:
         await gate.wait_until_witnessed(self.rt, delivery)  # fail closed: none unwitnessed
         request_id_var.set(order.request_id)
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
+        # An order is policy's word or nothing: a forgery on the bus stops here (and
+        # would stop at the hsm-node anyway, which checks everything again).
+        self._authentic(order)
         # Policy sends one order per request (one msg id; a resend that finds a result
         # stops at policy), so only a redelivery can find its request already answered.
         if delivery.count > 1 and await self._answered(order):
@@ -81,10 +87,29 @@ class Signer:
 
     async def on_reject(self, order: Order | None, error: LantauError, _d: Delivery) -> None:
         """Tell the requester why its order cannot be done (bad order or retries exhausted).
-        Junk that is no order goes to the dead-letter stream only: a header naming a
-        request proves nothing, and nobody may write a result under another's name."""
-        if order is not None:
-            await self._finish(order, "failed", error.code, error.message)
+        Junk and forged orders go to the dead-letter stream only: nobody may write a
+        result under a requester's name but for an order policy really issued."""
+        if order is None:
+            return
+        try:
+            self._authentic(order)
+        except LantauError:
+            return
+        await self._finish(order, "failed", error.code, error.message)
+
+    def _authentic(self, order: Order) -> None:
+        """Policy signed this order's authorization (a pinned key), for this very order."""
+        a = order.authorization
+        evidence.check_policy_statement(a, self.pins)
+        if (a.requester, a.request_id, a.key_id, a.request_hash) != (
+            order.requester,
+            order.request_id,
+            order.key_id,
+            order.request_hash,
+        ):
+            raise LantauError(
+                ErrorCode.AUTHORIZATION_MISMATCH, "the order does not match its authorization"
+            )
 
     async def _answered(self, order: Order) -> bool:
         subject = result_subject(order.requester, order.request_id)
@@ -93,6 +118,8 @@ class Signer:
     # -- signing -------------------------------------------------------------
 
     async def _sign(self, order: SignOrder, delivery: int) -> None:
+        request = codec.REQUEST.decode(order.request)
+        assert isinstance(request, SignRequest)  # check_sign refused anything else
         record, _ = await self.keys.get(order.key_id)
         if record is None or record.status != "active":
             await self._finish(
@@ -100,19 +127,21 @@ class Signer:
             )
             return
         curve = record.curve
-        try:
-            curves.check_payload(curve, order.payload_kind, order.payload)
-        except LantauError as e:
-            await self._finish(order, "failed", e.code, e.message)
-            return
-        payload_sha256 = hashlib.sha256(order.payload).hexdigest()
+        # What the node will sign, from the request itself; the node computes it again.
+        data = evidence.bytes_to_sign(request, record.public_key)
+        payload_sha256 = hashlib.sha256(request.payload).hexdigest()
         queued_s = max(0.0, (now_ms() - order.requested_at_ms) / 1000)
         metrics.STAGE_DURATION.labels("queue").observe(queued_s)
-
         intents = IntentLog(self.rt.js, order.requester, order.request_id)
-        rkey = request_key(order.requester, order.request_id)
+        command = HsmSign(
+            key_id=order.key_id,
+            curve=curve,
+            request=order.request,
+            authorization=order.authorization,
+            approvals=order.approvals,
+        )
 
-        async def attempt(remote: HsmBackend, _n: int) -> curves.FinalSignature:
+        async def attempt(remote: HsmBackend, _n: int) -> list[curves.FinalSignature]:
             t0 = time.perf_counter()
             if not intents.covers(remote.name):
                 # Fail closed: this attempt's intent is durable before the HSM is asked.
@@ -130,24 +159,27 @@ class Signer:
                     )
                 )
             t1 = time.perf_counter()
-            raw = await remote.sign(
-                order.key_id, curve, order.payload, request_key=rkey, deadline_ms=order.deadline_ms
-            )
+            raws = await remote.sign(command)
             t2 = time.perf_counter()
             try:
-                final = curves.finalize(curve, record.public_key, order.payload, raw)
+                if len(raws) != len(data):
+                    raise LantauError(ErrorCode.SIGNATURE_VERIFICATION_FAILED, "wrong count")
+                finals = [
+                    curves.finalize(curve, record.public_key, d, raw)
+                    for d, raw in zip(data, raws, strict=True)
+                ]
             except LantauError as e:
                 # A node that returns a bad signature is faulty: fail over, never publish it.
                 raise TransientError(e.code, f"{remote.name}: {e.message}") from None
             metrics.STAGE_DURATION.labels("audit_intent").observe(t1 - t0)
             metrics.STAGE_DURATION.labels("hsm").observe(t2 - t1)
             metrics.STAGE_DURATION.labels("verify").observe(time.perf_counter() - t2)
-            return final
+            return finals
 
         holders = [n for n in record.nodes if n in self.signing_nodes]
         for _ in range(3):
             try:
-                final, node = await self.pool.run(
+                finals, node = await self.pool.run(
                     "sign", holders, attempt, max_attempts=self.max_attempts, prefer=intents.nodes
                 )
                 break
@@ -159,6 +191,15 @@ class Signer:
                 await intents.load()
         else:
             raise TransientError(ErrorCode.INTERNAL, "attempts on this request kept racing")
+        signed_payload = None
+        if request.payload_kind in TX_KINDS:
+            signed_payload = chains.assemble(
+                request.payload_kind,
+                request.payload,
+                record.public_key,
+                [(f.signature, f.recovery_id) for f in finals],
+                chain_hint=request.chain,
+            )
         t0 = time.perf_counter()
         result = SignResult(
             request_id=order.request_id,
@@ -166,8 +207,10 @@ class Signer:
             status="signed",
             key_id=order.key_id,
             curve=curve,
-            signature=final.signature,
-            recovery_id=final.recovery_id,
+            signature=finals[0].signature,
+            recovery_id=finals[0].recovery_id,
+            signatures=[f.signature for f in finals],
+            signed_payload=signed_payload,
             public_key=record.public_key,
             node=node,
             completed_at_ms=now_ms(),
@@ -179,8 +222,15 @@ class Signer:
 
     async def _create_key(self, order: CreateKeyOrder) -> None:
         async def generate(node: str) -> bytes:
+            command = HsmGenerate(
+                key_id=order.key_id,
+                curve=order.curve,
+                request=order.request,
+                authorization=order.authorization,
+            )
+
             async def on_node(backend: HsmBackend, _n: int) -> bytes:
-                return (await backend.generate(order.key_id, order.curve)).public_key
+                return (await backend.generate(command)).public_key
 
             # On the reserved node only: never two different keys under one id.
             public_key, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
@@ -196,6 +246,7 @@ class Signer:
                 region=order.region,
                 choose_node=lambda: self._placement(order),
                 generate=generate,
+                authorization=order.authorization,
             )
         except LantauError as e:
             status = "rejected" if e.code == ErrorCode.KEY_EXISTS else "failed"

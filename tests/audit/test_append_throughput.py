@@ -24,8 +24,11 @@ from services.audit.writer import LogWriter
 CP_KEY = coincurve.PrivateKey(b"\x03" * 32)
 
 
-async def _sign(digest: bytes) -> tuple[bytes, bytes]:
+async def _sign(checkpoint) -> tuple[bytes, bytes]:
     """A software stand-in for the HSM: what is measured here is the log."""
+    from libs.audit import checkpoint as cp
+
+    digest = cp.digest(checkpoint)
     pub = CP_KEY.public_key.format()
     raw = CP_KEY.sign_recoverable(digest, hasher=None)[:64]
     return pub, curves.finalize("secp256k1", pub, digest, raw).signature

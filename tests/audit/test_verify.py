@@ -14,7 +14,7 @@ from libs.audit.export import from_lines, line_of
 from libs.audit.trail import Keys, LogItem, Trail
 from libs.audit.verify import accepted_records, missing_facts, verify
 from libs.audit.witness import Witnessed
-from proto.audit import AuditCheckpoint, AuditRecord, FactGap
+from proto.audit import AuditCheckpoint, AuditRecord, FactGap, SkippedRange
 from tests.audit.builders import (
     CP_KEY,
     CP_PUB,
@@ -65,7 +65,7 @@ def test_an_untouched_log_verifies():
         {"prev_hash": "00" * 32},
         {"facts": []},
         {"gaps": [FactGap(stream="LANTAU_ORDERS", first=1, last=1, reason="deleted")]},
-        {"skipped": [(1, 1)]},
+        {"skipped": [SkippedRange(first=1, last=1)]},
         {"hash": "11" * 32},
         {"signature": b"\x00" * 64},
         {"writer": OTHER_RECORD_KEY.public_hex},
@@ -213,7 +213,7 @@ def _quarantined(entries, at: int, foreign, note_in_next: bool = True) -> list:
                 if k >= head:
                     changes: dict = {"prev_hash": prev}
                     if k == head:
-                        changes["skipped"] = [(at + 1, at + 1)]
+                        changes["skipped"] = [SkippedRange(first=at + 1, last=at + 1)]
                     out[k] = e = reseal(e, **changes)
                 prev = e.hash
         # Checkpoints after it are re-signed over the new records (the writer signs them).

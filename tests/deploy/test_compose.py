@@ -18,7 +18,7 @@ import yaml
 
 from devkit.natsserver import binary as nats_server_binary
 from libs import config as config_mod
-from services.policy import rules
+from libs import policy_file
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -252,7 +252,7 @@ def test_the_policy_file_is_mounted_and_accepted(resolved: dict) -> None:
     cfg = config_mod.load(DOCKER / "lantau.toml", env={})
     assert cfg.policy.rules_file in mounts
     text = Path(mounts[cfg.policy.rules_file]).read_text()
-    assert rules.parse(text).version.startswith("compose-1#")
+    assert policy_file.parse(text).version.startswith("compose-1#")
 
 
 def test_audit_keeps_its_record_key_and_witness_on_their_own_volumes(

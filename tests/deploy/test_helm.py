@@ -17,7 +17,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from libs import config as config_mod
-from services.policy import rules
+from libs import policy_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "lantau"
@@ -214,7 +214,7 @@ def test_other_settings_render_valid_manifests(tmp_path: Path) -> None:
     assert {(n.module, n.softhsm_conf) for n in cfg.hsm_nodes} == {("/opt/hsm/lib/pkcs11.so", None)}
     # The policy file the chart ships is one the policy service accepts.
     assert cfg.policy.rules_file == "/etc/lantau/policy.toml"
-    assert rules.parse(cm["data"]["policy.toml"]).version.startswith("helm-1#")
+    assert policy_file.parse(cm["data"]["policy.toml"]).version.startswith("helm-1#")
     with pytest.raises(helm.HelmError, match="at least 1"):
         render({"hsmNode": {"replicas": 0}})
 

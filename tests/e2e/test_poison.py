@@ -6,12 +6,13 @@ import asyncio
 import hashlib
 
 import msgspec
+import nacl.signing
 import pytest
 
+from devkit import forge
 from proto import codec
 from proto.errors import ErrorCode
 from proto.events import KeyCreated
-from proto.orders import Decision, SignOrder
 from proto.results import SignResult
 from proto.subjects import (
     CREATE_KEY_ORDER,
@@ -26,18 +27,10 @@ from proto.subjects import (
 
 GARBAGE = b"\xc1\xff not msgpack"
 A_RESULT = codec.encode(SignResult(request_id="x", status="signed"))
+_FORGER = nacl.signing.SigningKey.generate()
+_SOME_REQUEST = forge.signed_request(_FORGER, "desk-a", "desk-a-p", b"1" * 32, request_id="o1")
 AN_ORDER = codec.encode(
-    SignOrder(
-        request_id="o1",
-        request_hash="h",
-        requester="desk-a",
-        key_id="desk-a-p",
-        payload=b"1" * 32,
-        payload_kind="digest",
-        decision=Decision(policy_version="t", rule="t", explanation="t"),
-        requested_at_ms=1,
-        deadline_ms=2**41,
-    )
+    forge.order(_SOME_REQUEST, forge.authorization(_FORGER, _SOME_REQUEST, b""))
 )
 BAD_FIELD = msgspec.msgpack.encode({"type": "sign_request", "request_id": "has space"})
 
@@ -97,7 +90,8 @@ async def test_poison_naming_a_request_gets_no_result_and_cannot_squat_its_id(
     digest = hashlib.sha256(rid.encode()).digest()
     genuine = await client.sign("desk-a-squat", digest, request_id=rid)
     assert genuine.status == "signed", genuine.error
-    stored = await client.get_result(rid)
+    # The client can hear of a result a moment before the stream serves it back.
+    stored = await wait_stored(client, rid)
     assert stored is not None and stored.status == "signed"
     assert stored.signature == genuine.signature
 
@@ -127,7 +121,16 @@ async def test_a_forged_request_cannot_squat_the_id_of_the_real_one(platform, cl
     assert await client.get_result("sq-2") is None
     real = await client.sign("desk-a-squat2", digest, request_id="sq-2")
     assert real.status == "signed", real.error
-    assert (await client.get_result("sq-2")).signature == real.signature
+    assert (await wait_stored(client, "sq-2")).signature == real.signature
+
+
+async def wait_stored(client, request_id: str):
+    for _ in range(30):
+        stored = await client.get_result(request_id)
+        if stored is not None:
+            return stored
+        await asyncio.sleep(0.1)
+    return None
 
 
 async def _dead_letters(js):

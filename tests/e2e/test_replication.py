@@ -45,14 +45,17 @@ async def test_untagged_key_is_cloned_to_every_node_and_each_clone_signs(platfor
     created = await client.create_key("desk-a-everywhere", "secp256k1")
     assert created.status == "created"
     await wait_replicated(client, platform, "desk-a-everywhere")
-    digest = hashlib.sha256(b"clone").digest()
+    from libs.curves import finalize
+    from libs.hsm.guard import clone_check_bytes
+    from proto.hsm import HsmCloneCheck
+
+    check = HsmCloneCheck(key_id="desk-a-everywhere", curve="secp256k1")
     for node in ("hsm-1", "hsm-2", "hsm-3", "hsm-4"):
         key = await RemoteHsm(nc, node, timeout_s=5).public_key("desk-a-everywhere")
         assert key.public_key == created.public_key
-        raw = await RemoteHsm(nc, node, timeout_s=5).sign("desk-a-everywhere", "secp256k1", digest)
-        from libs.curves import finalize
-
-        finalize("secp256k1", created.public_key, digest, raw)  # raises if the clone is wrong
+        raw = await RemoteHsm(nc, node, timeout_s=5).clone_check(check)
+        data = clone_check_bytes("secp256k1", "desk-a-everywhere", node)
+        finalize("secp256k1", created.public_key, data, raw)  # raises if the clone is wrong
 
 
 async def test_region_tagged_key_never_leaves_its_region(platform, client, nc):
@@ -156,10 +159,10 @@ def test_private_keys_only_leave_wrapped_under_a_trusted_key(tmp_path):
         """
 import sys, pkcs11
 from pkcs11 import KeyType, Attribute as A, Mechanism as M, ObjectClass as OC
-from libs.hsm.pkcs11_backend import Pkcs11Backend
+from libs.hsm.token import Pkcs11Token
 from devkit.softhsm import find_module
 import asyncio
-b = Pkcs11Backend(find_module(), sys.argv[1], open(sys.argv[2]).read().strip())
+b = Pkcs11Token(find_module(), sys.argv[1], open(sys.argv[2]).read().strip())
 asyncio.run(b.generate("k", "secp256k1"))
 s = pkcs11.lib(find_module()).get_token(token_label=sys.argv[1]).open(rw=True)
 priv = s.get_key(object_class=OC.PRIVATE_KEY, label="k")

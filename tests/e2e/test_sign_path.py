@@ -11,9 +11,11 @@ import pytest
 
 from libs.client import CustodyClient, RequestIdConflict
 from libs.clock import now_ms
+from proto import codec
 from proto.errors import ErrorCode
-from proto.subjects import intent_subject
+from proto.subjects import HDR_REQUEST_ID, SIGN_REQUEST, intent_subject
 from tests.e2e.helpers import results_on_subject, verify_independently
+from tests.e2e.test_poison import dead_letter_for
 
 
 async def test_both_curves_are_signed_and_verify_with_an_independent_library(client):
@@ -69,8 +71,10 @@ async def test_reusing_a_request_id_for_other_content_is_refused(client):
 @pytest.mark.parametrize(
     ("mutate", "code", "status"),
     [
-        ("unknown_requester", ErrorCode.UNKNOWN_REQUESTER, "rejected"),
-        ("bad_signature", ErrorCode.BAD_SIGNATURE, "rejected"),
+        # Unauthenticated: refused onto the dead-letter stream only, never a result (a
+        # forgery owns no request id); the client times out.
+        ("unknown_requester", ErrorCode.UNKNOWN_REQUESTER, None),
+        ("bad_signature", ErrorCode.BAD_SIGNATURE, None),
         ("expired", ErrorCode.REQUEST_EXPIRED, "expired"),
         ("future", ErrorCode.REQUEST_FROM_FUTURE, "rejected"),
         ("no_access", ErrorCode.ACCESS_DENIED, "rejected"),
@@ -104,11 +108,20 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
         request, created_at_ms=created, expires_at_ms=created + 60_000, signature=b""
     )
     request = forger.signed(request)
-    result = await forger.send(request, timeout=15)
-    assert result.status == status
-    assert result.error is not None and result.error.code == code
-    assert result.error.message  # a sentence for humans
-    assert result.signature is None
+    if status is None:
+        js = client.connection.jetstream()
+        ack = await forger.connection.jetstream().publish(
+            SIGN_REQUEST, codec.encode(request), headers={HDR_REQUEST_ID: "typed-x"}
+        )
+        record = await dead_letter_for(js, "LANTAU_REQUESTS", ack.seq)
+        assert record.code == code and record.message
+        assert await forger.get_result(request.request_id) is None
+    else:
+        result = await forger.send(request, timeout=15)
+        assert result.status == status
+        assert result.error is not None and result.error.code == code
+        assert result.error.message  # a sentence for humans
+        assert result.signature is None
     # The platform keeps serving.
     good = await client.sign("desk-a-typed", hashlib.sha256(b"after").digest())
     assert good.status == "signed"

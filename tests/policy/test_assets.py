@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from libs.policy_file import parse
 from proto.errors import ErrorCode, LantauError
 from proto.requests import SignRequest, Transfer
-from services.policy.rules import check_transfer, parse
+from services.policy.facts import facts_of
+from services.policy.rules import check_facts
 
 POLICY = parse(
     """
@@ -44,10 +46,10 @@ def req(asset: str, amount: int) -> SignRequest:
 )
 def test_refused(asset, amount, code):
     with pytest.raises(LantauError) as e:
-        check_transfer(POLICY, req(asset, amount))
+        check_facts(POLICY, facts_of(req(asset, amount), None))
     assert e.value.code == code and asset in e.value.message
 
 
 @pytest.mark.parametrize(("asset", "amount"), [("BTC", 100), ("USDC", 10**17), ("ETH", 2**63)])
 def test_within_bounds(asset, amount):
-    check_transfer(POLICY, req(asset, amount))
+    check_facts(POLICY, facts_of(req(asset, amount), None))

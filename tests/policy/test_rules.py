@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 import nacl.signing
 import pytest
 
+from libs.policy_file import PolicyFileError, parse
 from proto.requests import SignRequest, Transfer
-from services.policy.rules import DEFAULT_DENY, PolicyFileError, evaluate, parse
+from services.policy.rules import DEFAULT_DENY, evaluate
 from services.policy.velocity import Entry, Window
 
 WEEKDAYS = '"mon", "tue", "wed", "thu", "fri"'

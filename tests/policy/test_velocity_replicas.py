@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devkit.natsserver import NatsServer
+from libs.policy_file import parse
 from proto.requests import SignRequest, Transfer
 from proto.subjects import request_key
 from services.policy import velocity as vel
-from services.policy.rules import parse
 from services.policy.velocity_state import VelocityBook
 
 POLICY = """

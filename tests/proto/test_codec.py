@@ -1,11 +1,12 @@
 """Decoding failures become typed errors with the right code."""
 
 import msgspec
+import nacl.signing
 import pytest
 
+from devkit import forge
 from proto import codec
 from proto.errors import ErrorCode, LantauError
-from proto.orders import Decision, SignOrder
 from proto.requests import SignRequest, request_hash, signing_bytes
 
 REQ = SignRequest(
@@ -50,17 +51,9 @@ def test_bad_bytes_get_typed_errors(data, code):
 
 
 def test_an_order_is_not_a_request():
-    order = SignOrder(
-        request_id="r1",
-        request_hash="h",
-        requester="d",
-        key_id="k",
-        payload=b"x",
-        payload_kind="digest",
-        decision=Decision(policy_version="1", rule="r", explanation="e"),
-        requested_at_ms=1,
-        deadline_ms=2,
-    )
+    key = nacl.signing.SigningKey.generate()
+    request = forge.signed_request(key, "d", "k", b"\x01" * 32)
+    order = forge.order(request, forge.authorization(key, request, b""))
     with pytest.raises(LantauError) as e:
         codec.REQUEST.decode(codec.encode(order))
     assert e.value.code == ErrorCode.WRONG_MESSAGE_TYPE

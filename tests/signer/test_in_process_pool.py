@@ -16,17 +16,32 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from libs import curves
-from libs.hsm.pkcs11_backend import Pkcs11Backend
+from libs.clock import now_ms
+from libs.evidence import Pins
+from libs.hsm.guard import Guard
+from libs.hsm.replay import ReplayLog
+from libs.hsm.token import Pkcs11Token
+from devkit import forge
 from devkit.softhsm import find_module, init_slots
 from libs.hsm.pool import HsmPool
+from proto import codec
+from proto.hsm import HsmGenerate, HsmSign
+from proto.requests import CreateKeyRequest, signing_bytes
+import msgspec, nacl.signing
+
+POLICY, DESK = nacl.signing.SigningKey.generate(), nacl.signing.SigningKey.generate()
+PINS = Pins(policy=frozenset({POLICY.verify_key.encode().hex()}),
+            requesters={"desk": DESK.verify_key.encode().hex()})
 
 async def main(workdir):
     slots = init_slots(Path(workdir), ["slot-1", "slot-2", "slot-3"])
     os.environ["SOFTHSM2_CONF"] = str(slots[0].conf_path)
     shared = ThreadPoolExecutor(max_workers=1)  # SoftHSM without locking: one thread
+    # Each slot behind its own guard: the same evidence checks an hsm-node makes.
     backends = {
-        s.label: Pkcs11Backend(find_module(), s.label, s.pin_file.read_text().strip(),
-                               executor=shared)
+        s.label: Guard(
+            Pkcs11Token(find_module(), s.label, s.pin_file.read_text().strip(), executor=shared),
+            node_id=s.label, pins=lambda: PINS, replays=ReplayLog(None))
         for s in slots
     }
     pool = HsmPool(None, None, observer="test", backends=backends, timeout_s=2.0)
@@ -36,30 +51,39 @@ async def main(workdir):
         if all(v.state == "up" for v in pool.balancer.views()):
             break
         await asyncio.sleep(0.05)
+    create = CreateKeyRequest(request_id="c", requester="desk", key_id="desk-k",
+                              curve="secp256k1", created_at_ms=now_ms(),
+                              expires_at_ms=now_ms() + 60_000)
+    create = msgspec.structs.replace(create, signature=DESK.sign(signing_bytes(create)).signature)
+    command = HsmGenerate(key_id="desk-k", curve="secp256k1", request=codec.encode(create),
+                          authorization=forge.create_authorization(POLICY, create))
     public = {}
     for name in backends:
         async def gen(b, _n):
-            return (await b.generate("k", "secp256k1")).public_key
+            return (await b.generate(command)).public_key
         public[name], _ = await pool.run("generate", [name], gen, max_attempts=1)
 
-    async def burst(n):
+    async def burst(n, tag):
         by_node, verified = {}, 0
         async def one(i):
             nonlocal verified
-            digest = hashlib.sha256(b"%d" % i).digest()
+            digest = hashlib.sha256(b"%s %d" % (tag, i)).digest()
+            request = forge.signed_request(DESK, "desk", "desk-k", digest)
+            cmd = HsmSign(key_id="desk-k", curve="secp256k1", request=codec.encode(request),
+                          authorization=forge.authorization(POLICY, request, b""))
             async def sign(b, _n):
-                return await b.sign("k", "secp256k1", digest)
-            raw, node = await pool.run("sign", list(backends), sign, max_attempts=3)
-            curves.finalize("secp256k1", public[node], digest, raw)  # raises if invalid
+                return await b.sign(cmd)
+            raws, node = await pool.run("sign", list(backends), sign, max_attempts=3)
+            curves.finalize("secp256k1", public[node], digest, raws[0])  # raises if invalid
             verified += 1
             by_node[node] = by_node.get(node, 0) + 1
         for start in range(0, n, 24):
             await asyncio.gather(*(one(i) for i in range(start, min(n, start + 24))))
         return by_node, verified
 
-    before, ok_before = await burst(240)
+    before, ok_before = await burst(240, b"before")
     await backends["slot-2"].close()  # the slot dies: its sessions are gone
-    after, ok_after = await burst(240)
+    after, ok_after = await burst(240, b"after")
     states = {v.node_id: [str(v.state), str(v.circuit)] for v in pool.balancer.views()}
     stopping.set()
     await pool.stop()

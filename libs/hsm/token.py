@@ -1,4 +1,5 @@
-"""HsmBackend on one PKCS#11 token through python-pkcs11.
+"""One PKCS#11 token through python-pkcs11: the raw operations, with no checks of who
+asks. Only ``libs.hsm.guard.Guard`` (the hsm-node's evidence check) calls them for work.
 
 PKCS#11 calls block, so they run on worker threads, one session per thread
 (sessions are not thread-safe). Login is per application: one session logs in at
@@ -20,7 +21,6 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from libs.curves import ec_point_from_public_key, public_key_from_ec_point
-from libs.hsm.backend import Liveness
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import HsmCapabilities, HsmKey
@@ -60,10 +60,8 @@ _CURVE_PARAMS = {
 }
 
 
-class Pkcs11Backend:
+class Pkcs11Token:
     """One token (one HSM, or one HA slot of a vendor client), several sessions."""
-
-    liveness: Liveness = "in_process"
 
     def __init__(
         self,
@@ -256,11 +254,7 @@ class Pkcs11Backend:
     async def public_key(self, key_id: str) -> HsmKey:
         return await self._run(self._public, key_id)
 
-    async def sign(
-        self, key_id: str, curve: Curve, data: bytes, *, request_key: str = "", deadline_ms: int = 0
-    ) -> bytes:
-        # In process there is no node boundary to keep a replay record at: the caller is
-        # the only client (a vendor HA slot), so request_key is not used here.
+    async def sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
         return await self._run(self._sign, key_id, curve, data)
 
     async def probe(self) -> None:

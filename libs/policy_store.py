@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from libs import metrics
-from services.policy.rules import Policy, PolicyFile, PolicyFileError, Rule, parse
+from libs.policy_file import Policy, PolicyFile, PolicyFileError, Rule, parse
 
 log = logging.getLogger("lantau.policy")
 
@@ -47,9 +47,11 @@ class PolicyStore:
             if seen == self._seen:
                 return True
             self._seen = seen
-            policy = parse(self.path.read_text())
+            policy = parse(self.path.read_text(encoding="utf-8"))
         except OSError as e:
             return self._refuse(f"cannot read it: {e.strerror}")
+        except UnicodeDecodeError as e:
+            return self._refuse(f"not UTF-8 text: {e.reason} at byte {e.start}")
         except PolicyFileError as e:
             return self._refuse(str(e))
         old, self.current = self.current.version, policy

@@ -11,33 +11,27 @@ stale anyway.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sqlite3
 import threading
 from pathlib import Path
 from typing import NamedTuple
 
-from proto.errors import ErrorCode, LantauError
-from proto.hsm import HsmSign
+import msgspec
 
+from proto.errors import ErrorCode, LantauError
+
+_signatures = msgspec.msgpack.Decoder(list[bytes])
+_signatures_out = msgspec.msgpack.Encoder()
 # Kept past the deadline so a clock slightly behind the signer's still finds the entry.
 KEEP_AFTER_DEADLINE_MS = 10 * 60_000
 
 
-def sign_content(command: HsmSign) -> str:
-    """What a request asked this node to sign: the key and the exact bytes."""
-    digest = hashlib.sha256(b"lantau/hsm-sign/v1\n")
-    for part in (command.key_id.encode(), command.curve.encode(), command.data):
-        digest.update(len(part).to_bytes(4, "big") + part)
-    return digest.hexdigest()
-
-
 class Signed(NamedTuple):
-    content: str  # hash of what was asked: key, payload (the authorization, once signed)
-    signature: bytes
+    content: str  # the authorization that allowed it (its statement hash)
+    signatures: list[bytes]
 
 
-def replay(previous: Signed | None, request_id: str, content: str) -> bytes | None:
+def replay(previous: Signed | None, request_id: str, content: str) -> list[bytes] | None:
     """The stored signature for this exact request, None if it was never signed here;
     refuses a request id reused for different content."""
     if previous is None:
@@ -47,13 +41,16 @@ def replay(previous: Signed | None, request_id: str, content: str) -> bytes | No
             ErrorCode.REQUEST_ID_CONFLICT,
             f"request {request_id} was signed on this node for different content",
         )
-    return previous.signature
+    return previous.signatures
 
 
 class ReplayLog:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    def __init__(self, path: Path | None) -> None:
+        """``path`` None: kept in memory (an in-process token whose caller keeps state)."""
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        where = str(path) if path is not None else ":memory:"
+        self._db = sqlite3.connect(where, isolation_level=None, check_same_thread=False)
         self._db.execute("pragma journal_mode=wal")
         self._db.execute("pragma synchronous=full")
         self._db.execute(
@@ -61,8 +58,8 @@ class ReplayLog:
             " signature blob, keep_until integer)"
         )
         self._seen: dict[str, Signed] = {
-            rid: Signed(content, bytes(sig))
-            for rid, content, sig in self._db.execute(
+            rid: Signed(content, _signatures.decode(blob))
+            for rid, content, blob in self._db.execute(
                 "select request_id, content, signature from signed"
             )
         }
@@ -105,7 +102,10 @@ class ReplayLog:
             self._db.execute("begin")
             self._db.executemany(
                 "insert or ignore into signed values (?, ?, ?, ?)",
-                [(rid, s.content, s.signature, keep) for rid, s, keep, _ in batch],
+                [
+                    (rid, s.content, _signatures_out.encode(s.signatures), keep)
+                    for rid, s, keep, _ in batch
+                ],
             )
             self._db.execute("commit")
 
