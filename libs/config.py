@@ -168,8 +168,8 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # One record per batch: up to this many facts, gathered for at most batch_wait_ms.
     batch_max_facts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256
     batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
-    # A signed checkpoint every checkpoint_every records, or checkpoint_interval_s after
-    # the last change.
+    # A signed checkpoint every checkpoint_every records, and at most
+    # checkpoint_interval_s after a record was written.
     checkpoint_every: Positive = 100
     checkpoint_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     # How long an append may keep failing before the service stops (and alerts) instead

@@ -75,7 +75,7 @@ class Appender:
         self.pending = Pending()
         self._wake = asyncio.Event()
         self.halted: str | None = None
-        self._last_change = time.monotonic()
+        self._last_checkpoint = time.monotonic()
         self._last_sweep = 0.0
         self._swept_at: dict[str, int] = {}
 
@@ -150,7 +150,6 @@ class Appender:
             if batch is None:
                 return
             self._release(self.pending.drop_recorded(self.writer.trail.cursors))
-            self._last_change = time.monotonic()
             trail = self.writer.trail
             if trail.head_seq - trail.last_cp_size >= self.cfg.checkpoint_every:
                 await self.checkpoint()
@@ -294,7 +293,8 @@ class Appender:
         self._last_sweep = now
         await self._sweep()
         await self._flush()
-        if now - self._last_change >= self.cfg.checkpoint_interval_s:
+        # A record waits at most about checkpoint_interval_s for a checkpoint over it.
+        if now - self._last_checkpoint >= self.cfg.checkpoint_interval_s:
             await self.checkpoint()
         await self._witness_tick()
 
@@ -324,6 +324,7 @@ class Appender:
                 log.warning("checkpoint not appended: %s", type(e).__name__)
                 return None
             metrics.AUDIT_CHECKPOINT_TREE_SIZE.set(signed.tree_size)
+            self._last_checkpoint = time.monotonic()
             await self.sinks.write(signed)
             await self._publish_status()
             try:
