@@ -329,7 +329,13 @@ async def start_platform(
         policy=PolicyConfig(
             metrics_port=free_port(), rules_file=str(policy_file), authority=policy_authority
         ),
-        audit=AuditConfig(metrics_port=free_port()),
+        # The witness sink in its own directory (a separate volume in production).
+        audit=AuditConfig(
+            metrics_port=free_port(),
+            record_key_file=str(run_dir / "audit" / "record.key"),
+            create_record_key=True,
+            witness_files=[str(run_dir / "witness" / "checkpoints.jsonl")],
+        ),
         backup=BackupConfig(
             metrics_port=free_port(), authority=AuthorityConfig(seed_file=str(backup_seed))
         ),
@@ -349,6 +355,8 @@ async def start_platform(
         ),
     )
     config_path.write_text(config_mod.dump(cfg))
+    for sink in cfg.audit.witness_files:
+        Path(sink).parent.mkdir(parents=True, exist_ok=True)
     # Hosts with a node per token hold more than a hsm-node's seed; the stack runs them
     # all here, but each process gets only its own seed file.
     nats.workdir.mkdir(parents=True, exist_ok=True)

@@ -201,6 +201,29 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     id: str = "audit"
     fetch_batch: Positive = 256
     metrics_port: Port = 0
+    # The record key: an Ed25519 seed (64 hex characters, `lantau audit keygen`) that signs
+    # every record. Readable by the service's user only (group read is tolerated for
+    # Kubernetes secret volumes with fsGroup). Every replica uses the same key.
+    record_key_file: str | None = None
+    # Create record_key_file (0600) when it does not exist: one replica on its own volume
+    # (dev, compose). Never with several replicas: each would make its own key.
+    create_record_key: bool = False
+    # Earlier record keys (hex public keys) whose records the service still builds on,
+    # after a key rotation.
+    accept_record_keys: list[str] = []
+    # Witness sinks: append-only files on volumes the bus cannot reach, each receiving
+    # every checkpoint. At least one is required; with none reachable, signing pauses.
+    witness_files: list[str] = []
+    # One record per batch: up to this many facts, gathered for at most batch_wait_ms.
+    batch_max_facts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256
+    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # A signed checkpoint every checkpoint_every records, and at most
+    # checkpoint_interval_s after a record was written.
+    checkpoint_every: Positive = 100
+    checkpoint_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # How long an append may keep failing before the service stops (and alerts) instead
+    # of retrying: it never drops a fact.
+    append_retry_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class BackupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

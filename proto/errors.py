@@ -77,6 +77,14 @@ class ErrorCode(enum.StrEnum):
     MERKLE_BAD_HASH = "MERKLE_BAD_HASH"
     MERKLE_BAD_FRONTIER = "MERKLE_BAD_FRONTIER"
     MERKLE_PROOF_REJECTED = "MERKLE_PROOF_REJECTED"
+    # The audit trail (libs/audit, services/audit): the log cannot be read, an export or
+    # a witness file is not what it should be, the audit service stopped, signing paused
+    # because no sink witnesses the checkpoints.
+    AUDIT_LOG_UNREADABLE = "AUDIT_LOG_UNREADABLE"
+    AUDIT_EXPORT_INVALID = "AUDIT_EXPORT_INVALID"
+    AUDIT_WITNESS_INVALID = "AUDIT_WITNESS_INVALID"
+    AUDIT_HALTED = "AUDIT_HALTED"
+    AUDIT_UNWITNESSED = "AUDIT_UNWITNESSED"
     # Offline backups under an M-of-N custodian quorum (libs/backup).
     QUORUM_NOT_MET = "QUORUM_NOT_MET"
     BAD_SHARE = "BAD_SHARE"

@@ -118,23 +118,14 @@ class StreamSpec(NamedTuple):
     name: str
     subjects: tuple[str, ...]
     description: str
-    # Direct gets on: reads of the newest message on a subject can then be allowed per
-    # subject ($JS.API.DIRECT.GET.<stream>.<subject>), e.g. a requester's own results.
-    direct: bool = False
 
 
 REQUESTS = StreamSpec("LANTAU_REQUESTS", (f"{PREFIX}.request.>",), "requests from clients")
 ORDERS = StreamSpec("LANTAU_ORDERS", (f"{PREFIX}.order.>",), "approved work for signers")
-RESULTS = StreamSpec(
-    "LANTAU_RESULTS", (f"{RESULT_PREFIX}.>",), "one terminal result per request", direct=True
-)
+RESULTS = StreamSpec("LANTAU_RESULTS", (f"{RESULT_PREFIX}.>",), "one terminal result per request")
 EVENTS = StreamSpec("LANTAU_EVENTS", (f"{PREFIX}.event.>",), "key lifecycle and node state")
-AUDIT = StreamSpec(
-    "LANTAU_AUDIT", (f"{PREFIX}.audit.>",), "audit intents before signing", direct=True
-)
-AUDIT_CHAIN = StreamSpec(
-    "LANTAU_AUDIT_LOG", (f"{PREFIX}.auditlog.>",), "hash-chained records", direct=True
-)
+AUDIT = StreamSpec("LANTAU_AUDIT", (f"{PREFIX}.audit.>",), "audit intents before signing")
+AUDIT_CHAIN = StreamSpec("LANTAU_AUDIT_LOG", (f"{PREFIX}.auditlog.>",), "hash-chained records")
 DEAD_LETTERS = StreamSpec("LANTAU_DLQ", (f"{DEAD_LETTER_PREFIX}.>",), "messages nobody could use")
 RECEIPTS = StreamSpec("LANTAU_RECEIPTS", (f"{RECEIPT_PREFIX}.>",), "what the HSM nodes did")
 
@@ -145,15 +136,18 @@ class ConsumerSpec(NamedTuple):
     stream: StreamSpec
     durable: str
     filter_subject: str | None = None
+    # Redeliver without limit (the audit's consumers: a fact is never given up on).
+    unlimited_redelivery: bool = False
 
 
 POLICY_REQUESTS = ConsumerSpec(REQUESTS, "policy")
 SIGNER_ORDERS = ConsumerSpec(ORDERS, "signer")
 BACKUP_KEY_EVENTS = ConsumerSpec(EVENTS, "backup", EVENT_KEY_CREATED)
-# The audit service reads every stream that carries facts, each with its own cursor.
+# The audit service reads every stream that carries facts, each with its own cursor. A
+# new stream of facts is recorded once it is added here (the verifier needs no change).
+AUDIT_SOURCE_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS, RECEIPTS)
 AUDIT_SOURCES = tuple(
-    ConsumerSpec(s, "audit")
-    for s in (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS, RECEIPTS)
+    ConsumerSpec(s, "audit", unlimited_redelivery=True) for s in AUDIT_SOURCE_STREAMS
 )
 
 ALL_CONSUMERS = (POLICY_REQUESTS, SIGNER_ORDERS, BACKUP_KEY_EVENTS, *AUDIT_SOURCES)
@@ -164,7 +158,12 @@ REQUESTS_BUCKET = "lantau_requests"
 # Requests held for approval, and velocity windows: both changed only by compare-and-set.
 APPROVALS_BUCKET = "lantau_approvals"
 VELOCITY_BUCKET = "lantau_velocity"
-ALL_BUCKETS = (KEYS_BUCKET, REQUESTS_BUCKET, APPROVALS_BUCKET, VELOCITY_BUCKET)
+# The audit service's state: where its writer resumes, and whether the trail is witnessed
+# (every signer pauses while it is not).
+AUDIT_STATE_BUCKET = "lantau_audit_state"
+AUDIT_STATE_WRITER = "writer"
+AUDIT_STATE_WITNESS = "witness"
+ALL_BUCKETS = (KEYS_BUCKET, REQUESTS_BUCKET, APPROVALS_BUCKET, VELOCITY_BUCKET, AUDIT_STATE_BUCKET)
 
 # Headers.
 HDR_MSG_ID = "Nats-Msg-Id"

@@ -13,6 +13,8 @@ gets the decoded message and its ``Delivery``. Rules every consumer follows
                                           retrying); the violation is counted and logged
 - the bus refuses this identity its durable -> ``run`` raises PERMISSION_DENIED
 Handlers must be idempotent: JetStream redelivers whatever was not acked.
+A consumer made with ``dead_letter=False`` (the audit's: a fact must never be dropped)
+naks every failure, however often, and never dead-letters or terms.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class Delivery:
     pending: int
     headers: Mapping[str, str]
     request_id: str | None
+    # Tells the server the message is still being worked on (resets its ack wait): for
+    # a handler that waits on purpose (a paused signer, the audit appender).
+    keep_alive: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, msg: Msg, stream: str) -> Delivery:
@@ -73,6 +78,7 @@ class Delivery:
             pending=meta.num_pending if meta else 0,
             headers=dict(msg.headers or {}),
             request_id=request_id_from(msg.headers),
+            keep_alive=msg.in_progress,
         )
 
 
@@ -134,6 +140,7 @@ class Consumer(Generic[T]):
         concurrency: int = 64,
         on_reject: RejectHook[T] | None = None,
         name: str = "",
+        dead_letter: bool = True,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -143,6 +150,7 @@ class Consumer(Generic[T]):
         self._slots = asyncio.Semaphore(concurrency)
         self._credits = PullCredits(batch=batch, concurrency=concurrency)
         self._on_reject = on_reject
+        self._dead_letter = dead_letter
         self._name = name or spec.durable
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -237,12 +245,15 @@ class Consumer(Generic[T]):
                         tracing.outcome(span, "retry", str(getattr(e, "code", "INTERNAL")))
                         raise
             except LantauError as e:
-                await self._reject(msg, message, e, delivery, outcome="rejected")
+                if self._dead_letter:
+                    await self._reject(msg, message, e, delivery, outcome="rejected")
+                else:
+                    await self._retry(msg, delivery, e)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # transient or a bug: retry later, dead-letter at the end
                 code = e.code if isinstance(e, TransientError) else ErrorCode.INTERNAL
-                if delivery.count >= MAX_DELIVER:
+                if delivery.count >= MAX_DELIVER and self._dead_letter:
                     text = f"gave up after {delivery.count} deliveries; last error: {_describe(e)}"
                     await self._reject(
                         msg,
@@ -253,18 +264,21 @@ class Consumer(Generic[T]):
                         cause=code,
                     )
                     return
-                if not isinstance(e, TransientError):
-                    log.exception("handler %s failed on %s; will retry", self._name, msg.subject)
-                else:
-                    log.warning("%s: %s (delivery %d); will retry", self._name, e, delivery.count)
-                metrics.MESSAGES.labels(*self._labels, "retry").inc()
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=min(0.1 * 2 ** (delivery.count - 1), 5.0))
+                await self._retry(msg, delivery, e)
                 return
             self._acked.inc()
             self.processed += 1
             with contextlib.suppress(Exception):
                 await msg.ack()
+
+    async def _retry(self, msg: Msg, delivery: Delivery, e: Exception) -> None:
+        if not isinstance(e, TransientError | LantauError):
+            log.exception("handler %s failed on %s; will retry", self._name, msg.subject)
+        else:
+            log.warning("%s: %s (delivery %d); will retry", self._name, e, delivery.count)
+        metrics.MESSAGES.labels(*self._labels, "retry").inc()
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=min(0.1 * 2 ** (delivery.count - 1), 5.0))
 
     async def _reject(
         self,
@@ -323,6 +337,28 @@ class Consumer(Generic[T]):
             metrics.DEAD_LETTERS.labels(*self._labels, str(cause or error.code)).inc()
         with contextlib.suppress(Exception):
             await msg.term()
+
+
+# How often a handler that waits on purpose tells the server it is still working: well
+# inside any ack wait (tests run with 4 s), and one small publish per second per message.
+KEEP_ALIVE_S = 1.0
+
+
+async def hold(work: Awaitable[T], delivery: Delivery) -> T:
+    """Await ``work``, resetting the message's ack wait while it lasts, so a handler that
+    waits on purpose is not redelivered (nor, after max_deliver, given up on)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=KEEP_ALIVE_S)
+            if done:
+                return task.result()
+            if delivery.keep_alive is not None:
+                with contextlib.suppress(Exception):
+                    await delivery.keep_alive()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _metadata(msg: Msg) -> Any:

@@ -31,6 +31,8 @@ from proto.subjects import (
     AUDIT_CHAIN,
     AUDIT_INTENT,
     AUDIT_SOURCES,
+    AUDIT_STATE_BUCKET,
+    AUDIT_STATE_WITNESS,
     BACKUP_KEY_EVENTS,
     CREATE_KEY_ORDER,
     EVENT_ADMIN,
@@ -214,6 +216,8 @@ SERVICE_GRANTS: dict[str, Grant] = {
         direct_read(AUDIT, f"{AUDIT_INTENT}.>"),
         kv_read(KEYS_BUCKET),
         kv_write(KEYS_BUCKET),
+        # Signing waits while the audit trail is not witnessed (libs/audit/gate.py).
+        kv_read(AUDIT_STATE_BUCKET, AUDIT_STATE_WITNESS),
         # `lantau hsm status` asks every replica for its view of the pool.
         sub(ADMIN_POOL_STATUS),
         micro_endpoints(SIGNER_SERVICE_NAME),
@@ -230,12 +234,20 @@ SERVICE_GRANTS: dict[str, Grant] = {
     AUDIT_ROLE: grants(
         *(pull(spec) for spec in AUDIT_SOURCES),
         *(pub(dead_letter_subject(spec.stream.name)) for spec in AUDIT_SOURCES),
+        # Sources read by sequence too (a stalled consumer, the catch-up): their bounds
+        # and direct gets by sequence, never a consumer of its own making.
+        *(stream_info(spec.stream.name) for spec in AUDIT_SOURCES),
+        *(pub(js_direct_get(spec.stream.name)) for spec in AUDIT_SOURCES),
         hsm_calls(HSM_CALLS[AUDIT_ROLE]),
         _BEATS,
-        # The chain: its head (stream info, newest record/checkpoint), and appends.
+        # The chain: its bounds, reading it back by sequence, and appends.
         pub(*AUDIT_CHAIN.subjects),
         stream_info(AUDIT_CHAIN.name),
+        pub(js_direct_get(AUDIT_CHAIN.name)),
         direct_read(AUDIT_CHAIN, AUDIT_CHAIN.subjects[0]),
+        # Its own state (where the writer resumes, whether the trail is witnessed).
+        kv_read(AUDIT_STATE_BUCKET),
+        kv_write(AUDIT_STATE_BUCKET),
         # The checkpoint key's directory entry.
         kv_read(KEYS_BUCKET),
         kv_write(KEYS_BUCKET),
@@ -249,8 +261,7 @@ def operator_grant() -> Grant:
     parts = [pub(ADMIN_POOL_STATUS, EVENT_ADMIN, f"{MICRO_PREFIX}.>")]
     for stream in ALL_STREAMS:
         parts.append(pub(js_stream_info(stream.name), js_msg_get(stream.name)))
-        if stream.direct:
-            parts.append(pub(js_direct_get(stream.name), js_direct_get(stream.name, ">")))
+        parts.append(pub(js_direct_get(stream.name), js_direct_get(stream.name, ">")))
     for bucket in ALL_BUCKETS:
         parts.append(kv_read(bucket))
     return grants(*parts)

@@ -50,8 +50,10 @@ async def provision(js: JetStreamContext, cfg: NatsConfig) -> None:
             deny_delete=is_audit_log,
             deny_purge=is_audit_log,
             discard=DiscardPolicy.OLD,
-            # Reads limitable per subject ($JS.API.DIRECT.GET.<stream>.<subject>).
-            allow_direct=spec.direct,
+            # Direct gets: how the audit reads the log and checks its sources by sequence
+            # without creating a consumer, and reads that the bus can allow per subject
+            # ($JS.API.DIRECT.GET.<stream>.<subject>: a requester's own results).
+            allow_direct=True,
         )
         try:
             await js.add_stream(config)
@@ -89,7 +91,7 @@ async def ensure_consumer(
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
-        max_deliver=MAX_DELIVER,
+        max_deliver=-1 if spec.unlimited_redelivery else MAX_DELIVER,
         max_ack_pending=4096,
         max_waiting=512,
         filter_subject=spec.filter_subject,

@@ -69,7 +69,7 @@ async def publish_after(
 
 async def last_on_subject(js: JetStreamContext, stream: str, subject: str) -> bytes | None:
     """The newest message stored on a subject, or None. A direct get (the stream allows
-    them: ``StreamSpec.direct``), which the bus can allow per subject."""
+    them all), which the bus can allow per subject."""
     raw = await last_raw(js, stream, subject)
     return None if raw is None else raw.data
 

@@ -355,3 +355,28 @@ def test_the_policy_file_is_mounted_and_accepted(resolved: dict) -> None:
     assert cfg.policy.rules_file in mounts
     text = Path(mounts[cfg.policy.rules_file]).read_text()
     assert policy_file.parse(text).version.startswith("compose-1#")
+
+
+def test_audit_keeps_its_record_key_and_witness_on_their_own_volumes(
+    resolved: dict, cfg: config_mod.Config
+) -> None:
+    svc = resolved["services"]["audit"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+    assert cfg.audit.record_key_file and cfg.audit.witness_files
+    key_volume = mounts[str(Path(cfg.audit.record_key_file).parent)]
+    sink_volumes = {mounts[str(Path(s).parent)] for s in cfg.audit.witness_files}
+    assert key_volume in resolved["volumes"] and sink_volumes <= set(resolved["volumes"])
+    assert key_volume not in sink_volumes, "the witness is not where the key is"
+    nats_volumes = {
+        v.split(":")[0]
+        for n, s in resolved["services"].items()
+        if n.startswith("nats-")
+        for v in s["volumes"]
+    }
+    assert not sink_volumes & nats_volumes, "the witness is out of the bus's reach"
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    for path in (
+        Path(cfg.audit.record_key_file).parent,
+        *(Path(s).parent for s in cfg.audit.witness_files),
+    ):
+        assert str(path) in dockerfile, f"{path}: a mount point the service user owns"

@@ -269,7 +269,13 @@ def test_other_settings_render_valid_manifests(tmp_path: Path) -> None:
 
 
 def test_existing_secret_replaces_pin_values() -> None:
-    docs = render({"pins": {"existingSecret": "hsm-pins", "values": {}}}, release="prod")
+    docs = render(
+        {
+            "pins": {"existingSecret": "hsm-pins", "values": {}},
+            "audit": {**CI_VALUES["audit"], "recordKey": {"existingSecret": "audit-key"}},
+        },
+        release="prod",
+    )
     assert not by_kind(docs, "Secret")
     (sts,) = by_kind(docs, "StatefulSet").values()
     assert sts["metadata"]["name"] == "prod-lantau-hsm-node"
@@ -283,6 +289,26 @@ def test_rendering_without_pins_fails_clearly() -> None:
     partial = {k: v for k, v in CI_VALUES["pins"]["values"].items() if k != "hsm-3-so-pin"}
     with pytest.raises(helm.HelmError, match="lacks hsm-3-so-pin"):
         render({"pins": {"values": partial}})
+
+
+def test_audit_mounts_its_record_key_and_witness_volumes(docs: list[dict], tmp_path: Path) -> None:
+    cm = by_kind(docs, "ConfigMap")[f"{RELEASE}-config"]
+    (tmp_path / "lantau.toml").write_text(cm["data"]["lantau.toml"])
+    cfg = config_mod.load(tmp_path / "lantau.toml", env={})
+    audit = by_kind(docs, "Deployment")[f"{RELEASE}-audit"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in audit["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in audit["volumes"]}
+    key_file = Path(cfg.audit.record_key_file or "")
+    key_volume = volumes[mounts[str(key_file.parent)]]["secret"]
+    assert key_volume["defaultMode"] == 0o400
+    secret = by_kind(docs, "Secret")[key_volume["secretName"]]
+    assert len(bytes.fromhex(secret["stringData"][key_file.name])) == 32
+    assert cfg.audit.witness_files
+    for sink in cfg.audit.witness_files:
+        volume = volumes[mounts[str(Path(sink).parent)]]
+        assert "persistentVolumeClaim" in volume, "a witness outlives its pod"
+    with pytest.raises(helm.HelmError, match=r"audit\.recordKey"):
+        render({"audit": {**CI_VALUES["audit"], "recordKey": {"existingSecret": "", "value": ""}}})
 
 
 def test_key_ceremony_job_mounts_every_token_volume(tmp_path: Path) -> None:

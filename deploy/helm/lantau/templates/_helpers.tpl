@@ -56,6 +56,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{- define "lantau.auditKeySecretName" -}}
+{{- default (printf "%s-audit-record-key" (include "lantau.fullname" .)) .Values.audit.recordKey.existingSecret }}
+{{- end }}
+
 {{- define "lantau.pinSecretName" -}}
 {{- default (printf "%s-pins" (include "lantau.fullname" .)) .Values.pins.existingSecret }}
 {{- end }}
@@ -158,6 +162,8 @@ rules_file = "/etc/lantau/policy.toml"
 [audit]
 fetch_batch = {{ int $v.audit.fetchBatch }}
 metrics_port = {{ int $v.metricsPort }}
+record_key_file = "/etc/lantau/audit-key/audit-record-key"
+witness_files = {{ toJson $v.audit.witness.files }}
 
 [backup]
 kek_label = {{ toJson $v.backup.kekLabel }}
