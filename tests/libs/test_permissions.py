@@ -151,6 +151,7 @@ def test_only_policy_issues_orders_and_only_the_signer_and_policy_write_results(
 
 def test_hsm_rpc_is_for_the_services_that_use_it(found):
     for name, ident in found.items():
+
         def may(op: str) -> bool:
             return allows(ident.permissions.publish, f"lantau.hsm.rpc.hsm-1.{op}")  # noqa: B023
 
