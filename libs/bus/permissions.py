@@ -234,16 +234,19 @@ SERVICE_GRANTS: dict[str, Grant] = {
     AUDIT_ROLE: grants(
         *(pull(spec) for spec in AUDIT_SOURCES),
         *(pub(dead_letter_subject(spec.stream.name)) for spec in AUDIT_SOURCES),
-        # Sources read by sequence too (a stalled consumer, the catch-up): their bounds
-        # and direct gets by sequence, never a consumer of its own making.
+        # Sources read by sequence too (a stalled consumer, holes): their bounds, direct
+        # gets and the leader's message get (read-only), never a consumer of its own.
         *(stream_info(spec.stream.name) for spec in AUDIT_SOURCES),
-        *(pub(js_direct_get(spec.stream.name)) for spec in AUDIT_SOURCES),
+        *(
+            pub(js_direct_get(spec.stream.name), js_msg_get(spec.stream.name))
+            for spec in AUDIT_SOURCES
+        ),
         hsm_calls(HSM_CALLS[AUDIT_ROLE]),
         _BEATS,
         # The chain: its bounds, reading it back by sequence, and appends.
         pub(*AUDIT_CHAIN.subjects),
         stream_info(AUDIT_CHAIN.name),
-        pub(js_direct_get(AUDIT_CHAIN.name)),
+        pub(js_direct_get(AUDIT_CHAIN.name), js_msg_get(AUDIT_CHAIN.name)),
         direct_read(AUDIT_CHAIN, AUDIT_CHAIN.subjects[0]),
         # Its own state (where the writer resumes, whether the trail is witnessed).
         kv_read(AUDIT_STATE_BUCKET),
