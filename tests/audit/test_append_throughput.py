@@ -9,13 +9,13 @@ import os
 import time
 
 import coincurve
-import nats
 
 from libs import curves
 from libs.audit import merkle
 from libs.audit.records import RecordKey
+from libs.bus.connect import connect
 from libs.bus.provision import provision
-from libs.config import AuditConfig, NatsConfig
+from libs.config import AuditConfig
 from services.audit.appender import Appender
 from services.audit.sinks import Sinks
 from services.audit.state import StateStore, WriterState
@@ -65,11 +65,11 @@ async def _append(js, writer: LogWriter, facts: int, batch: int, tmp) -> float:
 
 
 async def test_batches_multiply_append_throughput_and_restarts_resume(nats_server, tmp_path):
-    server = nats_server()
-    nc = await nats.connect(server.url)
+    _, cfg = nats_server()
+    nc = await connect(cfg, "audit-throughput", identity="tester")
     try:
         js = nc.jetstream()
-        await provision(js, NatsConfig(servers=[server.url]))
+        await provision(js, cfg)
         writer = LogWriter(js, RecordKey(b"\x05" * 32))
         await writer.load(None)
         single = await _append(js, writer, 1500, 1, tmp_path)
