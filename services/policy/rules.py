@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from libs.chains import Movement
-from libs.policy_file import Policy, Rule, Velocity
+from libs.policy_file import Policy, Rule, Velocity, among
 from proto.errors import ErrorCode, LantauError
 from proto.requests import SignRequest
 from services.policy.facts import Facts, facts_of
@@ -82,19 +82,12 @@ def charges_for(policy: Policy, request: SignRequest, facts: Facts) -> tuple[Cha
     )
 
 
-def _in_lists(policy: Policy, value: str, names: list[str]) -> bool:
-    lists = policy.file.address_lists
-    return any(value in lists[n] for n in names)
-
-
 def _movement_fits(policy: Policy, rule: Rule, m: Movement) -> bool:
-    if rule.assets and m.asset not in rule.assets:
+    if rule.assets and not among(m.asset, rule.assets):
         return False
-    if rule.destination_in and not _in_lists(policy, m.destination, rule.destination_in):
+    if rule.destination_in and not policy.listed(m.destination, rule.destination_in):
         return False
-    return not (
-        rule.destination_not_in and _in_lists(policy, m.destination, rule.destination_not_in)
-    )
+    return not (rule.destination_not_in and policy.listed(m.destination, rule.destination_not_in))
 
 
 def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts) -> str | None:
@@ -129,12 +122,10 @@ def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts
     if rule.amount_at_most is not None and not total <= int(rule.amount_at_most):
         return "amount"
     contracts = facts.contracts
-    if rule.contracts_in and not quantifier(
-        _in_lists(policy, c, rule.contracts_in) for c in contracts
-    ):
+    if rule.contracts_in and not quantifier(policy.listed(c, rule.contracts_in) for c in contracts):
         return "contracts"
     if rule.contracts_not_in and not quantifier(
-        not _in_lists(policy, c, rule.contracts_not_in) for c in contracts
+        not policy.listed(c, rule.contracts_not_in) for c in contracts
     ):
         return "contracts"
     if rule.fee_above is not None and not (facts.fee or 0) > int(rule.fee_above):
