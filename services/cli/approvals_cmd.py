@@ -49,7 +49,8 @@ VOTE_TTL_MS = 300_000
 OUTCOME_WAIT_S = 15.0
 
 
-async def _held(nc: Client) -> list[PendingApproval]:
+async def held_requests(nc: Client) -> list[PendingApproval]:
+    """Every request in the approvals bucket, oldest first."""
     bucket = await nc.jetstream().key_value(APPROVALS_BUCKET)
     held = [codec.PENDING_APPROVAL.decode(value) for _, value, _ in await kv.values(bucket)]
     return sorted(held, key=lambda p: p.created_at_ms)
@@ -160,7 +161,7 @@ async def _list(args: argparse.Namespace) -> int:
     cfg = config_mod.load_for_cli(args.config)
     nc = await connect(cfg.nats, "lantau-approvals", patient=False)
     try:
-        held = [p for p in await _held(nc) if args.all or p.status == "pending"]
+        held = [p for p in await held_requests(nc) if args.all or p.status == "pending"]
         seen = await _reviewed(nc, held)
     finally:
         await nc.close()
@@ -234,7 +235,7 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
     key = load_signing_key(args.key_file)
     nc = await connect(cfg.nats, "lantau-approvals", patient=False)
     try:
-        pending = find(await _held(nc), args.request_id)
+        pending = find(await held_requests(nc), args.request_id)
         if pending is None:
             return _refuse(f"no request {args.request_id} is waiting for approval")
         if args.payload_sha256 and args.payload_sha256 != pending.payload_sha256:

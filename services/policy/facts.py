@@ -87,7 +87,10 @@ def facts_of(request: SignRequest, parsed: ParsedTx | None) -> Facts:
                 ErrorCode.TRANSFER_MISMATCH,
                 "the declared transfer does not match the transaction: it moves "
                 + (
-                    ", ".join(f"{m.amount} {m.asset} to {m.destination}" for m in parsed.movements)
+                    ", ".join(
+                        f"{m.amount} minor units of {m.asset} to {m.destination}"
+                        for m in parsed.movements
+                    )
                     or "nothing"
                 ),
             )

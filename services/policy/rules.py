@@ -134,7 +134,7 @@ def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts
 
 
 def _moved(facts: Facts) -> str:
-    shown = [f"{m.amount} {m.asset} to {m.destination}" for m in facts.movements[:3]]
+    shown = [f"{m.amount} minor units of {m.asset} to {m.destination}" for m in facts.movements[:3]]
     more = len(facts.movements) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
