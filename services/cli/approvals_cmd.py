@@ -21,7 +21,6 @@ import nacl.signing
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from libs import chains
 from libs import config as config_mod
 from libs.bus import kv
 from libs.bus.connect import connect
@@ -92,6 +91,10 @@ def review(p: PendingApproval, public_key: bytes | None) -> Review:
         return Review(p.view, p.view_sha256, problem)
     if public_key is None:
         return Review(p.view, p.view_sha256, f"key {p.key_id} is not in the key directory")
+    # Imported here: the chains' libraries take most of a second to load, which every
+    # other `lantau` command (and a vote on a blind request) would pay for nothing.
+    from libs import chains
+
     try:
         parsed = chains.parse(
             request.payload_kind, request.payload, public_key, chain_hint=request.chain
