@@ -78,7 +78,8 @@ def charges_for(policy: Policy, request: SignRequest, facts: Facts) -> tuple[Cha
     return tuple(
         Charge(counter_key(r, request), r.velocity, facts.total(r.assets))
         for r in policy.rules
-        if r.velocity is not None and _static_match(policy, r, request, facts) is None
+        if r.velocity is not None
+        and _static_match(policy, r, request, facts, counting=True) is None
     )
 
 
@@ -90,8 +91,12 @@ def _movement_fits(policy: Policy, rule: Rule, m: Movement) -> bool:
     return not (rule.destination_not_in and policy.listed(m.destination, rule.destination_not_in))
 
 
-def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts) -> str | None:
-    """None if every condition but hours and velocity holds, else the first that fails."""
+def _static_match(
+    policy: Policy, rule: Rule, request: SignRequest, facts: Facts, *, counting: bool = False
+) -> str | None:
+    """None if every condition but hours and velocity holds, else the first that fails.
+    ``counting``: for charging windows, where an undecoded transaction that some rule let
+    through counts like any other."""
     if rule.keys and not any(fnmatch.fnmatchcase(request.key_id, p) for p in rule.keys):
         return "key"
     if rule.requesters and request.requester not in rule.requesters:
@@ -102,7 +107,9 @@ def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts
         return "blind"
     if rule.unknown is not None and rule.unknown != facts.unknown:
         return "unknown"
-    if rule.unknown is None and facts.unknown and not rule.restrictive:
+    # What nobody decoded is denied by default: only a deny rule may match it without
+    # saying unknown = true (an approve rule would put an unreadable call before people).
+    if rule.unknown is None and facts.unknown and rule.action != "deny" and not counting:
         return "unknown transaction"
     moves = facts.movements
     if rule.has_transfer is not None and rule.has_transfer != bool(moves):

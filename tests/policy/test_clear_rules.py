@@ -276,3 +276,37 @@ def test_a_btc_spend_is_judged_without_its_change() -> None:
     # 0.009 BTC out, 0.5 BTC change: below the 0.01 BTC threshold.
     payload = btc(demo.COLD_BTC, 900_000, change=50_000_000)
     assert judge("btc_psbt", payload, chain="testnet").action == "allow"
+
+
+def test_an_approve_rule_does_not_put_an_undecoded_call_before_people() -> None:
+    # 2 ETH is above large-eth's threshold, but the calldata is not decoded and the
+    # contract is not one the desk calls: no rule says unknown = true, so it is denied.
+    payload = txs.unsigned_evm(
+        txs.eip1559("0x" + "99" * 20, value=2 * 10**18, data=bytes.fromhex("12345678"), gas=90_000)
+    )
+    verdict = judge("evm_tx", payload)
+    assert (verdict.action, verdict.rule) == ("deny", rules.DEFAULT_DENY)
+    # A deny rule still matches it: the sanctions list applies to what is decoded of it.
+    payload = txs.unsigned_evm(
+        txs.eip1559(demo.SANCTIONED, value=1, data=bytes.fromhex("12345678"), gas=90_000)
+    )
+    assert judge("evm_tx", payload).rule == "no-sanctioned-destinations"
+
+
+def test_an_undecoded_transaction_let_through_still_counts_in_velocity_windows() -> None:
+    approver = f'[approvers.alice]\npublic_key = "{"ab" * 32}"\n'
+    policy = parse(
+        'version = "t"\n'
+        + approver
+        + '[groups.g]\napprovers = ["alice"]\napproves_for = ["desk-a"]\n'
+        + '[[rules]]\nname = "eth-hourly"\nassets = ["ETH"]\naction = "approve"\n'
+        + 'group = "g"\nquorum = 1\n'
+        + 'velocity = { per = "key", window_s = 3600, max_amount = 1000 }\n'
+        + '[[rules]]\nname = "odd-calls"\nunknown = true\naction = "allow"\n'
+    )
+    payload = txs.unsigned_evm(
+        txs.eip1559(demo.COLD_EVM, value=7, data=bytes.fromhex("12345678"), gas=90_000)
+    )
+    verdict = judge("evm_tx", payload, policy=policy)
+    assert (verdict.action, verdict.rule) == ("allow", "odd-calls")
+    assert [(c.counter.split(".")[0], c.amount) for c in verdict.charges] == [("eth-hourly", 7)]
