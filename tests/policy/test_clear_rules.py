@@ -6,10 +6,14 @@ tests/e2e/test_clear_signing.py sends the same kinds of transactions through the
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import coincurve
 import msgspec
 import nacl.signing
 import pytest
+from solders.compute_budget import set_compute_unit_price
 from solders.instruction import Instruction
 from solders.pubkey import Pubkey
 from spl.token.constants import TOKEN_2022_PROGRAM_ID
@@ -91,12 +95,12 @@ def sol(*instructions: object) -> bytes:
     return txs.sol_message(ED, *instructions)  # type: ignore[arg-type]
 
 
-def spl(program: object = None, amount: int = 2_500_000) -> object:
+def spl(program: object = None, amount: int = 2_500_000, mint: str = demo.MINT) -> object:
     extra = {"program": program} if program is not None else {}
     return txs.spl_send(
         ED,
         source=demo.COLD_SOL,
-        mint=demo.MINT,
+        mint=mint,
         dest=demo.COLD_SOL,
         amount=amount,
         decimals=6,
@@ -310,3 +314,81 @@ def test_an_undecoded_transaction_let_through_still_counts_in_velocity_windows()
     verdict = judge("evm_tx", payload, policy=policy)
     assert (verdict.action, verdict.rule) == ("allow", "odd-calls")
     assert [(c.counter.split(".")[0], c.amount) for c in verdict.charges] == [("eth-hourly", 7)]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
+USDC = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"
+USDC_SPL = "EPjFWdd5AufqSSqeM2qN1xzybapC8G4wEGGkZwyTDt1v"
+
+
+def documented() -> dict[str, Policy]:
+    """Every policy file docs/policy.md shows, by version (placeholder keys made real)."""
+    out = {}
+    for text in re.findall(r"```toml\n(.*?)```", DOCS.read_text(), re.S):
+        text = re.sub(r'public_key = "[^"]*"', f'public_key = "{"ab" * 32}"', text)
+        policy = parse(text)
+        out[policy.file.version] = policy
+    return out
+
+
+def test_every_policy_file_in_the_docs_parses() -> None:
+    assert set(documented()) >= {
+        "2026-11-25.1",
+        "assets-example",
+        "evm-example",
+        "bitcoin-example",
+        "solana-example",
+        "blind-example",
+    }
+
+
+def test_the_documented_evm_example_decides_as_the_docs_say() -> None:
+    evm = documented()["evm-example"]
+    allowed = judge("evm_tx", txs.erc20_transfer(USDC, demo.COLD_EVM, 10**6), policy=evm)
+    assert allowed.rule == "mainnet-and-sepolia"
+    bsc = txs.eth_transfer(demo.COLD_EVM, 1, chain_id=56)
+    assert judge("evm_tx", bsc, policy=evm).rule == rules.DEFAULT_DENY
+
+    def allowance(amount: int) -> bytes:
+        data = txs.call("approve(address,uint256)", demo.COLD_EVM, amount)
+        return txs.unsigned_evm(txs.eip1559(USDC, data=data))
+
+    assert judge("evm_tx", allowance(2 * 10**12), policy=evm).rule == "large-allowances"
+    assert judge("evm_tx", allowance(10**6), policy=evm).action == "allow"
+    refusal(ErrorCode.AMOUNT_OUT_OF_RANGE, "evm_tx", allowance(2**256 - 1), policy=evm)
+    router = "0x8Db089735311fF2679F633232C473Db73672bC28"
+    swap = txs.unsigned_evm(txs.eip1559(router, data=bytes.fromhex("12345678"), gas=200_000))
+    assert judge("evm_tx", swap, policy=evm).rule == "router-calls"
+    greedy = txs.eth_transfer(demo.COLD_EVM, 1, max_fee=1_000 * txs.GWEI)
+    assert judge("evm_tx", greedy, policy=evm).rule == "evm-fee-cap"
+    permit = txs.permit(ME_EVM, USDC, demo.COLD_EVM, 10**6)
+    assert judge("evm_typed_data", txs.typed_data(permit), policy=evm).action == "allow"
+
+
+def test_the_documented_bitcoin_example_decides_as_the_docs_say() -> None:
+    btc_policy = documented()["bitcoin-example"]
+    cold = "bc1qpehjlvrussx258tayfjkgmakkaz6n7l54je95q"
+    listed_upper = "bc1qe6wmg9v9d30r84swzsvd8d3xt2w9v7dt4u6wmx"
+    for to in (cold, listed_upper):
+        verdict = judge("btc_psbt", btc(to, 50_000), chain="bitcoin", policy=btc_policy)
+        assert verdict.rule == "to-cold-only", to
+    elsewhere = "bc1qmtlr7tmemgss5tvuu99w4rmnwlun3kjgemu8rt"
+    assert judge("btc_psbt", btc(elsewhere, 1), chain="bitcoin", policy=btc_policy).rule == (
+        rules.DEFAULT_DENY
+    )
+    costly = btc(cold, 50_000, fee=150_000)
+    assert judge("btc_psbt", costly, chain="bitcoin", policy=btc_policy).rule == "btc-fee-cap"
+
+
+def test_the_documented_solana_example_decides_as_the_docs_say() -> None:
+    sol_policy = documented()["solana-example"]
+    plain = sol(txs.sol_send(ED, demo.COLD_SOL, 10**6))
+    assert judge("sol_message", plain, chain="mainnet", policy=sol_policy).rule == "solana"
+    usdc = sol(spl(mint=USDC_SPL))
+    assert judge("sol_message", usdc, chain="mainnet", policy=sol_policy).rule == "solana"
+    t22 = sol(spl(program=TOKEN_2022_PROGRAM_ID, mint=USDC_SPL))
+    assert judge("sol_message", t22, chain="mainnet", policy=sol_policy).rule == (
+        rules.DEFAULT_DENY
+    )
+    rushed = sol(set_compute_unit_price(10**7), txs.sol_send(ED, demo.COLD_SOL, 1))
+    assert judge("sol_message", rushed, chain="mainnet", policy=sol_policy).rule == "sol-fee-cap"
