@@ -117,7 +117,8 @@ async def _with_client(
 
 
 def _print(result: msgspec.Struct) -> None:
-    print(json.dumps(_jsonable(msgspec.to_builtins(result)), indent=2))
+    # Bytes stay bytes here so they print as hex (to_builtins alone makes them base64).
+    print(json.dumps(_jsonable(msgspec.to_builtins(result, builtin_types=(bytes,))), indent=2))
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,7 +10,9 @@ desk-a-blind; desk-b may use desk-a-blind but never blind.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import json
 
 import msgspec
 import nacl.signing
@@ -31,6 +33,7 @@ from devkit import txcheck, txs
 from libs import chains
 from libs.client import CustodyClient
 from libs.config import RequesterConfig
+from libs.secret_files import write_secret
 from proto import codec
 from proto.errors import ErrorCode, LantauError
 from proto.requests import Transfer, signing_bytes
@@ -188,6 +191,25 @@ async def test_solana_transfers_verify_with_solders_and_pynacl(client, keys):
     )
     raw = signed(await client.sign(SOL, spl, payload_kind="sol_message", chain="devnet"))
     txcheck.check_solana(raw, spl, me)
+
+
+async def test_lantau_sign_takes_a_transaction_file(platform, keys, trader_key, tmp_path):
+    key_file = tmp_path / "desk-a.key"
+    write_secret(key_file, trader_key.encode().hex() + "\n")
+    spend = txs.btc_spend(keys[BTC], demo.COLD_BTC, 70_000, salt=11)
+    psbt_file = tmp_path / "tx.psbt"
+    psbt_file.write_bytes(base64.b64encode(spend.payload) + b"\n")  # as Bitcoin Core writes it
+    common = ("--requester", TRADER, "--key-file", str(key_file))
+    common += ("--config", str(platform.config_path))
+    args = ("sign", BTC, "--kind", "btc_psbt", "--file", str(psbt_file), "--chain", NET)
+    done = lantau(*args, "--transfer", f"BTC:70000:{demo.COLD_BTC}", *common)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "signed"
+    txcheck.check_psbt(bytes.fromhex(result["signed_payload"]), spend.spent)
+    lie = lantau(*args, "--transfer", f"BTC:7:{demo.COLD_BTC}", *common)
+    assert lie.returncode == 1 and json.loads(lie.stdout)["error"]["code"] == "TRANSFER_MISMATCH"
+    REFUSED.append(json.loads(lie.stdout)["request_id"])
 
 
 # -- rules on what the transaction really does --------------------------------------------
