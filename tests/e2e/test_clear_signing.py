@@ -85,6 +85,19 @@ async def keys(client: CustodyClient) -> dict[str, bytes]:
     return out
 
 
+def spl_send(me: bytes, amount: int, **over: object) -> Instruction:
+    """An SPL transferChecked of the demo mint this key authorises."""
+    return txs.spl_send(
+        me,
+        source=demo.COLD_SOL,
+        mint=demo.MINT,
+        dest=demo.COLD_SOL,
+        amount=amount,
+        decimals=6,
+        **over,  # type: ignore[arg-type]
+    )
+
+
 def signed(result: SignResult) -> bytes:
     assert result.status == "signed", result.error
     assert result.signed_payload is not None
@@ -178,17 +191,7 @@ async def test_solana_transfers_verify_with_solders_and_pynacl(client, keys):
     raw = signed(await client.sign(SOL, message, payload_kind="sol_message", chain=CLUSTER))
     assert "PyNaCl" in txcheck.check_solana(raw, message, me)
 
-    spl = txs.sol_message(
-        me,
-        txs.spl_send(
-            me,
-            source=demo.COLD_SOL,
-            mint=demo.MINT,
-            dest=demo.COLD_SOL,
-            amount=2_500_000,
-            decimals=6,
-        ),
-    )
+    spl = txs.sol_message(me, spl_send(me, 2_500_000))
     raw = signed(await client.sign(SOL, spl, payload_kind="sol_message", chain="devnet"))
     txcheck.check_solana(raw, spl, me)
 
@@ -262,18 +265,7 @@ async def test_token_contract_and_program_allowlists(platform, client, keys):
 
     # Token-2022 decodes, but is not a program the desk may invoke.
     me = keys[SOL]
-    t22 = txs.sol_message(
-        me,
-        txs.spl_send(
-            me,
-            source=demo.COLD_SOL,
-            mint=demo.MINT,
-            dest=demo.COLD_SOL,
-            amount=1,
-            decimals=6,
-            program=TOKEN_2022_PROGRAM_ID,
-        ),
-    )
+    t22 = txs.sol_message(me, spl_send(me, 1, program=TOKEN_2022_PROGRAM_ID))
     await refused(client, ErrorCode.POLICY_DENIED, SOL, t22, "sol_message", chain=CLUSTER)
 
     # An undecoded call to a contract the desk uses goes to people; they reject it.
@@ -477,13 +469,13 @@ async def test_an_approval_shows_the_decoded_transaction_and_binds_its_view(
     assert outcome is not None and not outcome.accepted
     assert outcome.code == ErrorCode.APPROVAL_MISMATCH
     # The command refuses, before sending anything, a view other than the one reviewed.
-    wrong = vote_with(platform, request.request_id, "alice", "--view-sha256", "cd" * 32)
+    wrong = vote(platform, "approve", request.request_id, "alice", None, "--view-sha256", "cd" * 32)
     assert wrong.returncode == 1 and "not the one you reviewed" in wrong.stderr
     assert "approved by nobody" in await wait_held(platform, request.request_id)
     assert await client.get_result(request.request_id) is None
 
     for approver in ("alice", "bob"):
-        ok = vote_with(platform, request.request_id, approver, "--view-sha256", view)
+        ok = vote(platform, "approve", request.request_id, approver, None, "--view-sha256", view)
         assert ok.returncode == 0, ok.stderr
     result = await wait_result(client, request.request_id)
     assert result is not None, "no result after the quorum"
@@ -493,21 +485,6 @@ async def test_an_approval_shows_the_decoded_transaction_and_binds_its_view(
 def approver_key(platform, approver: str) -> nacl.signing.SigningKey:
     path = platform.run_dir / "approvers" / f"{approver}.key"
     return nacl.signing.SigningKey(bytes.fromhex(path.read_text().strip()))
-
-
-def vote_with(platform, request_id: str, approver: str, *extra: str):
-    key_file = platform.run_dir / "approvers" / f"{approver}.key"
-    return lantau(
-        "approve",
-        request_id,
-        "--approver",
-        approver,
-        "--key-file",
-        str(key_file),
-        *extra,
-        "--config",
-        str(platform.config_path),
-    )
 
 
 # -- and nothing was signed for any refused request ---------------------------------------

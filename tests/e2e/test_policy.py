@@ -15,7 +15,9 @@ from tests.e2e.helpers import lantau, verify_independently
 KEY = "desk-a-policy"
 
 
-def vote(platform, verb: str, request_id: str, approver: str, key_of: str | None = None):
+def vote(
+    platform, verb: str, request_id: str, approver: str, key_of: str | None = None, *extra: str
+):
     key_file = platform.run_dir / "approvers" / f"{key_of or approver}.key"
     return lantau(
         verb,
@@ -24,6 +26,7 @@ def vote(platform, verb: str, request_id: str, approver: str, key_of: str | None
         approver,
         "--key-file",
         str(key_file),
+        *extra,
         "--config",
         str(platform.config_path),
     )
@@ -165,7 +168,7 @@ amount_above = 5000000000
 action = "approve"
 group = "quick"
 quorum = 2
-approval_window_s = 2
+approval_window_s = 5
 """
         text = original.replace("[groups.treasury]", extra + "\n[groups.treasury]")
         text = text.replace('version = "dev-1"', 'version = "dev-2"')
