@@ -188,10 +188,14 @@ class CustodyClient:
         payload: bytes,
         *,
         payload_kind: PayloadKind = "digest",
+        chain: str | None = None,
         transfer: Transfer | None = None,
         request_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
     ) -> SignRequest:
+        """A signed request, not yet sent. ``chain``: the network where the payload does not
+        say it (a PSBT's "testnet", a Solana "solana:devnet"); ``transfer``: what the requester
+        declares it moves (policy refuses a declaration the parsed transaction contradicts)."""
         created = now_ms()
         request = SignRequest(
             request_id=request_id or uuid.uuid4().hex,
@@ -199,6 +203,7 @@ class CustodyClient:
             key_id=key_id,
             payload=payload,
             payload_kind=payload_kind,
+            chain=chain,
             transfer=transfer,
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
@@ -242,13 +247,21 @@ class CustodyClient:
         payload: bytes,
         *,
         payload_kind: PayloadKind = "digest",
+        chain: str | None = None,
         transfer: Transfer | None = None,
         request_id: str | None = None,
         timeout: float = 30.0,
     ) -> SignResult:
-        """Ask for a signature and wait for the terminal result (signed, rejected, ...)."""
+        """Ask for a signature and wait for the terminal result (signed, rejected, ...).
+
+        For a transaction kind the result's ``signed_payload`` is what a wallet broadcasts."""
         request = self.sign_request(
-            key_id, payload, payload_kind=payload_kind, transfer=transfer, request_id=request_id
+            key_id,
+            payload,
+            payload_kind=payload_kind,
+            chain=chain,
+            transfer=transfer,
+            request_id=request_id,
         )
         result = await self.send(request, timeout=timeout, resend=request_id is not None)
         assert isinstance(result, SignResult)

@@ -21,8 +21,8 @@ from libs.config import NatsConfig
 from libs.secret_files import write_secret
 from libs.service import Runtime, ServiceEntry
 from libs.service import run as run_service
-from proto.common import PayloadKind
 from proto.errors import LantauError
+from services.cli import payloads
 from services.cli.usage import UsageError
 
 DEFAULT_RUN_DIR = Path(os.environ.get("LANTAU_RUN_DIR", ".lantau/run"))
@@ -134,7 +134,8 @@ async def _with_client(
 
 
 def _print(result: msgspec.Struct) -> None:
-    print(json.dumps(_jsonable(msgspec.to_builtins(result)), indent=2))
+    # Bytes stay bytes here so they print as hex (to_builtins alone makes them base64).
+    print(json.dumps(_jsonable(msgspec.to_builtins(result, builtin_types=(bytes,))), indent=2))
 
 
 def _jsonable(value: Any) -> Any:
@@ -147,25 +148,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _payload(args: argparse.Namespace) -> tuple[bytes, PayloadKind]:
-    if args.hex is not None:
-        try:
-            return bytes.fromhex(args.hex), args.kind or "digest"
-        except ValueError:
-            raise UsageError("--hex is not valid hexadecimal") from None
-    if args.message is not None:
-        return args.message.encode(), args.kind or "message"
-    raise UsageError("give the payload with --hex (a digest) or --message (text)")
-
-
 def cmd_sign(args: argparse.Namespace) -> int:
-    payload, kind = _payload(args)
+    payload, kind = payloads.payload(
+        hex_text=args.hex, message=args.message, file=args.file, kind=args.kind
+    )
+    transfer = payloads.transfer(args.transfer)
 
     async def go(client: CustodyClient) -> int:
         result = await client.sign(
             args.key_id,
             payload,
             payload_kind=kind,
+            chain=args.chain,
+            transfer=transfer,
             request_id=args.request_id,
             timeout=args.timeout,
         )
@@ -237,11 +232,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="hsm-node: the [[hsm_nodes]] id to serve")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("sign", help="sign a payload with a key")
+    p = sub.add_parser(
+        "sign",
+        help="sign a payload with a key",
+        description="A transaction kind is decoded and judged by policy on what it does; the "
+        "result's signed_payload is what a wallet broadcasts. A digest or message is blind: "
+        "signed only for keys the config lets the requester sign blind with.",
+    )
     p.add_argument("key_id")
-    p.add_argument("--hex", help="payload as hex (a 32-byte digest for secp256k1)")
+    p.add_argument("--hex", help="payload as hex (a 32-byte digest for secp256k1, a transaction)")
     p.add_argument("--message", help="payload as UTF-8 text (Ed25519)")
-    p.add_argument("--kind", choices=["digest", "message"])
+    p.add_argument("--file", help="payload from a file (a PSBT may be base64 text); needs --kind")
+    p.add_argument("--kind", choices=payloads.KINDS, help="default: digest (--hex), message")
+    p.add_argument("--chain", help="network the payload does not name: testnet, solana:devnet")
+    p.add_argument(
+        "--transfer", metavar="ASSET:AMOUNT:DEST", help="declare what it moves (minor units)"
+    )
     _client_args(p)
     p.set_defaults(fn=cmd_sign)
 

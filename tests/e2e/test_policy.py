@@ -21,12 +21,13 @@ def vote(
     request_id: str,
     approver: str,
     key_of: str | None = None,
+    *extra: str,
     seed: str | None = None,
 ):
     """``lantau approve|reject`` as ``approver`` (its bus identity: the seed the dev stack
     keeps beside the config, unless ``seed``), signing with ``key_of``'s vote key."""
     key_file = platform.run_dir / "approvers" / f"{key_of or approver}.key"
-    extra = ["--seed-file", seed] if seed else []
+    identity = ["--seed-file", seed] if seed else []
     return lantau(
         verb,
         request_id,
@@ -34,6 +35,7 @@ def vote(
         approver,
         "--key-file",
         str(key_file),
+        *identity,
         "--config",
         str(platform.config_path),
         *extra,
@@ -179,7 +181,7 @@ amount_above = 5000000000
 action = "approve"
 group = "quick"
 quorum = 2
-approval_window_s = 2
+approval_window_s = 5
 """
         text = original.replace("[groups.treasury]", extra + "\n[groups.treasury]")
         text = text.replace('version = "dev-1"', 'version = "dev-2"')
