@@ -93,6 +93,11 @@ KEYS_UNDER_REPLICATED = Gauge(
 BACKUP_LAG = Gauge(
     "lantau_backup_lag_seconds", "Age of the oldest key creation not yet fully replicated."
 )
+AUDIT_UNMATCHED_RECEIPTS = Counter(
+    "lantau_audit_unmatched_receipts",
+    "HSM operations (by op) that no order on the bus allowed: a signature without an order.",
+    ["op"],
+)
 AUDIT_HEAD_SEQUENCE = Gauge("lantau_audit_head_sequence", "Sequence of the newest audit record.")
 AUDIT_LAG = Gauge(
     "lantau_audit_lag_messages", "Messages on the source streams not yet in the audit chain."

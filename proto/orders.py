@@ -8,6 +8,7 @@ from proto.approvals import ApprovalVote
 from proto.authorization import CreateKeyAuthorization, SignAuthorization
 from proto.base import Message
 from proto.common import Curve, Identity, KeyId, RequestId, TimestampMs
+from proto.subjects import create_key_order_subject, sign_order_subject
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,3 +53,9 @@ class CreateKeyOrder(Message, tag="create_key_order", frozen=True, kw_only=True)
 
 
 Order = SignOrder | CreateKeyOrder
+
+
+def order_subject(order: Order) -> str:
+    """The subject an order lives on: policy publishes there, audit looks there."""
+    make = sign_order_subject if isinstance(order, SignOrder) else create_key_order_subject
+    return make(order.requester, order.request_id)

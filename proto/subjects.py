@@ -80,6 +80,15 @@ ADMIN_POOL_STATUS = f"{PREFIX}.admin.pool"
 SIGNER_SERVICE_NAME = "lantau-signer"
 
 
+def sign_order_subject(requester: str, request_id: str) -> str:
+    """Orders live on the request's own subject: audit finds the order of any signature."""
+    return f"{SIGN_ORDER}.{request_key(requester, request_id)}"
+
+
+def create_key_order_subject(requester: str, request_id: str) -> str:
+    return f"{CREATE_KEY_ORDER}.{request_key(requester, request_id)}"
+
+
 def result_subject(requester: str, request_id: str) -> str:
     return f"{RESULT_PREFIX}.{request_key(requester, request_id)}"
 

@@ -194,7 +194,7 @@ _BEATS = sub(f"{HSM_BEAT_PREFIX}.*")
 SERVICE_GRANTS: dict[str, Grant] = {
     POLICY: grants(
         pull(POLICY_REQUESTS),
-        pub(SIGN_ORDER, CREATE_KEY_ORDER),
+        pub(f"{SIGN_ORDER}.>", f"{CREATE_KEY_ORDER}.>"),
         pub(f"{RESULT_PREFIX}.>", f"{EVENT_APPROVAL_PREFIX}.>"),
         pub(dead_letter_subject(REQUESTS.name)),
         _RESULTS_READ,
@@ -251,6 +251,8 @@ SERVICE_GRANTS: dict[str, Grant] = {
         # Its own state (where the writer resumes, whether the trail is witnessed).
         kv_read(AUDIT_STATE_BUCKET),
         kv_write(AUDIT_STATE_BUCKET),
+        # Receipts are reconciled with the order of each signature or key (by subject).
+        direct_read(ORDERS, "lantau.order.>"),
         # The checkpoint key's directory entry.
         kv_read(KEYS_BUCKET),
         kv_write(KEYS_BUCKET),

@@ -32,8 +32,9 @@ from proto.audit import AuditCheckpoint
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import HsmGenerate, HsmSignCheckpoint
 from proto.keys import KeyRecord
-from proto.subjects import AUDIT_CHECKPOINT_KEY, AUDIT_SOURCES
+from proto.subjects import AUDIT_CHECKPOINT_KEY, AUDIT_SOURCES, RECEIPTS
 from services.audit.appender import Appender
+from services.audit.reconcile import Reconciler
 from services.audit.sinks import Sinks
 from services.audit.state import StateStore
 from services.audit.writer import Halt, LogWriter
@@ -162,9 +163,14 @@ async def serve(rt: Runtime) -> None:
         await pool.stop()
         return
 
+    reconciler = Reconciler(rt.js)
+
     def handler_for(stream: str) -> Callable[[bytes, Delivery], Awaitable[None]]:
         async def handle(data: bytes, delivery: Delivery) -> None:
             await hold(appender.offer(stream, delivery.stream_seq, data), delivery)
+            if stream == RECEIPTS.name:
+                # A redelivery checks again: an alert counted twice beats one missed.
+                await reconciler.check(data)
 
         return handle
 

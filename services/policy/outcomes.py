@@ -7,13 +7,11 @@ from nats.js import JetStreamContext
 from libs import metrics
 from libs.bus.publish import publish
 from libs.clock import now_ms
-from proto.orders import CreateKeyOrder, SignOrder
+from proto.orders import CreateKeyOrder, SignOrder, order_subject
 from proto.requests import CreateKeyRequest, Request, request_hash
 from proto.results import unsuccessful
 from proto.subjects import (
-    CREATE_KEY_ORDER,
     HDR_REQUEST_ID,
-    SIGN_ORDER,
     request_key,
     result_subject,
 )
@@ -23,7 +21,7 @@ async def publish_order(js: JetStreamContext, order: SignOrder | CreateKeyOrder)
     # Same msg id on every redelivery and from every replica: one order per request.
     await publish(
         js,
-        SIGN_ORDER if isinstance(order, SignOrder) else CREATE_KEY_ORDER,
+        order_subject(order),
         order,
         msg_id=f"order:{request_key(order.requester, order.request_id)}",
         headers={HDR_REQUEST_ID: order.request_id},

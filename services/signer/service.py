@@ -20,6 +20,7 @@ from libs.audit import gate
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import last_on_subject, publish
 from libs.clock import now_ms
+from libs.headers import safe_for_log
 from libs.hsm.backend import HsmBackend
 from libs.hsm.pool import HsmPool
 from libs.keys import creation
@@ -32,7 +33,7 @@ from proto.common import TX_KINDS
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import KeyCreated
 from proto.hsm import HsmGenerate, HsmSign
-from proto.orders import CreateKeyOrder, Order, SignOrder
+from proto.orders import CreateKeyOrder, Order, SignOrder, order_subject
 from proto.requests import SignRequest
 from proto.results import KeyResult, SignResult, unsuccessful
 from proto.subjects import (
@@ -68,6 +69,13 @@ class Signer:
         # An order is policy's word or nothing: a forgery on the bus stops here (and
         # would stop at the hsm-node anyway, which checks everything again).
         self._authentic(order)
+        if delivery.subject != order_subject(order):
+            # Audit finds each signature's order by its subject: one elsewhere is junk.
+            raise LantauError(
+                ErrorCode.SUBJECT_MISMATCH,
+                f"an order for {order.requester}/{order.request_id} came on "
+                f"{safe_for_log(delivery.subject)}",
+            )
         # Policy sends one order per request (one msg id; a resend that finds a result
         # stops at policy), so only a redelivery can find its request already answered.
         if delivery.count > 1 and await self._answered(order):
@@ -89,8 +97,8 @@ class Signer:
         """Tell the requester why its order cannot be done (bad order or retries exhausted).
         Junk and forged orders go to the dead-letter stream only: nobody may write a
         result under a requester's name but for an order policy really issued."""
-        if order is None:
-            return
+        if order is None or error.code == ErrorCode.SUBJECT_MISMATCH:
+            return  # a real order replayed elsewhere says nothing about its request
         try:
             self._authentic(order)
         except LantauError:

@@ -23,6 +23,7 @@ EXPECTED_ALERTS = {
     "LantauBackupLag",
     "LantauAuditLag",
     "LantauAuditHalted",
+    "LantauSignatureWithoutOrder",
     "LantauAuditForeignEntries",
     "LantauAuditWitnessDown",
     "LantauAuditUnwitnessed",

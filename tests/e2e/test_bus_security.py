@@ -45,14 +45,16 @@ from proto.subjects import (
     ADMIN_POOL_STATUS,
     ORDERS,
     RESULTS,
-    SIGN_ORDER,
     hsm_rpc_subject,
     result_subject,
+    sign_order_subject,
 )
 from tests.conftest import TRADER, connect_client
 
 OTHER = "desk-b"
 NODE = "hsm-1"
+# An order for one of the trader's requests (orders live on their request's subject).
+AN_ORDER = sign_order_subject(TRADER, "r1")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +125,7 @@ MATRIX: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
     requester_identity(TRADER): (
         [f"$JS.API.DIRECT.GET.LANTAU_RESULTS.lantau.result.{TRADER}.nothing"],
         [
-            SIGN_ORDER,
+            AN_ORDER,
             hsm_rpc_subject(NODE, "sign"),
             f"lantau.request.sign.{OTHER}",
             "lantau.request.approval.alice",
@@ -160,7 +162,7 @@ MATRIX: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
             "lantau.request.approval.bob",
             f"lantau.request.sign.{TRADER}",
             f"$KV.lantau_approvals.{TRADER}.x",
-            SIGN_ORDER,
+            AN_ORDER,
         ],
         [f"lantau.event.approval.{TRADER}.>"],
         [f"lantau.event.approval.{OTHER}.>", "lantau.event.>", "lantau.result.>"],
@@ -169,7 +171,7 @@ MATRIX: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
         ["_INBOX_signer.probe", "_INBOX_operator.probe"],
         [
             "lantau.hsm.beat.hsm-2",
-            SIGN_ORDER,
+            AN_ORDER,
             f"_INBOX_{requester_identity(TRADER)}.x",
             "_INBOX.x",
             "$JS.API.STREAM.DELETE.LANTAU_ORDERS",
@@ -181,7 +183,7 @@ MATRIX: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
     SIGNER: (
         ["$JS.API.STREAM.INFO.KV_lantau_keys"],
         [
-            SIGN_ORDER,
+            AN_ORDER,
             f"lantau.request.sign.{TRADER}",
             "$JS.API.STREAM.CREATE.EVIL",
             "$JS.API.STREAM.UPDATE.LANTAU_ORDERS",
@@ -208,13 +210,13 @@ MATRIX: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
     ),
     AUDIT_ROLE: (
         ["$JS.API.STREAM.INFO.LANTAU_AUDIT_LOG"],
-        [SIGN_ORDER, "$JS.API.STREAM.PURGE.LANTAU_AUDIT_LOG", "$JS.API.STREAM.DELETE.LANTAU_DLQ"],
+        [AN_ORDER, "$JS.API.STREAM.PURGE.LANTAU_AUDIT_LOG", "$JS.API.STREAM.DELETE.LANTAU_DLQ"],
         [],
         ["lantau.auditlog.>"],
     ),
     BACKUP: (
         [],
-        [hsm_rpc_subject(NODE, "generate"), SIGN_ORDER, "$JS.API.STREAM.DELETE.KV_lantau_keys"],
+        [hsm_rpc_subject(NODE, "generate"), AN_ORDER, "$JS.API.STREAM.DELETE.KV_lantau_keys"],
         ["lantau.hsm.beat.*"],
         [],
     ),
@@ -224,7 +226,7 @@ MATRIX: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
             "$JS.API.STREAM.DELETE.LANTAU_ORDERS",
             "$JS.API.STREAM.PURGE.LANTAU_AUDIT_LOG",
             "$JS.API.CONSUMER.CREATE.LANTAU_AUDIT_LOG",
-            SIGN_ORDER,
+            AN_ORDER,
             hsm_rpc_subject(NODE, "sign"),
             "$KV.lantau_keys.x",
         ],
@@ -233,7 +235,7 @@ MATRIX: dict[str, tuple[list[str], list[str], list[str], list[str]]] = {
     ),
     PROVISIONER: (
         ["$JS.API.STREAM.INFO.LANTAU_ORDERS"],
-        [SIGN_ORDER, hsm_rpc_subject(NODE, "sign"), f"lantau.request.sign.{TRADER}"],
+        [AN_ORDER, hsm_rpc_subject(NODE, "sign"), f"lantau.request.sign.{TRADER}"],
         [],
         ["lantau.>", "$JS.API.>"],
     ),
@@ -334,7 +336,7 @@ async def test_a_requester_cannot_publish_an_order(platform):
     try:
         started = time.monotonic()
         with pytest.raises(LantauError) as refused:
-            await violations.guarded(nc, SIGN_ORDER, nc.jetstream().publish(SIGN_ORDER, forged))
+            await violations.guarded(nc, AN_ORDER, nc.jetstream().publish(AN_ORDER, forged))
         assert refused.value.code == ErrorCode.PERMISSION_DENIED
         assert time.monotonic() - started < 2, "a refusal must not wait out a timeout"
     finally:
@@ -370,7 +372,7 @@ async def test_no_stream_with_republish_into_the_orders(platform, nc):
     evil = StreamConfig(
         name="EVIL",
         subjects=["evil.>"],
-        republish=RePublish(src=">", dest="lantau.order.sign"),
+        republish=RePublish(src=">", dest=AN_ORDER),
     )
     for identity in (requester_identity(TRADER), SIGNER, POLICY, OPERATOR):
         conn = await platform.connect_as(identity)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import urllib.request
 from collections.abc import AsyncIterator
 
 import msgspec
 import nacl.signing
 import pytest
 from nats.aio.client import Client
+from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import forge
 from devkit.chaos import wait_replicated
@@ -20,7 +22,7 @@ from libs.hsm.remote import RemoteHsm
 from proto import codec
 from proto.errors import ErrorCode, LantauError
 from proto.hsm import HsmSign
-from proto.subjects import RECEIPTS, SIGN_ORDER
+from proto.subjects import RECEIPTS, SIGN_ORDER, sign_order_subject
 from tests.conftest import fast_redelivery
 from tests.e2e.test_poison import dead_letter_for
 
@@ -74,7 +76,7 @@ async def key_public(platform, client) -> bytes:
 
 async def last_order(js, request_id: str):
     """The real order policy issued for a request (what a compromised signer can read)."""
-    sub = await js.subscribe(SIGN_ORDER, ordered_consumer=True)
+    sub = await js.subscribe(f"{SIGN_ORDER}.>", ordered_consumer=True)
     found = None
     try:
         while True:
@@ -156,7 +158,7 @@ async def test_a_compromised_signer_gets_nothing_it_was_not_given(
     as_policy = await platform.connect_as(POLICY)
     try:
         ack = await as_policy.jetstream().publish(
-            SIGN_ORDER,
+            sign_order_subject("desk-a", fake.request_id),
             codec.encode(forge.order(fake, forge.authorization(ROGUE, fake, key_public))),
         )
     finally:
@@ -199,6 +201,39 @@ async def test_a_stolen_policy_key_alone_cannot_sign(
     assert (await client.sign(KEY, hashlib.sha256(b"still").digest())).status == "signed"
 
 
+def unmatched(platform, op: str) -> float:
+    with urllib.request.urlopen(platform.url("audit"), timeout=5) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "lantau_audit_unmatched_receipts_total" and sample.labels == {
+                "op": op
+            }:
+                return sample.value
+    return 0.0
+
+
+async def test_a_stolen_policy_key_with_a_genuine_request_is_caught_afterwards(
+    platform, client, nc, trader_key, key_public
+):
+    """What the boundary cannot stop: policy's key plus a request the requester really
+    signed, under a rule that needs no approvals, is a valid authorization; the node
+    signs. The audit matches every receipt against the orders on the bus, finds none
+    for this one, and counts it (LantauSignatureWithoutOrder fires on that counter)."""
+    before = unmatched(platform, "sign")
+    # Genuine traffic is answered for by its order: the counter does not move for it.
+    assert (await client.sign(KEY, hashlib.sha256(b"ordered").digest())).status == "signed"
+    real = forge.signed_request(trader_key, "desk-a", KEY, hashlib.sha256(b"side door").digest())
+    auth = forge.authorization(STOLEN_POLICY, real, key_public)
+    raw = await RemoteHsm(nc, "hsm-1", timeout_s=5).sign(command(real, auth))
+    assert raw and raw[0]
+    for _ in range(100):
+        if unmatched(platform, "sign") > before:
+            break
+        await asyncio.sleep(0.1)
+    assert unmatched(platform, "sign") == before + 1
+
+
 async def test_the_checkpoint_key_signs_checkpoints_only(platform, client, nc, trader_key):
     req = forge.signed_request(trader_key, "desk-a", "lantau-audit-checkpoint", b"\x01" * 32)
     auth = forge.authorization(STOLEN_POLICY, req, b"")
@@ -220,3 +255,25 @@ async def _wait_receipts(js, codes: set[ErrorCode]) -> list:
             break
         await asyncio.sleep(0.1)
     return found
+
+
+async def test_a_real_order_replayed_on_another_subject_changes_nothing(
+    platform, client, admin, key_public
+):
+    """Someone with policy's bus credentials (not its key) copies a real order to
+    another request's subject: the signer dead-letters it and no result moves."""
+    js = admin.jetstream()
+    done = await client.sign(KEY, hashlib.sha256(b"copied").digest())
+    order = await last_order(js, done.request_id)
+    assert order is not None
+    as_policy = await platform.connect_as(POLICY)
+    try:
+        ack = await as_policy.jetstream().publish(
+            sign_order_subject("desk-a", "somewhere-else"), codec.encode(order)
+        )
+    finally:
+        await as_policy.close()
+    record = await dead_letter_for(js, "LANTAU_ORDERS", ack.seq)
+    assert record.code == ErrorCode.SUBJECT_MISMATCH
+    assert (await client.get_result(done.request_id)).signature == done.signature
+    assert await client.get_result("somewhere-else") is None

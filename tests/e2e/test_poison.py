@@ -31,13 +31,13 @@ from proto.errors import ErrorCode
 from proto.events import KeyCreated
 from proto.results import SignResult
 from proto.subjects import (
-    CREATE_KEY_ORDER,
     EVENT_KEY_CREATED,
     HDR_REQUEST_ID,
-    SIGN_ORDER,
+    create_key_order_subject,
     create_key_request_subject,
     dead_letter_subject,
     hsm_rpc_subject,
+    sign_order_subject,
     sign_request_subject,
 )
 from tests.conftest import TRADER
@@ -53,6 +53,9 @@ BAD_FIELD = msgspec.msgpack.encode({"type": "sign_request", "request_id": "has s
 
 SIGN_REQUEST = sign_request_subject(TRADER)
 CREATE_KEY_REQUEST = create_key_request_subject(TRADER)
+# Orders live on their request's subject (policy's identity may publish on any).
+SIGN_ORDER = sign_order_subject(TRADER, "poison-1")
+CREATE_KEY_ORDER = create_key_order_subject(TRADER, "poison-2")
 # Who may publish on each subject (the requester's own connection for its requests).
 PUBLISHER = {SIGN_ORDER: POLICY, CREATE_KEY_ORDER: POLICY, EVENT_KEY_CREATED: SIGNER}
 

@@ -144,7 +144,8 @@ def test_inboxes_are_private_and_responders_answer_only_their_callers(found):
 
 def test_only_policy_issues_orders_and_only_the_signer_and_policy_write_results(found):
     for name, ident in found.items():
-        assert allows(ident.permissions.publish, "lantau.order.sign") == (name == "policy"), name
+        may_order = allows(ident.permissions.publish, "lantau.order.sign.desk.r1")
+        assert may_order == (name == "policy"), name
         may_result = allows(ident.permissions.publish, "lantau.result.desk-a.r1")
         assert may_result == (name in ("policy", "signer")), name
 
@@ -191,7 +192,7 @@ def test_a_requester_touches_only_its_own_subjects(me, other):
         f"lantau.request.create_key.{other}",
         f"$JS.API.DIRECT.GET.LANTAU_RESULTS.lantau.result.{other}.r",
         f"lantau.result.{me}.r",  # nobody forges its own result either
-        "lantau.order.sign",
+        "lantau.order.sign.desk.r1",
     ):
         assert not allows(grant.publish, subject), subject
     assert not allows(grant.subscribe, f"lantau.result.{other}.r")
