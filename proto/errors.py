@@ -96,6 +96,11 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_INPUT = "UNSUPPORTED_INPUT"
     NOT_OUR_TRANSACTION = "NOT_OUR_TRANSACTION"
     TRANSACTION_TOO_LARGE = "TRANSACTION_TOO_LARGE"
+    # Offline backup ceremonies (libs/backup/ceremony.py, `lantau backup ...`): a copy in
+    # a backup set that does not restore, sign or match its original; a backup token
+    # whose credentials were never set by `lantau backup init`.
+    BACKUP_VERIFY_FAILED = "BACKUP_VERIFY_FAILED"
+    BACKUP_SET_NOT_INITIALISED = "BACKUP_SET_NOT_INITIALISED"
 
 
 def printable(text: str, limit: int = 200) -> str:
