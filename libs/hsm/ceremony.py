@@ -246,3 +246,46 @@ def import_domain_key(
         public = _find(s, ObjectClass.PUBLIC_KEY, TRANSPORT_LABEL)
         if public is not None:
             public.destroy()
+
+
+# -- backup tokens (lantau backup init, verify) ---------------------------------
+
+
+def draw_random(module: str, token_label: str, so_pin: str, length: int) -> bytes:
+    """Bytes from the token's own random generator (a backup set's master secret)."""
+    with _so_session(module, token_label, so_pin) as s:
+        return bytes(s.generate_random(length * 8))
+
+
+def set_credentials(
+    module: str, token_label: str, initial_so_pin: str, so_pin: str, user_pin: str
+) -> None:
+    """Give a freshly initialised token its user PIN and a new SO PIN, through PKCS#11
+    (C_InitPIN, C_SetPIN as the SO): neither ever appears on a command line."""
+    with _so_session(module, token_label, initial_so_pin) as s:
+        s.init_pin(user_pin)
+        s.set_pin(initial_so_pin, so_pin)
+
+
+def empty_token(module: str, token_label: str, user_pin: str, so_pin: str) -> int:
+    """Destroy every object of a scratch token (keys with the user PIN, then the domain
+    key with the SO PIN); returns how many objects were destroyed."""
+    token = _token(module, token_label)
+    destroyed = 0
+    for pin in ({"user_pin": user_pin}, {"so_pin": so_pin}):
+        try:
+            session = token.open(rw=True, **pin)
+        except pkcs11.PinIncorrect:
+            raise CeremonyError(f"token {token_label!r} refused the PIN") from None
+        with session:
+            for obj in list(session.get_objects()):
+                obj.destroy()
+                destroyed += 1
+    return destroyed
+
+
+def _token(module: str, token_label: str) -> Any:
+    try:
+        return pkcs11.lib(module).get_token(token_label=token_label)
+    except pkcs11.NoSuchToken:
+        raise CeremonyError(f"no token labelled {token_label!r}") from None

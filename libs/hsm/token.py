@@ -245,6 +245,16 @@ class Pkcs11Token:
                 raise
             return HsmKey(key_id=key_id, curve=curve, public_key=public_key, created=True)
 
+    def _key_ids(self) -> list[str]:
+        session = self._session()
+        found = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+        # Signing keys only: an SO ceremony's transient RSA transport key is not one.
+        return sorted(str(k.label) for k in found if k.key_type in (KeyType.EC, KeyType.EC_EDWARDS))
+
+    async def key_ids(self) -> list[str]:
+        """The ids of every signing key the token holds (what a backup set contains)."""
+        return await self._run(self._key_ids)
+
     async def wrap(self, key_id: str, kek_label: str) -> bytes:
         return await self._run(self._wrap, key_id, kek_label)
 
