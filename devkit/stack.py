@@ -23,6 +23,7 @@ import msgspec
 import nacl.signing
 
 from devkit import demo_policy
+from devkit.backup import BackupSetSpec, DevBackupSet, make_backup_sets
 from devkit.natsserver import NatsServer, free_port
 from devkit.procs import ManagedProcess, ProcessGroup
 from devkit.softhsm import SoftHsmToken, find_module, init_token
@@ -54,6 +55,8 @@ class DevStack:
     tokens: list[SoftHsmToken]
     procs: ProcessGroup = field(default_factory=ProcessGroup)
     ports: dict[str, int] = field(default_factory=dict)
+    # Offline backup sets made by `lantau backup init` (start_platform(backup_sets=...)).
+    backup_sets: dict[str, DevBackupSet] = field(default_factory=dict)
 
     def service(self, name: str) -> ManagedProcess:
         return self.procs[name]
@@ -172,8 +175,10 @@ async def start_platform(
     signers: int = 1,
     requesters: Sequence[RequesterConfig] = (),
     tweak: Callable[[Config], Config] | None = None,
+    backup_sets: Sequence[BackupSetSpec] = (),
 ) -> DevStack:
-    """Start everything and return once every service answers /readyz."""
+    """Start everything and return once every service answers /readyz; ``backup_sets``
+    are made (tokens, custodians, `lantau backup init`) before the services start."""
     run_dir.mkdir(parents=True, exist_ok=True)
     nats = await asyncio.to_thread(NatsServer(run_dir / "nats").start)
     module = find_module()
@@ -238,6 +243,17 @@ async def start_platform(
     stack = DevStack(run_dir, cfg, config_path, nats, tokens)
     try:
         await asyncio.to_thread(_form_key_domain, stack)
+        if backup_sets:
+            cfg, stack.backup_sets = await asyncio.to_thread(
+                make_backup_sets,
+                run_dir,
+                config_path,
+                cfg,
+                list(backup_sets),
+                cfg.hsm_nodes[0].id,
+                tokens[0].so_pin_file,
+            )
+            stack.config = cfg
         for node in cfg.hsm_nodes:
             stack.start_service(
                 node.id,

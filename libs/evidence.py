@@ -226,7 +226,7 @@ def _check_region(created: CreateKeyAuthorization, node: str, pins: Pins) -> Non
     if created.region is not None and pins.regions.get(node) != created.region:
         raise _refuse(
             ErrorCode.RESIDENCY_VIOLATION,
-            f"key {created.key_id} belongs in region {created.region}; node {node} is not there",
+            f"key {created.key_id} belongs in region {created.region}; {node} is not there",
         )
 
 

@@ -32,7 +32,7 @@ def _refuse_residency(record: KeyRecord, where: str, region: str | None) -> Lant
     return LantauError(
         ErrorCode.RESIDENCY_VIOLATION,
         f"key {record.key_id} belongs in region {record.region}; {where} is in "
-        f"{region or 'no region'}: refused, nothing was copied",
+        f"{region or 'no region'}: refused, nothing was changed",
     )
 
 

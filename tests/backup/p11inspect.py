@@ -60,7 +60,10 @@ class ToolObject:
 def pkcs11_tool_objects(
     module: str, conf: Path | str | None, label: str, pin: str
 ) -> list[ToolObject]:
-    """Every object of a token, logged in as the user, as pkcs11-tool prints it."""
+    """Every object of a token, logged in as the user, as pkcs11-tool prints it.
+
+    pkcs11-tool's --token-label takes the first token whose label *starts* with it
+    (OpenSC 0.23): no token label may be a prefix of another's in one configuration."""
     env = {**os.environ, "LANTAU_P11_PIN": pin}
     if conf:
         env["SOFTHSM2_CONF"] = str(conf)

@@ -92,7 +92,7 @@ def test_asking_for_a_key_of_another_region_refuses_the_whole_ceremony():
         wrappable=ALL_WRAP,
         keys=["hk-key", "sg-key"],
     )
-    assert "sg-key" in message and "hk-vault" in message and "nothing was copied" in message
+    assert "sg-key" in message and "hk-vault" in message and "nothing was changed" in message
     refused(ErrorCode.UNKNOWN_KEY, copy_plan, rs, HK_SET, [], ALL_WRAP, keys=["nope"])
 
 
