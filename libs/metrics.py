@@ -93,6 +93,12 @@ KEYS_UNDER_REPLICATED = Gauge(
 BACKUP_LAG = Gauge(
     "lantau_backup_lag_seconds", "Age of the oldest key creation not yet fully replicated."
 )
+KEYS_WITHOUT_OFFLINE_COPY = Gauge(
+    "lantau_keys_without_offline_copy",
+    "Active keys older than [backup] offline_copy_within_s with no copy in an offline backup "
+    "set, by reason (awaiting_backup_run, key_not_wrappable, no_backup_set).",
+    ["reason"],
+)
 AUDIT_HEAD_SEQUENCE = Gauge("lantau_audit_head_sequence", "Sequence of the newest audit record.")
 AUDIT_LAG = Gauge(
     "lantau_audit_lag_messages", "Messages on the source streams not yet in the audit chain."
