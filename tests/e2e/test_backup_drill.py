@@ -13,8 +13,10 @@ import asyncio
 import base64
 import hashlib
 import os
+import re
 import subprocess
 import time
+import urllib.request
 
 import msgspec
 import pytest
@@ -35,6 +37,7 @@ from proto.subjects import AUDIT_CHECKPOINT_KEY, EVENTS, receipt_subject
 from services.cli.audit_cmd import read_log
 from tests.backup.p11inspect import PROVENANCE_ACCESS, comparable, dump_token, pkcs11_tool_objects
 from tests.conftest import fast_redelivery
+from tests.e2e.helpers import lantau as bare_lantau
 from tests.e2e.helpers import verify_independently
 
 # Keys of each kind the drill restores (hk-tagged and untagged secp256k1); CI keeps it small.
@@ -45,10 +48,30 @@ SG_KEY, ED_KEY = "desk-a-sg", "desk-a-ed"
 
 
 def regions(cfg):
-    """hsm-1 and hsm-2 in Hong Kong, hsm-3 in Singapore."""
+    """hsm-1 and hsm-2 in Hong Kong, hsm-3 in Singapore; a key may wait 1 s for its
+    offline copy before it counts in lantau_keys_without_offline_copy."""
     nodes = list(cfg.hsm_nodes)
     nodes[2] = msgspec.structs.replace(nodes[2], region="sg")
-    return fast_redelivery(msgspec.structs.replace(cfg, hsm_nodes=nodes))
+    backup = msgspec.structs.replace(cfg.backup, offline_copy_within_s=1)
+    return fast_redelivery(msgspec.structs.replace(cfg, hsm_nodes=nodes, backup=backup))
+
+
+async def without_offline_copy(platform, want: dict[str, int], timeout_s: float = 20) -> None:
+    """The backup service's gauge, by reason, as Prometheus scrapes it."""
+    pattern = re.compile(r'^lantau_keys_without_offline_copy\{reason="(\w+)"\} (\S+)$', re.M)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = await asyncio.to_thread(_get, platform.url("backup"))
+        found = {reason: int(float(n)) for reason, n in pattern.findall(text)}
+        if found == want:
+            return
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.5)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +230,11 @@ async def test_keys_in_every_region_sign_and_are_listed_as_not_backed_up(platfor
     assert _offline_line(text, ED_KEY) == "offline: not backed up: KEY_NOT_WRAPPABLE"
     assert _offline_line(text, HK_KEYS[0]) == "offline: not backed up: AWAITING_BACKUP_RUN"
     assert f"{len(wanted) + 1} key(s); {len(wanted) + 1} without an offline copy" in text
+    # The metric behind LantauKeysWithoutOfflineCopy says the same, by reason.
+    awaiting = len(wanted)  # every secp256k1 key, the audit key, less the Ed25519 key
+    await without_offline_copy(
+        platform, {"awaiting_backup_run": awaiting, "key_not_wrappable": 1, "no_backup_set": 0}
+    )
 
 
 def _offline_line(text: str, key_id: str) -> str:
@@ -364,6 +392,10 @@ async def test_backup_run_copies_every_eligible_key_with_any_two_of_three(platfo
     listing = cli(platform, "keys", "list").stdout
     assert _offline_line(listing, FREE_KEYS[0]) == f"offline: {hk.id}, {sg.id}"
     assert _offline_line(listing, ED_KEY) == "offline: not backed up: KEY_NOT_WRAPPABLE"
+    # Only the key that cannot be exported is left for the alert.
+    await without_offline_copy(
+        platform, {"awaiting_backup_run": 0, "key_not_wrappable": 1, "no_backup_set": 0}
+    )
 
 
 async def test_restoring_a_sets_keys_outside_their_region_is_refused(platform, nc, hk):
@@ -479,7 +511,6 @@ async def test_the_drill_destroys_every_online_token_and_restores_every_backed_u
     chain_before = len(await read_log(js))
     report = await restore_drill(platform, [hk, sg], client)
     print("\n" + "\n".join(report.lines()))
-    print("refusals tried:\n  " + "\n  ".join(REFUSALS))
 
     backed_up = {k for k, r in before.items() if r.backup_sets}
     assert set(report.backed_up) == backed_up
@@ -520,3 +551,59 @@ async def test_the_drill_destroys_every_online_token_and_restores_every_backed_u
     await on_the_chain(js, steps)
     assert report.audit.startswith("OK"), report.audit
     assert len(await read_log(js)) > chain_before
+
+
+# -- a custodian leaves ------------------------------------------------------------------
+
+
+async def test_a_custodian_leaves_the_set_is_reshared_and_old_shares_stop_counting(
+    platform, nc, hk, tmp_path
+):
+    """carol leaves, dave joins: alice and bob reshare; the token and its keys stay as they
+    are, the new shares open the set and the old ones are refused even together."""
+    js = nc.jetstream()
+    dave_key = tmp_path / "dave.key"
+    made = bare_lantau("backup", "custodian-keygen", "--out", str(dave_key))  # no config
+    assert made.returncode == 0 and dave_key.stat().st_mode & 0o777 == 0o600, made.stderr
+    cfg = config_mod.load(platform.config_path)
+    entry = cfg.backup_set(hk.id)
+    custodians = [c for c in entry.custodians if c.name != "carol"]
+    custodians.append(config_mod.CustodianConfig(name="dave", public_key=made.stdout.strip()))
+    renewed = msgspec.structs.replace(entry, custodians=custodians)
+    cfg = msgspec.structs.replace(
+        cfg, backup_sets=[renewed if b.id == hk.id else b for b in cfg.backup_sets]
+    )
+    platform.config_path.write_text(config_mod.dump(cfg))
+
+    out_dir = tmp_path / "new-shares"
+    done = cli(
+        platform, "backup", "reshare", "--set", hk.id, "--out-dir", str(out_dir), *hk.share_args()
+    )
+    assert done.returncode == 0, done.stderr
+    fingerprint = re.search(r"^fingerprint ([0-9a-f]{32})$", done.stdout, re.M).group(1)
+    assert fingerprint != entry.fingerprint
+    cfg = msgspec.structs.replace(
+        cfg,
+        backup_sets=[
+            msgspec.structs.replace(b, fingerprint=fingerprint) if b.id == hk.id else b
+            for b in cfg.backup_sets
+        ],
+    )
+    platform.config_path.write_text(config_mod.dump(cfg))
+    phases = [a.phase for _, _, a in await admin_actions(js, "backup reshare", hk.id)]
+    assert phases == ["started", "completed"]
+
+    # The old shares, even two of them, no longer open the set ...
+    verify = ("backup", "verify", "--set", hk.id)
+    old = refused(cli(platform, *verify, *hk.share_args()), ErrorCode.WRONG_BACKUP_SET)
+    REFUSALS.append(old)
+    print("\nrefusals tried:\n  " + "\n  ".join(REFUSALS))
+    # ... the new ones do (bob and dave), with the same keys inside.
+    bob = hk.custodians[1]
+    new = [
+        "--share", str(out_dir / f"{hk.id}.bob.share"), str(bob.key_file),
+        "--share", str(out_dir / f"{hk.id}.dave.share"), str(dave_key),
+    ]  # fmt: skip
+    verified = cli(platform, *verify, *new)
+    assert verified.returncode == 0, verified.stderr
+    assert " verified" in verified.stdout and "not restored" not in verified.stdout
