@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
 
@@ -132,7 +133,12 @@ class Vault:
     set's key signs what moves in or out."""
 
     def __init__(
-        self, cfg: Config, set_cfg: BackupSetConfig, secrets: BackupSecrets, pins: Pins
+        self,
+        cfg: Config,
+        set_cfg: BackupSetConfig,
+        secrets: BackupSecrets,
+        pins: Pins,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.cfg = cfg
         self.set = set_cfg
@@ -140,7 +146,9 @@ class Vault:
         self.receipts: list[HsmReceipt] = []
         self._key = secrets.signing_key()
         self.public_hex = self._key.verify_key.encode().hex()
-        self.token = Pkcs11Token(set_cfg.module, set_cfg.token_label, secrets.pin)
+        self.token = Pkcs11Token(
+            set_cfg.module, set_cfg.token_label, secrets.pin, executor=executor
+        )
         self.guard = Guard(
             self.token,
             node_id=set_cfg.id,
@@ -151,10 +159,20 @@ class Vault:
 
     @classmethod
     async def open(
-        cls, cfg: Config, set_cfg: BackupSetConfig, secrets: BackupSecrets, pins: Pins
+        cls,
+        cfg: Config,
+        set_cfg: BackupSetConfig,
+        secrets: BackupSecrets,
+        pins: Pins,
+        executor: ThreadPoolExecutor | None = None,
     ) -> Vault:
+        """``executor``: the one worker thread shared with another token of the same
+        module (SoftHSM, initialised without locking, must never see two threads)."""
         bind(set_cfg)
-        return await asyncio.to_thread(cls, cfg, set_cfg, secrets, pins)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            executor, lambda: cls(cfg, set_cfg, secrets, pins, executor)
+        )
 
     def authorize(
         self, key_id: str, curve: Curve, public_key: bytes, source: str, target: str
@@ -511,15 +529,19 @@ async def verify(
     emptied again whatever happens. Raises BACKUP_VERIFY_FAILED after publishing the
     manifest when any key fails."""
     records = await _records(nc)
-    pin, so_pin = await asyncio.to_thread(admit_scratch, cfg, set_cfg, secrets)
+    # The backup token, the scratch token and their SO steps: one module, one thread.
+    p11 = ThreadPoolExecutor(max_workers=1, thread_name_prefix="p11-ceremony")
+    loop = asyncio.get_running_loop()
+    pin, so_pin = await loop.run_in_executor(p11, admit_scratch, cfg, set_cfg, secrets)
     pins = _scratch_pins(cfg, set_cfg)
     scratch_name = scratch_id(set_cfg)
+    label = str(set_cfg.scratch_token_label)
     vault: Vault | None = None
     scratch: Pkcs11Token | None = None
     try:
-        vault = await Vault.open(cfg, set_cfg, secrets, pins)
-        scratch = await asyncio.to_thread(
-            Pkcs11Token, set_cfg.module, str(set_cfg.scratch_token_label), pin
+        vault = await Vault.open(cfg, set_cfg, secrets, pins, executor=p11)
+        scratch = await loop.run_in_executor(
+            p11, lambda: Pkcs11Token(set_cfg.module, label, pin, executor=p11)
         )
         guard = Guard(
             scratch,
@@ -546,13 +568,8 @@ async def verify(
             await scratch.close()
         if vault is not None:
             await vault.close()
-        await asyncio.to_thread(
-            so_ceremony.empty_token,
-            set_cfg.module,
-            str(set_cfg.scratch_token_label),
-            pin,
-            so_pin,
-        )
+        await loop.run_in_executor(p11, so_ceremony.empty_token, set_cfg.module, label, pin, so_pin)
+        p11.shutdown(wait=True)
     if failed:
         raise LantauError(
             ErrorCode.BACKUP_VERIFY_FAILED,
