@@ -316,7 +316,10 @@ async def _stack(run_dir: Path, nodes: int) -> tuple[DevStack, list[CustodyClien
     )
     stack = await start_platform(run_dir / f"{nodes}-nodes", nodes=nodes, requesters=[requester])
     servers = stack.config.nats.servers
-    clients = [await CustodyClient.connect(servers, REQUESTER, key) for _ in range(2)]
+    clients = [
+        await CustodyClient.connect(servers, REQUESTER, key, **stack.requester_options(REQUESTER))
+        for _ in range(2)
+    ]
     return stack, clients
 
 

@@ -137,6 +137,24 @@ def check_sign(
     now_ms: int,
 ) -> list[bytes]:
     """The byte strings this node may sign for this request, or a typed refusal."""
+    request = check_sign_parties(
+        request_data, authorization, approvals, key_id=key_id, pins=pins, now_ms=now_ms
+    )
+    return check_sign_bytes(request, authorization, public_key)
+
+
+def check_sign_parties(
+    request_data: bytes,
+    authorization: SignAuthorization,
+    approvals: list[ApprovalVote],
+    *,
+    key_id: str,
+    pins: Pins,
+    now_ms: int,
+) -> SignRequest:
+    """Everything but the bytes: who signed what, for which key, until when, approved
+    by whom. Needs no key material, so a node refuses before it even looks its keys up
+    (a refusal tells nothing of which keys it holds)."""
     _check_statement(authorization, pins.policy, "policy", now_ms, pins.skew_ms)
     request = codec.REQUEST.decode(request_data)
     if not isinstance(request, SignRequest):
@@ -151,11 +169,18 @@ def check_sign(
         raise _mismatch("key")
     if a.payload_kind != request.payload_kind or a.blind != (request.payload_kind not in TX_KINDS):
         raise _mismatch("kind of payload")
-    data = bytes_to_sign(request, public_key)
-    if a.digests != [digest_of(d) for d in data]:
-        raise _mismatch("bytes to sign")
     if a.quorum:
         _check_approvals(request, a, approvals, pins)
+    return request
+
+
+def check_sign_bytes(
+    request: SignRequest, authorization: SignAuthorization, public_key: bytes
+) -> list[bytes]:
+    """The bytes to sign, recomputed from the request, must be the authorized ones."""
+    data = bytes_to_sign(request, public_key)
+    if authorization.digests != [digest_of(d) for d in data]:
+        raise _mismatch("bytes to sign")
     return data
 
 

@@ -17,7 +17,14 @@ from collections.abc import Callable
 
 from libs.audit import checkpoint as cp
 from libs.clock import now_ms
-from libs.evidence import Pins, check_clone, check_create, check_sign, clone_check_message
+from libs.evidence import (
+    Pins,
+    check_clone,
+    check_create,
+    check_sign_bytes,
+    check_sign_parties,
+    clone_check_message,
+)
 from libs.hsm.backend import Liveness
 from libs.hsm.replay import ReplayLog, Signed, replay
 from libs.hsm.token import Pkcs11Token
@@ -35,6 +42,7 @@ from proto.hsm import (
     HsmUnwrap,
     HsmWrap,
 )
+from proto.requests import SignRequest
 from proto.subjects import AUDIT_CHECKPOINT_KEY, request_key
 
 log = logging.getLogger("lantau.hsm_node")
@@ -110,23 +118,28 @@ class Guard:
 
     async def sign(self, cmd: HsmSign) -> list[bytes]:
         """Sign a request's bytes, once: a repeat gets the signatures already made."""
-        public = (await self.public_key(cmd.key_id)).public_key
-        data: list[bytes] = []
-
-        def check() -> None:
-            data.extend(
-                check_sign(
+        request: list[SignRequest] = []
+        self._checked(
+            "sign",
+            cmd.key_id,
+            lambda: request.append(
+                check_sign_parties(
                     cmd.request,
                     cmd.authorization,
                     cmd.approvals,
                     key_id=cmd.key_id,
-                    public_key=public,
                     pins=self._pins(),
                     now_ms=now_ms(),
                 )
-            )
-
-        self._checked("sign", cmd.key_id, check)
+            ),
+        )
+        public = (await self.public_key(cmd.key_id)).public_key
+        data: list[bytes] = []
+        self._checked(
+            "sign",
+            cmd.key_id,
+            lambda: data.extend(check_sign_bytes(request[0], cmd.authorization, public)),
+        )
         a = cmd.authorization
         key = request_key(a.requester, a.request_id)
         content = statement_hash(a)

@@ -16,6 +16,7 @@ from nats import micro
 from nats.micro.request import Request
 
 from libs import chains, curves, evidence, metrics, tracing
+from libs.audit import gate
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import last_on_subject, publish
 from libs.clock import now_ms
@@ -61,6 +62,7 @@ class Signer:
     # -- consumer callbacks --------------------------------------------------
 
     async def handle(self, order: Order, delivery: Delivery) -> None:
+        await gate.wait_until_witnessed(self.rt, delivery)  # fail closed: none unwitnessed
         request_id_var.set(order.request_id)
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
         # An order is policy's word or nothing: a forgery on the bus stops here (and

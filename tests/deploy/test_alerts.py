@@ -23,6 +23,10 @@ EXPECTED_ALERTS = {
     "LantauBackupLag",
     "LantauKeysWithoutOfflineCopy",
     "LantauAuditLag",
+    "LantauAuditHalted",
+    "LantauAuditForeignEntries",
+    "LantauAuditWitnessDown",
+    "LantauAuditUnwitnessed",
     "LantauDeadLetters",
     "LantauServiceDown",
 }
