@@ -24,6 +24,8 @@ from devkit.softhsm import SoftHsmToken, find_module, init_slots
 from libs import config as config_mod
 from libs.backup.custodian import custodian_keygen
 from libs.backup.files import write_custodian_key
+from libs.bus.identity import ensure_seed
+from libs.bus.permissions import backup_set_identity
 from libs.config import BackupSetConfig, Config, CustodianConfig
 
 NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace")
@@ -75,8 +77,11 @@ def _lantau(config_path: Path, *args: str) -> str:
     return proc.stdout
 
 
-def prepare(run_dir: Path, spec: BackupSetSpec) -> tuple[BackupSetConfig, DevBackupSet]:
-    """The set's tokens and custodians, and its [[backup_sets]] entry (before init)."""
+def prepare(
+    run_dir: Path, seeds: Path, spec: BackupSetSpec
+) -> tuple[BackupSetConfig, DevBackupSet]:
+    """The set's tokens, custodians and NATS identity (its seed in ``seeds``), and its
+    [[backup_sets]] entry (before init)."""
     home = run_dir / "backup" / spec.id
     # Neither label may start with the other: pkcs11-tool --token-label matches a prefix.
     token, scratch = init_slots(home, [f"lantau-{spec.id}", f"scratch-{spec.id}"])
@@ -92,6 +97,7 @@ def prepare(run_dir: Path, spec: BackupSetSpec) -> tuple[BackupSetConfig, DevBac
         entries.append(CustodianConfig(name=name, public_key=public))
     entry = BackupSetConfig(
         id=spec.id,
+        nkey=ensure_seed(seeds / f"{backup_set_identity(spec.id)}.seed"),
         region=spec.region,
         module=find_module(),
         token_label=token.label,
@@ -143,20 +149,28 @@ def initialise(
     return cfg
 
 
-def make_backup_sets(
-    run_dir: Path,
-    config_path: Path,
-    cfg: Config,
-    specs: list[BackupSetSpec],
-    member: str,
-    member_so_pin: Path,
+def prepare_sets(
+    run_dir: Path, seeds: Path, cfg: Config, specs: list[BackupSetSpec]
 ) -> tuple[Config, dict[str, DevBackupSet]]:
-    """Every set of ``specs``, initialised against a running NATS (init is recorded)."""
+    """Every set of ``specs`` in the config (identities included, so the NATS users
+    written next know them), not yet initialised."""
     made: dict[str, DevBackupSet] = {}
     for spec in specs:
-        entry, dev_set = prepare(run_dir, spec)
+        entry, made[spec.id] = prepare(run_dir, seeds, spec)
         cfg = msgspec.structs.replace(cfg, backup_sets=[*cfg.backup_sets, entry])
-        config_path.write_text(config_mod.dump(cfg))
-        cfg = initialise(config_path, cfg, dev_set, member, member_so_pin)
-        made[spec.id] = dev_set
     return cfg, made
+
+
+def initialise_sets(
+    config_path: Path,
+    cfg: Config,
+    made: dict[str, DevBackupSet],
+    member: str,
+    member_so_pin: Path,
+) -> Config:
+    """`lantau backup init` for every prepared set, against a running NATS (init is
+    recorded), before the hsm-nodes start (they pin the sets' keys at start)."""
+    config_path.write_text(config_mod.dump(cfg))
+    for dev_set in made.values():
+        cfg = initialise(config_path, cfg, dev_set, member, member_so_pin)
+    return cfg

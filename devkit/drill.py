@@ -22,6 +22,7 @@ from pathlib import Path
 from devkit.backup import BackupSetSpec, DevBackupSet
 from devkit.softhsm import init_token
 from devkit.stack import DevStack
+from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient
 from libs.keys.directory import KeyDirectory
 from proto.common import PayloadKind
@@ -60,9 +61,8 @@ async def start_online_nodes(stack: DevStack) -> None:
 
 
 async def records(stack: DevStack) -> dict[str, KeyRecord]:
-    import nats
-
-    nc = await nats.connect(servers=stack.config.nats.servers)
+    """The key directory, read as the operator."""
+    nc = await stack.connect_as(OPERATOR)
     try:
         directory = await KeyDirectory.open(nc.jetstream())
         return {r.key_id: r for r in await directory.all()}
@@ -104,7 +104,8 @@ async def restore_drill(
     from services.cli.hsm_admin import key_list
 
     report = DrillReport(", ".join(s.id for s in sets))
-    rows = await key_list(stack.config)  # what `lantau keys list` shows before the disaster
+    # What `lantau keys list` shows before the disaster.
+    rows = await key_list(stack.config, config_path=str(stack.config_path))
     before = {row.record.key_id: row.record for row in rows}
     report.keys = len(before)
     report.backed_up = sorted(k for k, r in before.items() if r.backup_sets)
@@ -187,7 +188,9 @@ async def drill_demo(run_dir: Path, keys: int) -> int:
         requesters=[requester],
         backup_sets=[BackupSetSpec("hk-vault", "hk")],
     )
-    client = await CustodyClient.connect(stack.config.nats.servers, "drill", key)
+    client = await CustodyClient.connect(
+        stack.config.nats.servers, "drill", key, **stack.requester_options("drill")
+    )
     try:
         for i in range(keys):
             region = "hk" if i % 2 == 0 else None

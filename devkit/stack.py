@@ -27,7 +27,7 @@ import nacl.signing
 from nats.aio.client import Client
 
 from devkit import demo_policy
-from devkit.backup import BackupSetSpec, DevBackupSet, make_backup_sets
+from devkit.backup import BackupSetSpec, DevBackupSet, initialise_sets, prepare_sets
 from devkit.natsserver import NatsServer, free_port
 from devkit.procs import ManagedProcess, ProcessGroup
 from devkit.softhsm import SoftHsmToken, find_module, init_token
@@ -347,6 +347,8 @@ async def start_platform(
     )
     if tweak is not None:
         cfg = tweak(cfg)
+    # Offline backup sets: tokens, custodians and identities now, `backup init` once NATS runs.
+    cfg, made_sets = await asyncio.to_thread(prepare_sets, run_dir, seeds, cfg, list(backup_sets))
     config_path = run_dir / "lantau.toml"
     config_path.write_text(config_mod.dump(cfg))
     # The SO ceremony, automated for dev: make policy's key, pin both authorities.
@@ -371,17 +373,16 @@ async def start_platform(
     try:
         await bus_cmd.provision_once(cfg, str(stack.seed_file(permissions.PROVISIONER)))
         await asyncio.to_thread(_form_key_domain, stack)
-        if backup_sets:
-            cfg, stack.backup_sets = await asyncio.to_thread(
-                make_backup_sets,
-                run_dir,
+        if made_sets:
+            cfg = await asyncio.to_thread(
+                initialise_sets,
                 config_path,
                 cfg,
-                list(backup_sets),
+                made_sets,
                 cfg.hsm_nodes[0].id,
                 tokens[0].so_pin_file,
             )
-            stack.config = cfg
+            stack.config, stack.backup_sets = cfg, made_sets
         for node in cfg.hsm_nodes:
             stack.start_service(
                 node.id,

@@ -254,6 +254,9 @@ class BackupSetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     ceremonies by M of its N custodians (docs/operations.md, "Offline backups")."""
 
     id: Name
+    # The NATS identity of this set's ceremonies (backup-set-<id>, public nkey): the
+    # hsm-node calls a copy needs, the key directory, its receipts and manifests.
+    nkey: Nkey | None = None
     # Keys tagged with a region are copied only to sets of that region; a set without a
     # region holds untagged keys only.
     region: str | None = None

@@ -28,11 +28,12 @@ from libs.backup.derive import BackupSecrets
 from libs.backup.envelope import ShareEnvelope
 from libs.backup.files import write_custodian_key, write_share
 from libs.backup.quorum import create_backup_set, reshare
-from libs.bus.connect import connect
+from libs.bus.permissions import backup_set_identity
 from libs.config import BackupSetConfig, Config
 from libs.hsm import ceremony as so_ceremony
 from proto.events import BackupManifest
 from services.cli.hsm_admin import audited, ceremony_step
+from services.cli.identity import connect_cli
 
 T = TypeVar("T")
 
@@ -55,8 +56,14 @@ def _read_secret(path: str, what: str) -> str:
     return value
 
 
-async def _on_bus(cfg: Config, fn: Callable[[Client], Awaitable[T]]) -> T:
-    nc = await connect(cfg.nats, "lantau-backup-ceremony", patient=False)
+async def _on_bus(
+    cfg: Config, set_id: str, config_path: str, fn: Callable[[Client], Awaitable[T]]
+) -> T:
+    """The ceremony's connection, as the set's own NATS identity (backup-set-<id>): its
+    seed beside the config (nkeys/), or --seed-file... as `lantau` finds seeds."""
+    nc = await connect_cli(
+        cfg, backup_set_identity(set_id), config_path=config_path, name="lantau-backup-ceremony"
+    )
     try:
         return await fn(nc)
     finally:
@@ -181,7 +188,8 @@ def _ceremony(
     set_cfg = _set(cfg, args.set)
     with audited(args.config, command, args.set) as details:
         with backup.open_secrets(cfg, set_cfg, args.share or []) as secrets:
-            manifest = asyncio.run(_on_bus(cfg, lambda nc: body(cfg, set_cfg, secrets, nc)))
+            run_it = lambda nc: body(cfg, set_cfg, secrets, nc)  # noqa: E731
+            manifest = asyncio.run(_on_bus(cfg, args.set, args.config, run_it))
         counts: dict[str, int] = {}
         for entry in manifest.entries:
             counts[entry.status] = counts.get(entry.status, 0) + 1

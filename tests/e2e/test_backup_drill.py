@@ -19,22 +19,25 @@ import time
 import urllib.request
 
 import msgspec
+import nats.js.errors
 import pytest
 
 from devkit.backup import BackupSetSpec, DevBackupSet
 from devkit.drill import lantau, records, restore_drill
 from devkit.softhsm import find_module
 from libs import config as config_mod
+from libs.audit import logread
 from libs.backup.ceremony import open_secrets
 from libs.backup.manifest import manifest_verifies
+from libs.bus.permissions import backup_set_identity
 from libs.hsm.remote import RemoteHsm
 from proto import codec
+from proto.audit import AuditRecord
 from proto.authorization import CloneAuthorization, signing_bytes
 from proto.errors import ErrorCode, LantauError
 from proto.events import AdminAction, BackupManifest
 from proto.hsm import HsmWrap
-from proto.subjects import AUDIT_CHECKPOINT_KEY, EVENTS, receipt_subject
-from services.cli.audit_cmd import read_log
+from proto.subjects import AUDIT_CHECKPOINT_KEY, EVENTS, RECEIPTS, receipt_subject
 from tests.backup.p11inspect import PROVENANCE_ACCESS, comparable, dump_token, pkcs11_tool_objects
 from tests.conftest import fast_redelivery
 from tests.e2e.helpers import lantau as bare_lantau
@@ -97,21 +100,24 @@ def cli(platform, *args: str) -> subprocess.CompletedProcess[str]:
     return lantau(platform, *args, check=False)
 
 
-async def bus_events(js, subject: str) -> list[tuple[int, bytes]]:
-    """(stream sequence, raw message) of every event on ``subject`` (wildcards allowed)."""
-    info = await js.stream_info(EVENTS.name, subjects_filter=subject)
-    total = sum((info.state.subjects or {}).values())
+async def stream_messages(js, stream: str, subject: str) -> list[tuple[int, bytes]]:
+    """(stream sequence, raw message) of every message of ``stream`` on ``subject`` (a
+    trailing ``>`` allowed), read by sequence with direct gets, as the operator may."""
+    info = await js.stream_info(stream)
+    prefix = subject[:-1] if subject.endswith(">") else None
     out: list[tuple[int, bytes]] = []
-    if not total:
-        return out
-    sub = await js.subscribe(subject, ordered_consumer=True)
-    try:
-        while len(out) < total:
-            msg = await sub.next_msg(timeout=5)
-            out.append((msg.metadata.sequence.stream, msg.data))
-    finally:
-        await sub.unsubscribe()
+    for seq in range(info.state.first_seq, info.state.last_seq + 1):
+        try:
+            msg = await js.get_msg(stream, seq, direct=True)
+        except nats.js.errors.NotFoundError:
+            continue
+        if msg.subject == subject or (prefix is not None and msg.subject.startswith(prefix)):
+            out.append((seq, msg.data or b""))
     return out
+
+
+async def bus_events(js, subject: str) -> list[tuple[int, bytes]]:
+    return await stream_messages(js, EVENTS.name, subject)
 
 
 async def admin_actions(js, command: str, node: str) -> list[tuple[int, bytes, AdminAction]]:
@@ -134,15 +140,21 @@ async def manifests(js, set_id: str) -> list[tuple[int, bytes, BackupManifest]]:
 
 
 async def on_the_chain(js, facts: list[tuple[int, bytes]], timeout_s: float = 20) -> None:
-    """Each event is in the audit chain: a record naming its stream sequence and hash."""
-    want = {f"{EVENTS.name}:{seq}": hashlib.sha256(data).hexdigest() for seq, data in facts}
+    """Each event is in the audit log: a signed record lists it (stream, sequence, hash)."""
+    want = {seq: hashlib.sha256(data).hexdigest() for seq, data in facts}
     deadline = time.monotonic() + timeout_s
     while True:
-        chained = {e.source: e.content_sha256 for e in await read_log(js) if hasattr(e, "source")}
+        chained = {
+            f.seq: f.sha256
+            for item in await logread.read_all(js)
+            if isinstance(item.entry, AuditRecord)
+            for f in item.entry.facts
+            if f.stream == EVENTS.name
+        }
         missing = {s for s, h in want.items() if chained.get(s) != h}
         if not missing:
             return
-        assert time.monotonic() < deadline, f"not on the audit chain: {sorted(missing)}"
+        assert time.monotonic() < deadline, f"not in the audit log: events {sorted(missing)}"
         await asyncio.sleep(0.5)
 
 
@@ -321,27 +333,24 @@ async def test_the_online_nodes_guard_refuses_a_copy_out_of_its_region(platform,
     command = HsmWrap(
         key_id=SG_KEY, kek_label="lantau-domain-kek", clone=clone, created=record.authorization
     )
-    with pytest.raises(LantauError) as e:
-        await RemoteHsm(nc, "hsm-3", timeout_s=5).wrap(command)
+    # Asked as the set's own ceremony identity, the one allowed to ask for such copies.
+    ceremony = await platform.connect_as(backup_set_identity(hk.id))
+    try:
+        with pytest.raises(LantauError) as e:
+            await RemoteHsm(ceremony, "hsm-3", timeout_s=5).wrap(command)
+    finally:
+        await ceremony.close()
     assert e.value.code == ErrorCode.RESIDENCY_VIOLATION, e.value
     REFUSALS.append(f"hsm-3 guard: {e.value.code}: {e.value.message}")
     js = nc.jetstream()
     deadline = time.monotonic() + 10
     while True:
-        sub = await js.subscribe(receipt_subject("hsm-3"), ordered_consumer=True)
-        found = []
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=0.5)
-                except TimeoutError:
-                    break
-                found += codec.HSM_RECEIPTS.decode(msg.data).receipts
-        finally:
-            await sub.unsubscribe()
-        hits = [
-            r for r in found if r.op == "wrap" and r.key_id == SG_KEY and r.outcome == "refused"
+        found = [
+            r
+            for _, data in await stream_messages(js, RECEIPTS.name, receipt_subject("hsm-3"))
+            for r in codec.HSM_RECEIPTS.decode(data).receipts
         ]
+        hits = [r for r in found if (r.op, r.key_id, r.outcome) == ("wrap", SG_KEY, "refused")]
         if hits:
             assert hits[-1].code == "RESIDENCY_VIOLATION"
             return
@@ -508,7 +517,7 @@ async def test_the_drill_destroys_every_online_token_and_restores_every_backed_u
 ):
     js = nc.jetstream()
     before = await records(platform)
-    chain_before = len(await read_log(js))
+    log_before = len(await logread.read_all(js))
     report = await restore_drill(platform, [hk, sg], client)
     print("\n" + "\n".join(report.lines()))
 
@@ -550,7 +559,7 @@ async def test_the_drill_destroys_every_online_token_and_restores_every_backed_u
         steps.append((seq, data))
     await on_the_chain(js, steps)
     assert report.audit.startswith("OK"), report.audit
-    assert len(await read_log(js)) > chain_before
+    assert len(await logread.read_all(js)) > log_before
 
 
 # -- a custodian leaves ------------------------------------------------------------------
