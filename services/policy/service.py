@@ -164,7 +164,7 @@ class PolicyService:
             auth.check_blind(request, requester)
             facts = facts_of(request, None)
         data = evidence.bytes_to_sign(request, public_key)
-        return Judged(facts, [digest_of(d) for d in data], curve)
+        return Judged(facts, [digest_of(d) for d in data], curve, public_key)
 
     async def _claim(self, request: Request, digest: str) -> bool:
         """Bind the requester's id to this content forever; reusing it for other content
