@@ -35,6 +35,25 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return asyncio.run(chaos_demo(Path(args.dir), duration_s=args.seconds))
 
 
+def cmd_backup_drill(args: argparse.Namespace) -> int:
+    from devkit.drill import drill_demo
+
+    shutil.rmtree(args.dir, ignore_errors=True)
+    return asyncio.run(drill_demo(Path(args.dir), keys=args.keys))
+
+
+def add_backup_parsers(backup: argparse._SubParsersAction) -> None:
+    """``lantau backup drill``: it destroys HSM tokens, so it runs on a dev stack only."""
+    p = backup.add_parser(
+        "drill",
+        help="rehearse a disaster on a dev stack of its own: destroy every online token, "
+        "restore from a backup set with 2 of 3 custodians, sign with every key again",
+    )
+    p.add_argument("--dir", default=".lantau/drill")
+    p.add_argument("--keys", type=int, default=6, help="secp256k1 keys to create (hk and untagged)")
+    p.set_defaults(fn=cmd_backup_drill)
+
+
 def add_parsers(sub: argparse._SubParsersAction, run_dir: Path) -> None:
     dev = sub.add_parser("dev", help="embedded dev stack").add_subparsers(dest="dev", required=True)
     p = dev.add_parser("up", help="start nats-server, SoftHSM tokens, hsm-nodes and services")

@@ -27,6 +27,7 @@ import nacl.signing
 from nats.aio.client import Client
 
 from devkit import demo_policy
+from devkit.backup import BackupSetSpec, DevBackupSet, initialise_sets, prepare_sets
 from devkit.natsserver import NatsServer, free_port
 from devkit.procs import ManagedProcess, ProcessGroup
 from devkit.softhsm import SoftHsmToken, find_module, init_token
@@ -65,6 +66,8 @@ class DevStack:
     pki: DevPki | None = None
     procs: ProcessGroup = field(default_factory=ProcessGroup)
     ports: dict[str, int] = field(default_factory=dict)
+    # Offline backup sets made by `lantau backup init` (start_platform(backup_sets=...)).
+    backup_sets: dict[str, DevBackupSet] = field(default_factory=dict)
 
     @property
     def nkeys_dir(self) -> Path:
@@ -257,8 +260,10 @@ async def start_platform(
     signers: int = 1,
     requesters: Sequence[RequesterConfig] = (),
     tweak: Callable[[Config], Config] | None = None,
+    backup_sets: Sequence[BackupSetSpec] = (),
 ) -> DevStack:
-    """Start everything and return once every service answers /readyz."""
+    """Start everything and return once every service answers /readyz; ``backup_sets``
+    are made (tokens, custodians, `lantau backup init`) before the services start."""
     run_dir.mkdir(parents=True, exist_ok=True)
     pki = await asyncio.to_thread(make_pki, run_dir / "tls")
     nats = NatsServer(run_dir / "nats", pki=pki, authorized=True)
@@ -342,6 +347,8 @@ async def start_platform(
     )
     if tweak is not None:
         cfg = tweak(cfg)
+    # Offline backup sets: tokens, custodians and identities now, `backup init` once NATS runs.
+    cfg, made_sets = await asyncio.to_thread(prepare_sets, run_dir, seeds, cfg, list(backup_sets))
     config_path = run_dir / "lantau.toml"
     config_path.write_text(config_mod.dump(cfg))
     # The SO ceremony, automated for dev: make policy's key, pin both authorities.
@@ -366,6 +373,16 @@ async def start_platform(
     try:
         await bus_cmd.provision_once(cfg, str(stack.seed_file(permissions.PROVISIONER)))
         await asyncio.to_thread(_form_key_domain, stack)
+        if made_sets:
+            cfg = await asyncio.to_thread(
+                initialise_sets,
+                config_path,
+                cfg,
+                made_sets,
+                cfg.hsm_nodes[0].id,
+                tokens[0].so_pin_file,
+            )
+            stack.config, stack.backup_sets = cfg, made_sets
         for node in cfg.hsm_nodes:
             stack.start_service(
                 node.id,

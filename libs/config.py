@@ -20,6 +20,7 @@ from proto.errors import ErrorCode, LantauError
 
 ENV_PREFIX = "LANTAU__"
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+HexKey = Annotated[str, msgspec.Meta(pattern=whole("[0-9a-fA-F]{64}"))]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
 # Names that become one token of NATS subjects and inbox prefixes: no dots, no wildcards.
 Name = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
@@ -167,6 +168,10 @@ class EvidenceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     retired_policy_keys: list[str] = []
     # Hex Ed25519 public keys of the backup service's authority key.
     backup_keys: list[str] = []
+    # Each offline backup set's Ed25519 public key (set id -> hex), as `lantau backup
+    # init` printed it: only that key, which only a quorum of the set's custodians can
+    # rebuild, authorizes a copy into or out of the set.
+    backup_set_keys: dict[str, HexKey] = {}
     # How far an authorization's issue time may run ahead of the node's clock.
     clock_skew_ms: Positive = 30_000
 
@@ -230,8 +235,46 @@ class BackupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     id: str = "backup"
     kek_label: str = "lantau-domain-kek"
     metrics_port: Port = 0
+    # A key older than this without a copy in an offline backup set counts in
+    # lantau_keys_without_offline_copy (alert LantauKeysWithoutOfflineCopy).
+    offline_copy_within_s: Positive = 86400
     # The key the backup service signs clone authorizations with ([evidence] backup_keys).
     authority: AuthorityConfig | None = None
+
+
+class CustodianConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One holder of a share of a backup set: a name and their X25519 public key (hex)."""
+
+    name: Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_.@-]{1,128}"))]
+    public_key: Annotated[str, msgspec.Meta(pattern=whole("[0-9a-f]{64}"))]
+
+
+class BackupSetConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An offline backup HSM: a token outside the pool and never on the bus, opened only in
+    ceremonies by M of its N custodians (docs/operations.md, "Offline backups")."""
+
+    id: Name
+    # The NATS identity of this set's ceremonies (backup-set-<id>, public nkey): the
+    # hsm-node calls a copy needs, the key directory, its receipts and manifests.
+    nkey: Nkey | None = None
+    # Keys tagged with a region are copied only to sets of that region; a set without a
+    # region holds untagged keys only.
+    region: str | None = None
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    token_label: str
+    # SoftHSM only: its config file, set as SOFTHSM2_CONF in the ceremony's process.
+    softhsm_conf: str | None = None
+    # Who holds a share (1 to 16) and how many shares open the set.
+    custodians: list[CustodianConfig] = []
+    threshold: Annotated[int, msgspec.Meta(ge=1, le=16)] = 2
+    # The set fingerprint `lantau backup init` (or the last reshare) printed: shares of
+    # any other sharing are refused. Unset only before init.
+    fingerprint: Annotated[str, msgspec.Meta(pattern=whole("[0-9a-f]{32}"))] | None = None
+    # A token of the same module that `lantau backup verify` restores into, checks and
+    # empties again; its PIN and SO PIN in 0600 files.
+    scratch_token_label: str | None = None
+    scratch_pin_file: str | None = None
+    scratch_so_pin_file: str | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -246,6 +289,14 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
     backup: BackupConfig = BackupConfig()
+    backup_sets: list[BackupSetConfig] = []
+
+    def backup_set(self, set_id: str) -> BackupSetConfig:
+        for backup_set in self.backup_sets:
+            if backup_set.id == set_id:
+                return backup_set
+        known = ", ".join(b.id for b in self.backup_sets) or "none"
+        raise ConfigError(f"no [[backup_sets]] entry with id {set_id!r} (known: {known})")
 
     def hsm_node(self, node_id: str) -> HsmNodeConfig:
         for node in self.hsm_nodes:
@@ -347,9 +398,18 @@ def loads(text: str, env: dict[str, str] | None = None, where: str = "<string>")
             if parts:
                 _apply_override(raw, parts, _parse_env_value(value), name)
     try:
-        return msgspec.convert(raw, Config)
+        config = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(f"config {where}: {e}") from None
+    # A clone authorization names its ends by id: a backup set must never be taken for
+    # an online node, nor one set for another.
+    ids = [n.id for n in config.hsm_nodes] + [b.id for b in config.backup_sets]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ConfigError(
+            f"config {where}: hsm node and backup set ids must be distinct: {', '.join(twice)}"
+        )
+    return config
 
 
 def _check_utf8(text: str, what: str) -> None:

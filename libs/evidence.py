@@ -46,10 +46,14 @@ class Pins:
     # records they signed still say where existing keys may live.
     retired_policy: frozenset[str] = frozenset()
     backup: frozenset[str] = frozenset()
+    # Offline backup sets: set id -> the set's own key, the only one that authorizes a
+    # copy into or out of that set (only a quorum of its custodians can rebuild it);
+    # "" for a set whose key is not pinned yet: nothing goes in or out.
+    backup_sets: Mapping[str, str] = field(default_factory=dict)
     requesters: Mapping[str, str] = field(default_factory=dict)
     approvers: Mapping[str, str] = field(default_factory=dict)
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    # Where each HSM node may hold keys: residency is checked against the config.
+    # Where each HSM node and backup set may hold keys: residency is checked against it.
     regions: Mapping[str, str | None] = field(default_factory=dict)
     skew_ms: int = 30_000
 
@@ -247,7 +251,7 @@ def _check_region(created: CreateKeyAuthorization, node: str, pins: Pins) -> Non
     if created.region is not None and pins.regions.get(node) != created.region:
         raise _refuse(
             ErrorCode.RESIDENCY_VIOLATION,
-            f"key {created.key_id} belongs in region {created.region}; node {node} is not there",
+            f"key {created.key_id} belongs in region {created.region}; {node} is not there",
         )
 
 
@@ -261,8 +265,21 @@ def check_clone(
     pins: Pins,
     now_ms: int,
 ) -> None:
-    """May this node wrap (as the source) or unwrap (as the target) this key."""
-    _check_statement(clone, pins.backup, "backup", now_ms, pins.skew_ms)
+    """May this node wrap (as the source) or unwrap (as the target) this key.
+
+    A copy between online nodes is the backup service's to authorize; a copy into or out
+    of an offline backup set only that set's own key can authorize."""
+    sets = [end for end in (clone.source, clone.target) if end in pins.backup_sets]
+    if len(sets) > 1:
+        raise _refuse(
+            ErrorCode.EVIDENCE_REFUSED, "a key is never copied from one backup set to another"
+        )
+    if sets:
+        key = pins.backup_sets[sets[0]]
+        trusted, who = frozenset({key} if key else ()), f"backup set {sets[0]}"
+    else:
+        trusted, who = pins.backup, "backup"
+    _check_statement(clone, trusted, who, now_ms, pins.skew_ms)
     if clone.key_id != key_id or (clone.source if as_source else clone.target) != node:
         raise _mismatch("clone")
     if created is None:
@@ -295,13 +312,17 @@ def clone_check_message(key_id: str, node: str) -> bytes:
 
 
 def pins_from(cfg: Config, policy: Policy | None) -> Pins:
-    """What a node trusts: the config's evidence keys, requesters and node regions, and
-    the policy file's approvers and groups (None: no approvals can be honoured)."""
+    """What a node trusts: the config's evidence keys, requesters, node and backup set
+    regions, and the policy file's approvers and groups (None: no approvals can be
+    honoured)."""
     ev = cfg.evidence
+    regions: dict[str, str | None] = {n.id: n.region for n in cfg.hsm_nodes}
+    regions.update((b.id, b.region) for b in cfg.backup_sets)
     return Pins(
         policy=frozenset(k.lower() for k in ev.policy_keys),
         retired_policy=frozenset(k.lower() for k in ev.retired_policy_keys),
         backup=frozenset(k.lower() for k in ev.backup_keys),
+        backup_sets={b.id: ev.backup_set_keys.get(b.id, "").lower() for b in cfg.backup_sets},
         requesters={r.name: r.public_key.lower() for r in cfg.requesters},
         approvers={
             name: a.public_key.lower()
@@ -311,6 +332,6 @@ def pins_from(cfg: Config, policy: Policy | None) -> Pins:
             name: frozenset(g.approvers)
             for name, g in (policy.file.groups if policy else {}).items()
         },
-        regions={n.id: n.region for n in cfg.hsm_nodes},
+        regions=regions,
         skew_ms=ev.clock_skew_ms,
     )

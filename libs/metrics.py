@@ -98,6 +98,12 @@ AUDIT_UNMATCHED_RECEIPTS = Counter(
     "HSM operations (by op) that no order on the bus allowed: a signature without an order.",
     ["op"],
 )
+KEYS_WITHOUT_OFFLINE_COPY = Gauge(
+    "lantau_keys_without_offline_copy",
+    "Active keys older than [backup] offline_copy_within_s with no copy in an offline backup "
+    "set, by reason (awaiting_backup_run, key_not_wrappable, no_backup_set).",
+    ["reason"],
+)
 AUDIT_HEAD_SEQUENCE = Gauge("lantau_audit_head_sequence", "Sequence of the newest audit record.")
 AUDIT_LAG = Gauge(
     "lantau_audit_lag_messages", "Messages on the source streams not yet in the audit chain."

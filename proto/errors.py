@@ -108,6 +108,11 @@ class ErrorCode(enum.StrEnum):
     # identity, or a request arrived on a subject that names someone else.
     PERMISSION_DENIED = "PERMISSION_DENIED"
     SUBJECT_MISMATCH = "SUBJECT_MISMATCH"
+    # Offline backup ceremonies (libs/backup/ceremony.py, `lantau backup ...`): a copy in
+    # a backup set that does not restore, sign or match its original; a backup token
+    # whose credentials were never set by `lantau backup init`.
+    BACKUP_VERIFY_FAILED = "BACKUP_VERIFY_FAILED"
+    BACKUP_SET_NOT_INITIALISED = "BACKUP_SET_NOT_INITIALISED"
 
 
 def printable(text: str, limit: int = 200) -> str:

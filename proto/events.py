@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+import msgspec
+
 from proto.approvals import ApprovalOutcome
 from proto.base import Message
 from proto.common import Curve, TimestampMs
@@ -45,6 +49,38 @@ class AdminAction(Message, tag="admin_action", frozen=True, kw_only=True):
     at_ms: TimestampMs
 
 
+class BackupManifestEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One key as an offline backup ceremony found or left it."""
+
+    key_id: str
+    curve: Curve
+    public_key: bytes
+    region: str | None = None
+    # held: already in the backup set; copied: put there by this ceremony; verified:
+    # restored into a scratch token and signed; restored: copied back to ``nodes``;
+    # not_backed_up / not_restored: ``reason`` is the error code that says why.
+    status: Literal["held", "copied", "verified", "restored", "not_backed_up", "not_restored"]
+    nodes: list[str] = []
+    reason: str = ""
+
+
+class BackupManifest(Message, tag="backup_manifest", frozen=True, kw_only=True):
+    """What one offline backup ceremony found and did, signed with the backup set's key
+    (the key only a quorum of its custodians can rebuild): the audit trail keeps it."""
+
+    backup_set: str
+    region: str | None = None
+    # The sharing of the set's secret the ceremony was run with (its custodians' shares).
+    set_fingerprint: str
+    ceremony: Literal["run", "verify", "restore"]
+    actor: str
+    entries: list[BackupManifestEntry]
+    at_ms: TimestampMs
+    # Hex Ed25519 public key of the backup set ([evidence] backup_set_keys).
+    signed_by: str
+    signature: bytes = b""
+
+
 class RejectedMessage(Message, tag="rejected_message", frozen=True, kw_only=True):
     """A message a consumer could not process, kept on the dead-letter stream."""
 
@@ -59,4 +95,6 @@ class RejectedMessage(Message, tag="rejected_message", frozen=True, kw_only=True
     at_ms: TimestampMs
 
 
-Event = KeyCreated | KeyReplicated | NodeStateChanged | AdminAction | ApprovalOutcome
+Event = (
+    KeyCreated | KeyReplicated | NodeStateChanged | AdminAction | ApprovalOutcome | BackupManifest
+)

@@ -26,3 +26,6 @@ class KeyRecord(Message, tag="key_record", frozen=True, kw_only=True):
     # Policy's authorization that created it (its region among other things): the
     # hsm-nodes check it before they clone the key. None for platform keys (lantau-...).
     authorization: CreateKeyAuthorization | None = None
+    # Offline backup sets ([[backup_sets]]) holding a verified copy, added by
+    # `lantau backup run` by compare-and-set: the key's offline copies.
+    backup_sets: list[str] = []

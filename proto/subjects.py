@@ -43,12 +43,18 @@ EVENT_KEY_REPLICATED = f"{PREFIX}.event.key.replicated"
 EVENT_NODE_STATE = f"{PREFIX}.event.node.state"
 EVENT_ADMIN = f"{PREFIX}.event.admin"
 EVENT_APPROVAL_PREFIX = f"{PREFIX}.event.approval"
+# Signed manifests of offline backup ceremonies: lantau.event.backup.<backup set>.
+EVENT_BACKUP_PREFIX = f"{PREFIX}.event.backup"
 
 
 def request_key(requester: str, request_id: str) -> str:
     """A request's name across the platform: request ids are unique per requester only,
     so KV keys, message ids and subjects that belong to a request carry both."""
     return f"{requester}.{request_id}"
+
+
+def backup_event_subject(backup_set: str) -> str:
+    return f"{EVENT_BACKUP_PREFIX}.{backup_set}"
 
 
 def approval_event_subject(requester: str, request_id: str) -> str:

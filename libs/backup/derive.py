@@ -14,6 +14,7 @@ import hmac
 from types import TracebackType
 
 import msgspec
+import nacl.signing
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -26,7 +27,12 @@ FINGERPRINT_BYTES = 16
 TAG_BYTES = 16
 
 LABEL_PIN = b"lantau/backup/v1/token-pin"
+LABEL_SO_PIN = b"lantau/backup/v1/token-so-pin"
 LABEL_KEK = b"lantau/backup/v1/kek"
+# The seed of the set's Ed25519 key: it signs the clone authorizations that move keys
+# into and out of the set, and the ceremonies' manifests ([evidence] backup_set_keys).
+LABEL_SIGNING = b"lantau/backup/v1/authorization-key"
+SIGNING_SEED_BYTES = 32
 LABEL_FINGERPRINT = b"lantau/backup/v1/set-fingerprint"
 LABEL_SHARE_TAG = b"lantau/backup/v1/share-tag"
 
@@ -77,17 +83,28 @@ class BackupSecrets:
     """The backup HSM's credentials, in memory for one ceremony.
 
     Use as a context manager or call wipe(): the buffers are zeroed. What it hands out
-    (``pin`` a str, ``kek`` bytes) are copies Python cannot wipe: keep them short-lived.
+    (``pin`` a str, ``kek`` bytes, the signing key) are copies Python cannot wipe: keep
+    them short-lived.
     """
 
-    __slots__ = ("_kek", "_pin", "_wiped", "backup_set", "set_fingerprint")
+    __slots__ = (
+        "_kek",
+        "_pin",
+        "_signing_seed",
+        "_so_pin",
+        "_wiped",
+        "backup_set",
+        "set_fingerprint",
+    )
 
     def __init__(self, master: bytes | bytearray, *, backup_set: str, set_fingerprint: str) -> None:
         self.backup_set = backup_set
         self.set_fingerprint = set_fingerprint
         context = backup_set.encode()
         self._pin = bytearray(hkdf(master, LABEL_PIN, context, PIN_BYTES).hex().encode())
+        self._so_pin = bytearray(hkdf(master, LABEL_SO_PIN, context, PIN_BYTES).hex().encode())
         self._kek = bytearray(hkdf(master, LABEL_KEK, context, KEK_BYTES))
+        self._signing_seed = bytearray(hkdf(master, LABEL_SIGNING, context, SIGNING_SEED_BYTES))
         self._wiped = False
 
     @property
@@ -95,6 +112,22 @@ class BackupSecrets:
         """The backup token's user PIN (32 lowercase hex characters)."""
         self._check()
         return self._pin.decode()
+
+    @property
+    def so_pin(self) -> str:
+        """The backup token's Security Officer PIN (32 lowercase hex characters)."""
+        self._check()
+        return self._so_pin.decode()
+
+    def signing_key(self) -> nacl.signing.SigningKey:
+        """The set's Ed25519 key: signs clone authorizations and ceremony manifests."""
+        self._check()
+        return nacl.signing.SigningKey(bytes(self._signing_seed))
+
+    @property
+    def signing_public_key(self) -> str:
+        """The hex public key to pin in [evidence] backup_set_keys."""
+        return self.signing_key().verify_key.encode().hex()
 
     @property
     def kek(self) -> bytes:
@@ -108,7 +141,7 @@ class BackupSecrets:
 
     def wipe(self) -> None:
         """Zero the buffers; later reads refuse."""
-        for name in ("_pin", "_kek"):
+        for name in ("_pin", "_so_pin", "_kek", "_signing_seed"):
             buf = getattr(self, name, None)  # absent if __init__ failed half way
             if buf is not None:
                 buf[:] = bytes(len(buf))

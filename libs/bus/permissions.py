@@ -60,6 +60,7 @@ from proto.subjects import (
     StreamSpec,
     approval_events_of,
     approval_vote_subject,
+    backup_event_subject,
     create_key_request_subject,
     dead_letter_subject,
     hsm_beat_subject,
@@ -85,6 +86,11 @@ SERVICE_ROLES = (POLICY, SIGNER, BACKUP, AUDIT_ROLE)
 
 def node_identity(node_id: str) -> str:
     return f"node-{node_id}"
+
+
+def backup_set_identity(set_id: str) -> str:
+    """Who runs an offline backup set's ceremonies (`lantau backup run|verify|restore`)."""
+    return f"backup-set-{set_id}"
 
 
 def requester_identity(name: str) -> str:
@@ -184,8 +190,12 @@ HSM_CALLS: dict[str, tuple[str, ...]] = {
     AUDIT_ROLE: ("generate", "public_key", "sign_checkpoint", "capabilities"),
 }
 # Who may ask an hsm-node something, so whose inboxes it may answer: the HSM callers and
-# the operator (micro discovery: $SRV.PING/INFO/STATS).
+# the operator (micro discovery: $SRV.PING/INFO/STATS; capabilities, for `keys list`).
+# Each backup set's ceremonies are callers too (identities(): per set).
 HSM_CALLERS = (*HSM_CALLS, OPERATOR)
+# An offline backup set's ceremonies: copies into and out of the set, checked like the
+# backup service's clones (the set's own key signs each authorization).
+BACKUP_SET_CALLS = ("wrap", "unwrap", "public_key", "clone_check", "capabilities")
 
 # Reading the stored result of a request (a resend, or a redelivered order).
 _RESULTS_READ = direct_read(RESULTS, f"{RESULT_PREFIX}.>")
@@ -264,6 +274,8 @@ def operator_grant() -> Grant:
     """Read-only views of everything (streams, buckets, the audit log, the signers' pool
     views, micro discovery) and the ceremony records (AdminAction on lantau.event.admin)."""
     parts = [pub(ADMIN_POOL_STATUS, EVENT_ADMIN, f"{MICRO_PREFIX}.>")]
+    # `lantau keys list` asks each node what it can wrap (why a key has no offline copy).
+    parts.append(hsm_calls(("capabilities",)))
     for stream in ALL_STREAMS:
         parts.append(pub(js_stream_info(stream.name), js_msg_get(stream.name)))
         parts.append(pub(js_direct_get(stream.name), js_direct_get(stream.name, ">")))
@@ -277,13 +289,25 @@ def provisioner_grant() -> Grant:
     return pub(f"{JS_API}.>")
 
 
-def hsm_node_grant(node_id: str) -> Grant:
+def hsm_node_grant(node_id: str, callers: Sequence[str] = ()) -> Grant:
+    """``callers``: identities beyond HSM_CALLERS it answers (backup set ceremonies)."""
     return grants(
         sub(hsm_rpc_all(node_id)),
         micro_endpoints(HSM_SERVICE_NAME),
         # Its beats, and the receipts of what it did (a JetStream stream, audited).
         pub(hsm_beat_subject(node_id), receipt_subject(node_id)),
-        replies_to(*HSM_CALLERS),
+        replies_to(*HSM_CALLERS, *callers),
+    )
+
+
+def backup_set_grant(set_id: str) -> Grant:
+    """A backup set's ceremonies: the hsm-node calls of a copy, the key directory (which
+    sets hold each key), and the backup token's receipts and the signed manifest."""
+    return grants(
+        hsm_calls(BACKUP_SET_CALLS),
+        kv_read(KEYS_BUCKET),
+        kv_write(KEYS_BUCKET),
+        pub(receipt_subject(set_id), backup_event_subject(set_id)),
     )
 
 
@@ -346,11 +370,13 @@ def identities(cfg: Config, approver_scopes: Mapping[str, Sequence[str]]) -> lis
         found.append(Identity(OPERATOR, "operator", roles.operator, operator_grant()))
     if roles.provisioner:
         found.append(Identity(PROVISIONER, "provisioner", roles.provisioner, provisioner_grant()))
+    sets = {backup_set_identity(b.id): (b.id, b.nkey) for b in cfg.backup_sets if b.nkey}
     for node in cfg.hsm_nodes:
         if node.nkey:
-            found.append(
-                Identity(node_identity(node.id), "hsm-node", node.nkey, hsm_node_grant(node.id))
-            )
+            grant = hsm_node_grant(node.id, list(sets))
+            found.append(Identity(node_identity(node.id), "hsm-node", node.nkey, grant))
+    for name, (set_id, set_nkey) in sets.items():
+        found.append(Identity(name, "backup-set", set_nkey, backup_set_grant(set_id)))
     for r in cfg.requesters:
         if r.nkey:
             found.append(

@@ -14,11 +14,13 @@ These functions never go over the bus: SO PINs stay with the administrator.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import msgspec
 import pkcs11
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.attributes import AttributeMapper
 
 from proto.errors import ErrorCode, LantauError
 
@@ -31,9 +33,24 @@ _UNUSED = {
     Attribute.VERIFY: pkcs11.DEFAULT,
     Attribute.DERIVE: pkcs11.DEFAULT,
 }
+# Whatever the domain KEK unwraps must be created sensitive, extractable only under a
+# trusted key again, unable to derive, and unchangeable. Without it, anyone holding a
+# member's user PIN could unwrap a wrapped key with a template of their own
+# (CKA_SENSITIVE false) and read it in plaintext (measured on SoftHSM 2.6.1, which
+# enforces this template: every attribute must appear, equal, in the caller's).
+# Type-agnostic on purpose: no CKA_SIGN or CKA_DECRYPT, so other key types can come.
+KEK_UNWRAP_TEMPLATE = {
+    Attribute.SENSITIVE: True,
+    Attribute.WRAP_WITH_TRUSTED: True,
+    Attribute.DERIVE: False,
+    Attribute.COPYABLE: False,
+    Attribute.MODIFIABLE: False,
+}
 # The domain KEK on every HSM of the domain, created or imported: a public object so
 # worker sessions see it; SENSITIVE keeps its value inside; TRUSTED (SO only) makes it
-# the one key WRAP_WITH_TRUSTED private keys can leave under; wrap/unwrap only.
+# the one key WRAP_WITH_TRUSTED private keys can leave under; wrap/unwrap only, and not
+# modifiable: with CKA_MODIFIABLE true a PIN holder could turn CKA_DECRYPT on and
+# decrypt wrapped keys with AES-ECB (measured on SoftHSM 2.6.1).
 KEK_TEMPLATE = {
     Attribute.TOKEN: True,
     Attribute.PRIVATE: False,
@@ -45,7 +62,49 @@ KEK_TEMPLATE = {
     Attribute.UNWRAP: True,
     Attribute.ENCRYPT: False,
     Attribute.DECRYPT: False,
+    Attribute.SIGN: False,
+    Attribute.VERIFY: False,
+    Attribute.DERIVE: False,
+    Attribute.COPYABLE: False,
+    Attribute.UNWRAP_TEMPLATE: KEK_UNWRAP_TEMPLATE,
+    # Last: SoftHSM applies attributes in order and refuses any after this one.
+    Attribute.MODIFIABLE: False,
 }
+# Attributes a PKCS#11 read through python-pkcs11 cannot return (arrays); checked with
+# softhsm2-dump-file in tests/backup/test_token_rights.py instead.
+_UNREADABLE = {Attribute.UNWRAP_TEMPLATE}
+
+
+class _CkAttribute(ctypes.Structure):
+    # CK_ATTRIBUTE: type, pValue, ulValueLen (pkcs11t.h).
+    _fields_ = [
+        ("type", ctypes.c_ulong),
+        ("pValue", ctypes.c_void_p),
+        ("ulValueLen", ctypes.c_ulong),
+    ]
+
+
+class TemplateAttributes(AttributeMapper):
+    """python-pkcs11's attribute mapper, able to send CKA_UNWRAP_TEMPLATE (an array of
+    CK_ATTRIBUTE, which it has no handler for). The nested values live as long as the
+    mapper, hence the session: the module copies them when it creates the object."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._keep: list[Any] = []
+        self.register_handler(Attribute.UNWRAP_TEMPLATE, self._pack_template, bytes)
+
+    def _pack_template(self, template: dict[Attribute, Any]) -> bytes:
+        array = (_CkAttribute * len(template))()
+        for i, (attribute, value) in enumerate(template.items()):
+            raw = self.pack_attribute(attribute, value)
+            buffer = ctypes.create_string_buffer(raw, len(raw))
+            self._keep.append(buffer)
+            array[i].type = attribute
+            array[i].pValue = ctypes.addressof(buffer)
+            array[i].ulValueLen = len(raw)
+        self._keep.append(array)
+        return ctypes.string_at(ctypes.addressof(array), ctypes.sizeof(array))
 
 
 class TransportKey(msgspec.Struct, frozen=True):
@@ -65,7 +124,7 @@ class CeremonyError(LantauError):
 def _so_session(module: str, token_label: str, so_pin: str) -> Any:
     try:
         token = pkcs11.lib(module).get_token(token_label=token_label)
-        return token.open(rw=True, so_pin=so_pin)
+        return token.open(rw=True, so_pin=so_pin, attribute_mapper=TemplateAttributes())
     except pkcs11.NoSuchToken:
         raise CeremonyError(f"no token labelled {token_label!r}") from None
     except pkcs11.PinIncorrect:
@@ -174,7 +233,11 @@ def import_domain_key(
         imported = _find(s, ObjectClass.SECRET_KEY, kek_label)
         if imported is None:
             raise CeremonyError(f"token {token_label!r} did not keep the imported domain key")
-        mismatched = [a.name for a, want in KEK_TEMPLATE.items() if imported[a] != want]
+        mismatched = [
+            a.name
+            for a, want in KEK_TEMPLATE.items()
+            if a not in _UNREADABLE and imported[a] != want
+        ]
         if mismatched:
             # Never leave a domain key with other rights than the domain's.
             imported.destroy()
@@ -183,3 +246,46 @@ def import_domain_key(
         public = _find(s, ObjectClass.PUBLIC_KEY, TRANSPORT_LABEL)
         if public is not None:
             public.destroy()
+
+
+# -- backup tokens (lantau backup init, verify) ---------------------------------
+
+
+def draw_random(module: str, token_label: str, so_pin: str, length: int) -> bytes:
+    """Bytes from the token's own random generator (a backup set's master secret)."""
+    with _so_session(module, token_label, so_pin) as s:
+        return bytes(s.generate_random(length * 8))
+
+
+def set_credentials(
+    module: str, token_label: str, initial_so_pin: str, so_pin: str, user_pin: str
+) -> None:
+    """Give a freshly initialised token its user PIN and a new SO PIN, through PKCS#11
+    (C_InitPIN, C_SetPIN as the SO): neither ever appears on a command line."""
+    with _so_session(module, token_label, initial_so_pin) as s:
+        s.init_pin(user_pin)
+        s.set_pin(initial_so_pin, so_pin)
+
+
+def empty_token(module: str, token_label: str, user_pin: str, so_pin: str) -> int:
+    """Destroy every object of a scratch token (keys with the user PIN, then the domain
+    key with the SO PIN); returns how many objects were destroyed."""
+    token = _token(module, token_label)
+    destroyed = 0
+    for pin in ({"user_pin": user_pin}, {"so_pin": so_pin}):
+        try:
+            session = token.open(rw=True, **pin)
+        except pkcs11.PinIncorrect:
+            raise CeremonyError(f"token {token_label!r} refused the PIN") from None
+        with session:
+            for obj in list(session.get_objects()):
+                obj.destroy()
+                destroyed += 1
+    return destroyed
+
+
+def _token(module: str, token_label: str) -> Any:
+    try:
+        return pkcs11.lib(module).get_token(token_label=token_label)
+    except pkcs11.NoSuchToken:
+        raise CeremonyError(f"no token labelled {token_label!r}") from None

@@ -29,7 +29,11 @@ T = TypeVar("T")
 
 # Every private key Lantau stores, generated or unwrapped: sensitive, extractable only
 # wrapped under a trusted key (the domain KEK), and usable for signing only: no ECDH
-# (DERIVE), no DECRYPT/UNWRAP. A clone gets exactly the original's rights.
+# (DERIVE), no DECRYPT/UNWRAP, no sign-recover. Not copyable and not modifiable, so
+# that nobody holding the PIN can later add a right (measured on SoftHSM 2.6.1: with
+# CKA_MODIFIABLE true, C_SetAttributeValue turns CKA_DERIVE on). A clone gets exactly
+# the original's rights; tests/backup/test_token_rights.py reads them back with
+# pkcs11-tool and softhsm2-dump-file.
 PRIVATE_KEY_TEMPLATE = {
     Attribute.TOKEN: True,
     Attribute.PRIVATE: True,
@@ -37,9 +41,26 @@ PRIVATE_KEY_TEMPLATE = {
     Attribute.EXTRACTABLE: True,
     Attribute.WRAP_WITH_TRUSTED: True,
     Attribute.SIGN: True,
+    Attribute.SIGN_RECOVER: False,
     Attribute.DERIVE: False,
     Attribute.DECRYPT: False,
     Attribute.UNWRAP: False,
+    Attribute.COPYABLE: False,
+    # Last: SoftHSM 2.6.1 applies a template attribute by attribute and, when unwrapping,
+    # refuses every attribute after CKA_MODIFIABLE went false (CKR_ATTRIBUTE_READ_ONLY).
+    Attribute.MODIFIABLE: False,
+}
+# The public half, generated or written next to a clone: verify only, unchangeable.
+PUBLIC_KEY_TEMPLATE = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: False,
+    Attribute.VERIFY: True,
+    Attribute.VERIFY_RECOVER: False,
+    Attribute.ENCRYPT: False,
+    Attribute.WRAP: False,
+    Attribute.DERIVE: False,
+    Attribute.COPYABLE: False,
+    Attribute.MODIFIABLE: False,
 }
 # python-pkcs11 fills these in for a private key and SoftHSM refuses them
 # (AttributeTypeInvalid): DEFAULT leaves them out of the template.
@@ -146,7 +167,7 @@ class Pkcs11Token:
                 label=key_id,
                 id=key_id.encode(),
                 mechanism=mechanism,
-                public_template={Attribute.TOKEN: True},
+                public_template=PUBLIC_KEY_TEMPLATE,
                 private_template={**_NOT_ON_PRIVATE_KEYS, **PRIVATE_KEY_TEMPLATE},
             )
             return HsmKey(
@@ -212,19 +233,27 @@ class Pkcs11Token:
                     {
                         Attribute.CLASS: ObjectClass.PUBLIC_KEY,
                         Attribute.KEY_TYPE: key_type,
-                        Attribute.TOKEN: True,
-                        Attribute.PRIVATE: False,
                         Attribute.LABEL: key_id,
                         Attribute.ID: key_id.encode(),
                         Attribute.EC_PARAMS: params,
                         Attribute.EC_POINT: ec_point_from_public_key(curve, public_key),
-                        Attribute.VERIFY: True,
+                        **PUBLIC_KEY_TEMPLATE,
                     }
                 )
             except pkcs11.PKCS11Error:
                 priv.destroy()  # never leave a private key without its public half
                 raise
             return HsmKey(key_id=key_id, curve=curve, public_key=public_key, created=True)
+
+    def _key_ids(self) -> list[str]:
+        session = self._session()
+        found = session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY})
+        # Signing keys only: an SO ceremony's transient RSA transport key is not one.
+        return sorted(str(k.label) for k in found if k.key_type in (KeyType.EC, KeyType.EC_EDWARDS))
+
+    async def key_ids(self) -> list[str]:
+        """The ids of every signing key the token holds (what a backup set contains)."""
+        return await self._run(self._key_ids)
 
     async def wrap(self, key_id: str, kek_label: str) -> bytes:
         return await self._run(self._wrap, key_id, kek_label)

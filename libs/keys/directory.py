@@ -77,6 +77,19 @@ class KeyDirectory:
                 return updated
         raise TransientError(ErrorCode.INTERNAL, f"key directory entry {key_id} kept changing")
 
+    async def add_backup_set(self, key_id: str, backup_set: str) -> KeyRecord | None:
+        """Record that an offline backup set holds a verified copy; None if the key is gone."""
+        for _ in range(_CAS_ATTEMPTS):
+            current, revision = await self.get(key_id, fresh=True)
+            if current is None or backup_set in current.backup_sets:
+                return current
+            updated = msgspec.structs.replace(
+                current, backup_sets=[*current.backup_sets, backup_set]
+            )
+            if await self._put(updated, revision):
+                return updated
+        raise TransientError(ErrorCode.INTERNAL, f"key directory entry {key_id} kept changing")
+
     async def all(self) -> list[KeyRecord]:
         return [codec.KEY_RECORD.decode(value) for _, value, _ in await kv.values(self._kv)]
 

@@ -15,6 +15,7 @@ import logging
 import msgspec
 
 from libs import curves, metrics
+from libs.backup.plan import KEY_NOT_WRAPPABLE, offline_status
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
@@ -39,6 +40,8 @@ from proto.subjects import BACKUP_KEY_EVENTS, EVENT_KEY_REPLICATED
 log = logging.getLogger("lantau.backup")
 
 SWEEP_INTERVAL_S = 2.0
+# Label values of lantau_keys_without_offline_copy, all exported (0 when none).
+OFFLINE_REASONS = ("awaiting_backup_run", "key_not_wrappable", "no_backup_set")
 # A clone authorization is used at once; it must not stay good for long.
 CLONE_AUTHORIZATION_MS = 60_000
 
@@ -55,6 +58,8 @@ class Backup:
         self.kek = rt.config.backup.kek_label
         # Keys the HSM model cannot export at all: reported, not retried forever.
         self.unwrappable: set[str] = set()
+        # What each node can wrap (HsmCapabilities.wrappable), asked once per node.
+        self.wrappable: dict[str, frozenset[str]] = {}
         self._lock = asyncio.Lock()
 
     def up(self) -> set[str]:
@@ -164,14 +169,50 @@ class Backup:
 
     async def sweep(self) -> None:
         under, oldest = 0, None
+        records = []
         for record in await self.keys.all():
             if record.status == "active" and not fully_replicated(record, self.nodes):
                 record = await self.replicate(record.key_id) or record
             if record.status == "active" and not fully_replicated(record, self.nodes):
                 under += 1
                 oldest = min(oldest or record.created_at_ms, record.created_at_ms)
+            records.append(record)
         metrics.KEYS_UNDER_REPLICATED.set(under)
         metrics.BACKUP_LAG.set(0 if oldest is None else max(0.0, (now_ms() - oldest) / 1000))
+        await self.count_offline_copies(records)
+
+    async def count_offline_copies(self, records: list[KeyRecord]) -> None:
+        """lantau_keys_without_offline_copy: keys past the allowed time with no copy in a
+        backup set (the ceremonies copy them; this service only watches)."""
+        await self._learn_wrappable()
+        wrappable: dict[str, frozenset[str] | None] = dict(self.wrappable)
+        cutoff = now_ms() - self.rt.config.backup.offline_copy_within_s * 1000
+        counts = dict.fromkeys(OFFLINE_REASONS, 0)
+        for record in records:
+            if record.status != "active" or record.created_at_ms > cutoff:
+                continue
+            status = offline_status(record, self.rt.config.backup_sets, wrappable)
+            if status.reason is None:
+                continue
+            reason = KEY_NOT_WRAPPABLE if record.key_id in self.unwrappable else status.reason
+            counts[reason.lower()] = counts.get(reason.lower(), 0) + 1
+        for reason, n in counts.items():
+            metrics.KEYS_WITHOUT_OFFLINE_COPY.labels(reason).set(n)
+
+    async def _learn_wrappable(self) -> None:
+        for node in self.nodes:
+            if node.id in self.wrappable or node.id not in self.up():
+                continue
+
+            async def ask(backend: HsmBackend, _n: int) -> frozenset[str]:
+                return frozenset((await backend.capabilities()).wrappable)
+
+            try:
+                self.wrappable[node.id], _ = await self.pool.run(
+                    "capabilities", [node.id], ask, max_attempts=1
+                )
+            except (LantauError, TransientError):
+                continue
 
 
 async def serve(rt: Runtime) -> None:

@@ -18,20 +18,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs import config as config_mod
+from libs.backup.plan import OfflineStatus, offline_status
 from libs.bus.permissions import OPERATOR
 from libs.bus.publish import publish
 from libs.bus.violations import subscribe_checked
 from libs.clock import now_ms
 from libs.config import Config, HsmNodeConfig
 from libs.hsm import ceremony
+from libs.hsm.remote import RemoteHsm
 from libs.keys.directory import KeyDirectory
 from libs.keys.residency import fully_replicated
 from proto import codec
 from proto.admin import PoolStatus
-from proto.errors import LantauError
+from proto.errors import LantauError, TransientError
 from proto.events import AdminAction
 from proto.keys import KeyRecord
 from proto.subjects import ADMIN_POOL_STATUS, EVENT_ADMIN
@@ -80,7 +83,10 @@ def run_step(cfg: Config, node_id: str, step: str, so_pin_file: str, data: bytes
     raise ceremony.CeremonyError(f"unknown ceremony step {step!r}")
 
 
-def _child(config_path: str, node_id: str, step: str, so_pin_file: str, data: bytes = b"") -> bytes:
+def ceremony_step(
+    config_path: str, node_id: str, step: str, so_pin_file: str, data: bytes = b""
+) -> bytes:
+    """One SO ceremony step on an online node's token, in a child process bound to it."""
     argv = [
         sys.executable,
         "-m",
@@ -124,8 +130,11 @@ async def _record(
 
 
 @contextlib.contextmanager
-def audited(config_path: str, command: str, node: str) -> Iterator[None]:
-    """Fail closed, like the signer: an admin command that cannot be recorded does not run."""
+def audited(config_path: str, command: str, node: str) -> Iterator[list[str]]:
+    """Fail closed, like the signer: an admin command that cannot be recorded does not run.
+
+    The body may add lines to the list it is given: they are the "completed" record's
+    detail. A failure is recorded with its error code and sentence (never a secret)."""
     cfg = config_mod.load(config_path)
     try:
         asyncio.run(_record(cfg, command, node, "started", config_path=config_path))
@@ -133,28 +142,30 @@ def audited(config_path: str, command: str, node: str) -> Iterator[None]:
         raise ceremony.CeremonyError(
             f"refusing to run {command}: the audit trail cannot record it ({type(e).__name__})"
         ) from None
+    details: list[str] = []
     try:
-        yield
+        yield details
     except BaseException as e:
+        detail = f"{e.code}: {e.message}" if isinstance(e, LantauError) else type(e).__name__
         with contextlib.suppress(Exception):
-            asyncio.run(_record(cfg, command, node, "failed", type(e).__name__, config_path))
+            asyncio.run(_record(cfg, command, node, "failed", detail, config_path))
         raise
-    asyncio.run(_record(cfg, command, node, "completed", config_path=config_path))
+    asyncio.run(_record(cfg, command, node, "completed", "; ".join(details), config_path))
 
 
 def domain_init(config_path: str, node_id: str, so_pin_file: str) -> str:
     with audited(config_path, "hsm domain-init", node_id):
-        return _child(config_path, node_id, "init", so_pin_file).decode()
+        return ceremony_step(config_path, node_id, "init", so_pin_file).decode()
 
 
 def admit(config_path: str, new: str, member: str, new_so_pin: str, member_so_pin: str) -> None:
     """Give HSM ``new`` the domain key held by ``member``, never in plaintext outside an HSM."""
     with audited(config_path, f"hsm admit --member {member}", new):
-        if _child(config_path, new, "has", new_so_pin) == b"yes":
+        if ceremony_step(config_path, new, "has", new_so_pin) == b"yes":
             return
-        transport = _child(config_path, new, "transport", new_so_pin)
-        wrapped = _child(config_path, member, "export", member_so_pin, transport)
-        _child(config_path, new, "import", new_so_pin, wrapped)
+        transport = ceremony_step(config_path, new, "transport", new_so_pin)
+        wrapped = ceremony_step(config_path, member, "export", member_so_pin, transport)
+        ceremony_step(config_path, new, "import", new_so_pin, wrapped)
 
 
 def cmd_ceremony_step(args: argparse.Namespace) -> int:
@@ -245,31 +256,67 @@ def render_pool(statuses: list[PoolStatus]) -> str:
     return "\n".join(lines)
 
 
-async def key_list(cfg: Config, *, config_path: str | None = None) -> list[tuple[KeyRecord, bool]]:
+class KeyRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One key as `lantau keys list` shows it: where its online and offline copies are."""
+
+    record: KeyRecord
+    replicated: bool
+    offline: OfflineStatus
+
+
+async def key_list(cfg: Config, *, config_path: str | None = None) -> list[KeyRow]:
     nc = await connect_cli(cfg, OPERATOR, config_path=config_path)
     try:
         directory = await KeyDirectory.open(nc.jetstream())
         records = await directory.all()
+        wrappable = await _wrappable(cfg, nc)
     finally:
         await nc.close()
     return [
-        (r, fully_replicated(r, cfg.hsm_nodes)) for r in sorted(records, key=lambda r: r.key_id)
+        KeyRow(
+            record=r,
+            replicated=fully_replicated(r, cfg.hsm_nodes),
+            offline=offline_status(r, cfg.backup_sets, wrappable),
+        )
+        for r in sorted(records, key=lambda r: r.key_id)
     ]
 
 
-def render_keys(rows: list[tuple[KeyRecord, bool]]) -> str:
+async def _wrappable(cfg: Config, nc: Client) -> dict[str, frozenset[str] | None]:
+    """What each online node says it can wrap (None: it did not answer)."""
+
+    async def ask(node_id: str) -> frozenset[str] | None:
+        try:
+            caps = await RemoteHsm(nc, node_id, timeout_s=1.0).capabilities()
+        except (LantauError, TransientError):
+            return None
+        return frozenset(caps.wrappable)
+
+    answers = await asyncio.gather(*(ask(n.id) for n in cfg.hsm_nodes))
+    return {n.id: a for n, a in zip(cfg.hsm_nodes, answers, strict=True)}
+
+
+def render_keys(rows: list[KeyRow]) -> str:
     if not rows:
         return "no keys"
     lines = [
         f"{'key':<20} {'curve':<10} {'status':<8} {'region':<7} {'replicated':<10} "
-        "nodes / public key"
+        "online nodes / offline copies / public key"
     ]
-    for r, full in rows:
+    missing = 0
+    for row in rows:
+        r = row.record
         lines.append(
             f"{r.key_id:<20} {r.curve:<10} {r.status:<8} {r.region or '-':<7} "
-            f"{'yes' if full else 'NO':<10} {','.join(r.nodes)}"
+            f"{'yes' if row.replicated else 'NO':<10} {','.join(r.nodes)}"
         )
+        if row.offline.copies:
+            lines.append(f"{'':<20} offline: {', '.join(row.offline.copies)}")
+        else:
+            missing += r.status == "active"
+            lines.append(f"{'':<20} offline: not backed up: {row.offline.reason}")
         lines.append(f"{'':<20} {r.public_key.hex()}")
+    lines.append(f"{len(rows)} key(s); {missing} without an offline copy")
     return "\n".join(lines)
 
 
@@ -290,6 +337,8 @@ def add_view_parsers(hsm: argparse._SubParsersAction, keys: argparse._SubParsers
     p = hsm.add_parser("status", help="each signer's view of the HSM pool")
     p.add_argument("--config")
     p.set_defaults(fn=cmd_status)
-    p = keys.add_parser("list", help="keys, curves, public keys and where they live")
+    p = keys.add_parser(
+        "list", help="keys, curves, public keys and where every copy lives (online, offline)"
+    )
     p.add_argument("--config")
     p.set_defaults(fn=cmd_keys_list)

@@ -273,8 +273,9 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
-    from services.cli import approvals_cmd, audit_cmd, authority_cmd, bus_cmd
+    from services.cli import approvals_cmd, audit_cmd, authority_cmd, backup_cmd, bus_cmd
 
+    backup_cmds = backup_cmd.add_parsers(sub)
     audit_cmd.add_parsers(sub)
     authority_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
@@ -285,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
         pass
     else:
         dev_commands.add_parsers(sub, DEFAULT_RUN_DIR)
+        dev_commands.add_backup_parsers(backup_cmds)
 
     p = sub.add_parser("keygen", help="make an Ed25519 requester/approver key file")
     p.add_argument("--out", required=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nacl.signing
 import pytest
 import shamir_mnemonic
 
@@ -22,7 +23,16 @@ def test_the_documented_recovery_rebuilds_the_credentials(tmp_path: Path) -> Non
         mnemonic_of(str(tmp_path / f"share-{i}.json"), str(tmp_path / f"key-{i}"))
         for i in (4, 0, 2)
     ]
-    assert credentials(mnemonics, SET) == (created.pin, created.kek)
+    assert credentials(mnemonics, SET) == {
+        "pin": created.pin,
+        "so_pin": created.so_pin,
+        "kek": created.kek,
+        "signing_seed": bytes(created.signing_key()),
+    }
+    # The seed is the set's pinned Ed25519 key (PyNaCl: the seed is the key's encoding).
+    seed = credentials(mnemonics, SET)["signing_seed"]
+    assert seed != created.kek
+    assert nacl.signing.SigningKey(seed).verify_key.encode().hex() == created.signing_public_key
     # Two shares are not enough, with the recipe either.
     with pytest.raises(shamir_mnemonic.MnemonicError):
         credentials(mnemonics[:2], SET)

@@ -47,7 +47,13 @@ class Sharing(msgspec.Struct):
     def secrets(self) -> list[str]:
         return secret_texts(
             mnemonics=[s.mnemonic for s in self.opened],
-            values=[self.master, self.created.kek, self.created.pin],
+            values=[
+                self.master,
+                self.created.kek,
+                self.created.pin,
+                self.created.so_pin,
+                bytes(self.created.signing_key()),
+            ],
         )
 
 
@@ -81,10 +87,13 @@ def test_any_quorum_rebuilds_and_one_less_refuses(data: st.DataObject) -> None:
         assert got.pin == sharing.created.pin
         assert got.kek == sharing.created.kek
         # The recovery recipe of docs/backup-quorum.md: standard libraries, no Lantau code.
-        assert recipe()["credentials"]([s.mnemonic for s in chosen[:m]], SET) == (
+        recovered = recipe()["credentials"]([s.mnemonic for s in chosen[:m]], SET)
+        assert (recovered["pin"], recovered["so_pin"], recovered["kek"]) == (
             got.pin,
+            got.so_pin,
             got.kek,
         )
+        assert recovered["signing_seed"] == bytes(got.signing_key())
         assert got.set_fingerprint == sharing.envelopes[0].set_fingerprint
     assert got.wiped
 
@@ -177,6 +186,12 @@ def test_derived_credentials_are_separate_and_shaped_for_a_token(three_of_five: 
     assert bytes.fromhex(secrets.pin) != secrets.kek[:16]
     other = make_sharing(5, 3, three_of_five.master, backup_set="hk-offline-2").created
     assert other.pin != secrets.pin and other.kek != secrets.kek
+    # The SO PIN and the signing key are derived apart from the rest, and per set.
+    assert len(secrets.so_pin) == 32 and secrets.so_pin != secrets.pin
+    seed = bytes(secrets.signing_key())
+    assert len(seed) == 32 and seed not in (secrets.kek, bytes.fromhex(secrets.pin) * 2)
+    assert other.so_pin != secrets.so_pin
+    assert other.signing_public_key != secrets.signing_public_key
 
 
 def test_create_draws_the_master_secret_from_the_given_rng() -> None:
@@ -538,12 +553,12 @@ def test_reprs_hold_no_secrets(three_of_five: Sharing) -> None:
 
 def test_wipe_zeroes_and_refuses_later_reads(three_of_five: Sharing) -> None:
     with combine(three_of_five.opened[:3], SET) as secrets:
-        kek_buffer = secrets._kek
-        pin_buffer = secrets._pin
-        assert any(kek_buffer)
-    assert secrets.wiped and not kek_buffer and not pin_buffer
-    refused(ErrorCode.INTERNAL, (), getattr, secrets, "pin")
-    refused(ErrorCode.INTERNAL, (), getattr, secrets, "kek")
+        buffers = [secrets._kek, secrets._pin, secrets._so_pin, secrets._signing_seed]
+        assert all(any(b) for b in buffers)
+    assert secrets.wiped and not any(buffers)
+    for name in ("pin", "so_pin", "kek", "signing_public_key"):
+        refused(ErrorCode.INTERNAL, (), getattr, secrets, name)
+    refused(ErrorCode.INTERNAL, (), secrets.signing_key)
     share = three_of_five.opened[4]
     share.wipe()
     refused(ErrorCode.INTERNAL, (), getattr, share, "mnemonic")

@@ -21,6 +21,7 @@ EXPECTED_ALERTS = {
     "LantauHsmFailoverStorm",
     "LantauSignLatencyBudgetBurn",
     "LantauBackupLag",
+    "LantauKeysWithoutOfflineCopy",
     "LantauAuditLag",
     "LantauAuditHalted",
     "LantauSignatureWithoutOrder",

@@ -30,6 +30,7 @@ REQUIRED_SERIES = {
     "lantau_approvals_oldest_age_seconds",
     "lantau_keys_under_replicated",
     "lantau_backup_lag_seconds",
+    "lantau_keys_without_offline_copy",
     "lantau_audit_head_sequence",
     "lantau_audit_lag_messages",
     "lantau_consumer_pending_messages",
