@@ -123,7 +123,18 @@ REQUESTS_BUCKET = "lantau_requests"
 # Requests held for approval, and velocity windows: both changed only by compare-and-set.
 APPROVALS_BUCKET = "lantau_approvals"
 VELOCITY_BUCKET = "lantau_velocity"
-ALL_BUCKETS = (KEYS_BUCKET, REQUESTS_BUCKET, APPROVALS_BUCKET, VELOCITY_BUCKET)
+# Sealed key material (SealedKey, ciphertext; written once by the generating hsm-node)
+# and the one-time index ledger of each stateful (lms-hss) key, changed only by CAS.
+SEALED_BUCKET = "lantau_sealed"
+HSS_LEDGER_BUCKET = "lantau_hss_ledger"
+ALL_BUCKETS = (
+    KEYS_BUCKET,
+    REQUESTS_BUCKET,
+    APPROVALS_BUCKET,
+    VELOCITY_BUCKET,
+    SEALED_BUCKET,
+    HSS_LEDGER_BUCKET,
+)
 
 # Headers.
 HDR_MSG_ID = "Nats-Msg-Id"

@@ -77,6 +77,20 @@ def run_step(cfg: Config, node_id: str, step: str, so_pin_file: str, data: bytes
     if step == "import":
         ceremony.import_domain_key(node.module, node.token_label, pin, kek, data)
         return b"imported"
+    # The sealing key is a private object: these steps open a user session with the
+    # node's own PIN (the SO PIN file only proves the administrator runs the ceremony).
+    user_pin = config_mod.read_pin(node)
+    if step == "seal-init":
+        created = ceremony.init_sealing_key(node.module, node.token_label, user_pin, kek)
+        return b"created" if created else b"exists"
+    if step == "seal-has":
+        has = ceremony.has_sealing_key(node.module, node.token_label, user_pin, kek)
+        return b"yes" if has else b"no"
+    if step == "seal-export":
+        return ceremony.export_sealing_key(node.module, node.token_label, user_pin, kek)
+    if step == "seal-import":
+        ceremony.import_sealing_key(node.module, node.token_label, user_pin, kek, data)
+        return b"imported"
     raise ceremony.CeremonyError(f"unknown ceremony step {step!r}")
 
 
@@ -141,18 +155,24 @@ def audited(config_path: str, command: str, node: str) -> Iterator[None]:
 
 
 def domain_init(config_path: str, node_id: str, so_pin_file: str) -> str:
+    """The domain KEK, then the domain sealing key, on the first HSM (each kept if there)."""
     with audited(config_path, "hsm domain-init", node_id):
-        return _child(config_path, node_id, "init", so_pin_file).decode()
+        kek = _child(config_path, node_id, "init", so_pin_file).decode()
+        sealing = _child(config_path, node_id, "seal-init", so_pin_file).decode()
+        return f"{kek}; sealing key: {sealing}"
 
 
 def admit(config_path: str, new: str, member: str, new_so_pin: str, member_so_pin: str) -> None:
-    """Give HSM ``new`` the domain key held by ``member``, never in plaintext outside an HSM."""
+    """Give HSM ``new`` the domain key held by ``member``, then the domain sealing key
+    wrapped under it: neither ever in plaintext outside an HSM."""
     with audited(config_path, f"hsm admit --member {member}", new):
-        if _child(config_path, new, "has", new_so_pin) == b"yes":
-            return
-        transport = _child(config_path, new, "transport", new_so_pin)
-        wrapped = _child(config_path, member, "export", member_so_pin, transport)
-        _child(config_path, new, "import", new_so_pin, wrapped)
+        if _child(config_path, new, "has", new_so_pin) != b"yes":
+            transport = _child(config_path, new, "transport", new_so_pin)
+            wrapped = _child(config_path, member, "export", member_so_pin, transport)
+            _child(config_path, new, "import", new_so_pin, wrapped)
+        if _child(config_path, new, "seal-has", new_so_pin) != b"yes":
+            sealing = _child(config_path, member, "seal-export", member_so_pin)
+            _child(config_path, new, "seal-import", new_so_pin, sealing)
 
 
 def cmd_ceremony_step(args: argparse.Namespace) -> int:
@@ -170,7 +190,10 @@ def cmd_domain_init(args: argparse.Namespace) -> int:
 
 def cmd_admit(args: argparse.Namespace) -> int:
     admit(args.config, args.node, args.member, args.so_pin_file, args.member_so_pin_file)
-    print(f"{args.node} admitted to the key domain (domain key received from {args.member})")
+    print(
+        f"{args.node} admitted to the key domain (domain key and sealing key received "
+        f"from {args.member})"
+    )
     return 0
 
 
@@ -190,7 +213,20 @@ def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_admit)
 
     p = hsm.add_parser("ceremony-step", help=argparse.SUPPRESS)
-    p.add_argument("step", choices=["init", "has", "transport", "export", "import"])
+    p.add_argument(
+        "step",
+        choices=[
+            "init",
+            "has",
+            "transport",
+            "export",
+            "import",
+            "seal-init",
+            "seal-has",
+            "seal-export",
+            "seal-import",
+        ],
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--so-pin-file", required=True)
