@@ -27,7 +27,7 @@ from libs import tracing
 from libs.bus.publish import last_on_subject
 from libs.clock import now_ms
 from proto import codec
-from proto.common import Curve, PayloadKind
+from proto.common import Curve, HssShape, PayloadKind
 from proto.errors import ErrorCode, LantauError
 from proto.requests import (
     CreateKeyRequest,
@@ -163,7 +163,9 @@ class CustodyClient:
         transfer: Transfer | None = None,
         request_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
+        path: str | None = None,
     ) -> SignRequest:
+        """``path``: an HD key's derivation path (the child that signs)."""
         created = now_ms()
         request = SignRequest(
             request_id=request_id or uuid.uuid4().hex,
@@ -174,6 +176,7 @@ class CustodyClient:
             transfer=transfer,
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
+            path=path,
         )
         return self.signed(request)
 
@@ -185,7 +188,9 @@ class CustodyClient:
         region: str | None = None,
         request_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
+        hss: HssShape | None = None,
     ) -> CreateKeyRequest:
+        """``curve``: the key type; ``hss``: an lms-hss key's shape (else policy's default)."""
         created = now_ms()
         request = CreateKeyRequest(
             request_id=request_id or uuid.uuid4().hex,
@@ -195,6 +200,7 @@ class CustodyClient:
             region=region,
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
+            hss=hss,
         )
         return self.signed(request)
 
@@ -217,10 +223,16 @@ class CustodyClient:
         transfer: Transfer | None = None,
         request_id: str | None = None,
         timeout: float = 30.0,
+        path: str | None = None,
     ) -> SignResult:
         """Ask for a signature and wait for the terminal result (signed, rejected, ...)."""
         request = self.sign_request(
-            key_id, payload, payload_kind=payload_kind, transfer=transfer, request_id=request_id
+            key_id,
+            payload,
+            payload_kind=payload_kind,
+            transfer=transfer,
+            request_id=request_id,
+            path=path,
         )
         result = await self.send(request, timeout=timeout, resend=request_id is not None)
         assert isinstance(result, SignResult)
@@ -234,8 +246,11 @@ class CustodyClient:
         region: str | None = None,
         request_id: str | None = None,
         timeout: float = 30.0,
+        hss: HssShape | None = None,
     ) -> KeyResult:
-        request = self.create_key_request(key_id, curve, region=region, request_id=request_id)
+        request = self.create_key_request(
+            key_id, curve, region=region, request_id=request_id, hss=hss
+        )
         result = await self.send(request, timeout=timeout, resend=request_id is not None)
         assert isinstance(result, KeyResult)
         return result

@@ -16,7 +16,9 @@ from nats.js.kv import KeyValue
 
 from libs.bus import kv
 from proto import codec
+from proto.common import ExtendedPublic
 from proto.errors import ErrorCode, TransientError
+from proto.hsm import HsmKey
 from proto.keys import KeyRecord
 from proto.subjects import KEYS_BUCKET
 
@@ -52,9 +54,20 @@ class KeyDirectory:
         """Store a new ``pending`` record; False if the key id is already taken."""
         return await self._put(record, 0)
 
-    async def activate(self, reserved: KeyRecord, revision: int, public_key: bytes) -> KeyRecord:
-        """Turn the reservation into the active key; raises if it changed meanwhile."""
-        active = msgspec.structs.replace(reserved, status="active", public_key=public_key)
+    async def activate(self, reserved: KeyRecord, revision: int, made: bytes | HsmKey) -> KeyRecord:
+        """Turn the reservation into the active key (its public key, and what the node
+        says of it: protection, an HD root's xpub); raises if it changed meanwhile."""
+        if isinstance(made, HsmKey):
+            active = msgspec.structs.replace(
+                reserved,
+                status="active",
+                public_key=made.public_key,
+                protection=made.protection,
+                hss=reserved.authorization.hss if reserved.authorization else None,
+                xpubs=[made.hd] if made.hd is not None else [],
+            )
+        else:
+            active = msgspec.structs.replace(reserved, status="active", public_key=made)
         if not await self._put(active, revision):
             raise TransientError(
                 ErrorCode.INTERNAL, f"key {reserved.key_id} changed while it was created"
@@ -73,6 +86,19 @@ class KeyDirectory:
             if current is None or node in current.nodes:
                 return current
             updated = msgspec.structs.replace(current, nodes=[*current.nodes, node])
+            if await self._put(updated, revision):
+                return updated
+        raise TransientError(ErrorCode.INTERNAL, f"key directory entry {key_id} kept changing")
+
+    async def add_xpub(self, key_id: str, extended: ExtendedPublic) -> KeyRecord | None:
+        """Record an HD key's extended public key at one more path (a node derived it);
+        None if the key is gone. Policy and signers derive non-hardened children below."""
+        for _ in range(_CAS_ATTEMPTS):
+            current, revision = await self.get(key_id, fresh=True)
+            if current is None or any(x.path == extended.path for x in current.xpubs):
+                return current
+            xpubs = sorted([*current.xpubs, extended], key=lambda x: (x.depth, x.path))
+            updated = msgspec.structs.replace(current, xpubs=xpubs)
             if await self._put(updated, revision):
                 return updated
         raise TransientError(ErrorCode.INTERNAL, f"key directory entry {key_id} kept changing")

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 import nats
@@ -28,8 +29,10 @@ from libs.bus.publish import publish
 from libs.clock import now_ms
 from libs.config import Config, HsmNodeConfig
 from libs.hsm import ceremony
+from libs.hsm.sealed_store import KvIndexLedger
 from libs.keys.directory import KeyDirectory
 from libs.keys.residency import fully_replicated
+from libs.keytypes.lms_state import IndexState, leased_outstanding, signatures_left
 from proto import codec
 from proto.admin import PoolStatus
 from proto.errors import LantauError
@@ -277,31 +280,56 @@ def render_pool(statuses: list[PoolStatus]) -> str:
     return "\n".join(lines)
 
 
-async def key_list(cfg: Config) -> list[tuple[KeyRecord, bool]]:
+class KeyRow(NamedTuple):
+    record: KeyRecord
+    replicated: bool
+    # lms-hss: the key's one-time index ledger (None: missing, or another key type).
+    ledger: IndexState | None = None
+
+
+async def key_list(cfg: Config) -> list[KeyRow]:
     nc = await nats.connect(servers=cfg.nats.servers, name="lantau-cli")
     try:
-        directory = await KeyDirectory.open(nc.jetstream())
+        js = nc.jetstream()
+        directory = await KeyDirectory.open(js)
         records = await directory.all()
+        ledger = KvIndexLedger(js)
+        rows = []
+        for r in sorted(records, key=lambda r: r.key_id):
+            state = (await ledger.read(r.key_id))[0] if r.curve == "lms-hss" else None
+            rows.append(KeyRow(r, fully_replicated(r, cfg.hsm_nodes), state))
     finally:
         await nc.close()
-    return [
-        (r, fully_replicated(r, cfg.hsm_nodes)) for r in sorted(records, key=lambda r: r.key_id)
-    ]
+    return rows
 
 
-def render_keys(rows: list[tuple[KeyRecord, bool]]) -> str:
+def render_keys(rows: list[KeyRow]) -> str:
     if not rows:
         return "no keys"
     lines = [
-        f"{'key':<20} {'curve':<10} {'status':<8} {'region':<7} {'replicated':<10} "
-        "nodes / public key"
+        f"{'key':<20} {'type':<16} {'protection':<12} {'status':<8} {'region':<7} "
+        f"{'replicated':<10} nodes / public key"
     ]
-    for r, full in rows:
+    for r, full, ledger in rows:
         lines.append(
-            f"{r.key_id:<20} {r.curve:<10} {r.status:<8} {r.region or '-':<7} "
-            f"{'yes' if full else 'NO':<10} {','.join(r.nodes)}"
+            f"{r.key_id:<20} {r.curve:<16} {r.protection:<12} {r.status:<8} "
+            f"{r.region or '-':<7} {'yes' if full else 'NO':<10} {','.join(r.nodes)}"
         )
-        lines.append(f"{'':<20} {r.public_key.hex()}")
+        public = r.public_key.hex()
+        if len(r.public_key) > 64:
+            public = f"{public[:64]}... ({len(r.public_key)} bytes)"
+        lines.append(f"{'':<20} {public}")
+        if r.curve == "lms-hss":
+            if ledger is None:
+                lines.append(f"{'':<20} signatures left: UNKNOWN (no index ledger: fence it)")
+            else:
+                lines.append(
+                    f"{'':<20} signatures left: {signatures_left(ledger)} of {ledger.total} "
+                    f"(+ up to {leased_outstanding(ledger)} in live leases)"
+                )
+        for x in r.xpubs:
+            exported = x.xpub or f"public key {x.public_key.hex()} chain code {x.chain_code.hex()}"
+            lines.append(f"{'':<20} {x.path}: {exported}")
     return "\n".join(lines)
 
 
@@ -322,6 +350,9 @@ def add_view_parsers(hsm: argparse._SubParsersAction, keys: argparse._SubParsers
     p = hsm.add_parser("status", help="each signer's view of the HSM pool")
     p.add_argument("--config")
     p.set_defaults(fn=cmd_status)
-    p = keys.add_parser("list", help="keys, curves, public keys and where they live")
+    p = keys.add_parser(
+        "list",
+        help="keys, types, protection, public keys, where they live, HSS signatures left",
+    )
     p.add_argument("--config")
     p.set_defaults(fn=cmd_keys_list)
