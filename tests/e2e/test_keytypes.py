@@ -30,6 +30,7 @@ from libs.keytypes import lms
 from proto.common import HssShape
 from proto.errors import ErrorCode, LantauError
 from proto.requests import Transfer
+from proto.subjects import HSS_LEDGER_BUCKET
 from tests.chains.test_evm import tx1559, unsigned
 from tests.e2e.helpers import lantau, verify_independently
 
@@ -273,3 +274,24 @@ async def test_paths_are_for_hd_keys_only_and_required_there(platform, client, h
     listing = cli(platform, "keys", "list")
     line = next(row for row in listing.splitlines() if row.startswith("desk-a-pq "))
     assert "ml-dsa-65" in line and "hsm-wrapped" in line
+
+
+async def test_an_hss_key_whose_ledger_is_lost_signs_again_only_once_fenced(platform, client):
+    created = await client.create_key("desk-a-hss-lost", "lms-hss", region="hk", hss=SMALL)
+    assert created.status == "created"
+    js = client.connection.jetstream()
+    await (await js.key_value(HSS_LEDGER_BUCKET)).delete("desk-a-hss-lost")
+    lost = await client.sign("desk-a-hss-lost", b"while lost", payload_kind="message")
+    assert lost.status == "failed" and lost.error.code == ErrorCode.INDEX_LEDGER_MISSING
+    assert "signatures left: UNKNOWN" in cli(platform, "keys", "list")
+    # The audit log's last lease ended at 100 (say): nothing below it is leased again.
+    out = cli(platform, "keys", "hss-fence", "desk-a-hss-lost", "--at", "100")
+    assert "nothing below 128 will be leased again" in out  # whole subtrees of 32
+    message = b"after the fence"
+    result = await client.sign("desk-a-hss-lost", message, payload_kind="message")
+    assert result.status == "signed", result.error
+    hsslms.HSS_Pub(created.public_key).verify(message, result.signature)
+    assert (
+        lms.signature_index(lms.HssParameters(levels=2, height=5, winternitz=4), result.signature)
+        >= 128
+    )
