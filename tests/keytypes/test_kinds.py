@@ -73,7 +73,9 @@ def test_a_blob_binding_names_key_type_shape_creation_and_public_key() -> None:
         material.blob_aad("k2", *base[1:]),
         material.blob_aad("k", "ml-dsa-65", None, "abc", b"pub"),
         material.blob_aad("k", "lms-hss", HssShape(levels=2, height=10), "abc", b"pub"),
-        material.blob_aad("k", "lms-hss", HssShape(levels=2, height=5, winternitz=8), "abc", b"pub"),
+        material.blob_aad(
+            "k", "lms-hss", HssShape(levels=2, height=5, winternitz=8), "abc", b"pub"
+        ),
         material.blob_aad(*base[:3], "abd", b"pub"),
         material.blob_aad(*base[:4], b"puc"),
     }
@@ -137,7 +139,9 @@ def test_stateless_signatures_verify_under_the_derived_child() -> None:
     curves.finalize("bip32-secp256k1", child, digest, signature)
     ed_path = "m/44'/501'/0'"
     sig = material.sign("slip10-ed25519", seed, b"m", ed_path)
-    curves.finalize("slip10-ed25519", material.hd_public("slip10-ed25519", seed, ed_path).public_key, b"m", sig)
+    curves.finalize(
+        "slip10-ed25519", material.hd_public("slip10-ed25519", seed, ed_path).public_key, b"m", sig
+    )
     pq = material.sign("ml-dsa-65", seed, b"m", None)
     curves.finalize("ml-dsa-65", material.public_key("ml-dsa-65", seed), b"m", pq)
     with pytest.raises(LantauError) as e:
