@@ -147,22 +147,18 @@ class Guard:
     async def _usable_sealed(self, op: str, key_id: str, key_type: str | None) -> SealedKey:
         """The sealed record of a key this node may open (else a refusal, on the record)."""
         sk = await self._sealed_keys(key_type or "sealed").load(key_id)
-        if key_id not in self._usable:
 
-            def check() -> None:
-                if key_type is not None and sk.key_type != key_type:
-                    raise LantauError(
-                        ErrorCode.AUTHORIZATION_MISMATCH,
-                        f"key {key_id} is {sk.key_type}, not {key_type}",
-                    )
+        def check() -> None:
+            if key_type is not None and sk.key_type != key_type:
+                raise LantauError(
+                    ErrorCode.AUTHORIZATION_MISMATCH,
+                    f"key {key_id} is {sk.key_type}, not {key_type}",
+                )
+            if key_id not in self._usable:  # records never change: checked once
                 check_sealed_use(sk, node=self.name, pins=self._pins())
 
-            self._checked(op, key_id, check)
-            self._usable.add(key_id)
-        elif key_type is not None and sk.key_type != key_type:
-            raise LantauError(
-                ErrorCode.AUTHORIZATION_MISMATCH, f"key {key_id} is {sk.key_type}, not {key_type}"
-            )
+        self._checked(op, key_id, check)
+        self._usable.add(key_id)
         return sk
 
     # -- operations ---------------------------------------------------------------

@@ -420,3 +420,58 @@ async def test_capabilities_say_how_each_type_is_kept(domain: Domain) -> None:
         assert t in caps.key_types
     for t in ("ML_DSA", "HSS", "BIP32"):  # SoftHSM 2.6.1 has none of them natively
         assert not any(t in m for m in caps.mechanisms)
+
+
+async def test_the_evidence_holds_for_sealed_keys_as_for_token_keys(
+    domain: Domain, keys: dict[str, Any]
+) -> None:
+    g = domain.guards["hk-1"]
+    public = keys["desk-hss"].public_key
+    ledger_before, _ = await domain.ledger.read("desk-hss")
+    # Bytes other than the request's: refused before anything is opened or leased.
+    cmd = sign_command("desk-hss", "lms-hss", b"real", "message", public)
+    other = forge.authorization(
+        POLICY,
+        codec.REQUEST.decode(cmd.request),  # type: ignore[arg-type]
+        public,
+        curve="lms-hss",
+        digests=[hashlib.sha256(b"other").hexdigest()],
+    )
+    with pytest.raises(LantauError) as e:
+        await g.sign(msgspec.structs.replace(cmd, authorization=other))
+    refused(ErrorCode.AUTHORIZATION_MISMATCH, e)
+    # An authorization for another key type than the key's.
+    wrong_type = forge.authorization(
+        POLICY,
+        codec.REQUEST.decode(cmd.request),  # type: ignore[arg-type]
+        public,
+        curve="ml-dsa-65",
+    )
+    with pytest.raises(LantauError) as e:
+        await g.sign(msgspec.structs.replace(cmd, authorization=wrong_type, curve="ml-dsa-65"))
+    refused(ErrorCode.AUTHORIZATION_MISMATCH, e)
+    # The request id signed once; the same id for other content is refused, no index spent.
+    first = await g.sign(cmd)
+    request = codec.REQUEST.decode(cmd.request)
+    again = forge.signed_request(
+        DESK, "desk", "desk-hss", b"changed", kind="message", request_id=request.request_id
+    )
+    reuse = HsmSign(
+        key_id="desk-hss",
+        curve="lms-hss",
+        request=codec.encode(again),
+        authorization=forge.authorization(POLICY, again, public, curve="lms-hss"),
+    )
+    with pytest.raises(LantauError) as e:
+        await g.sign(reuse)
+    refused(ErrorCode.REQUEST_ID_CONFLICT, e)
+    assert await g.sign(cmd) == first
+    outcomes = [
+        (r.outcome, r.code)
+        for n, r in domain.receipts[-6:]
+        if n == "hk-1" and r.op == "sign" and r.key_id == "desk-hss"
+    ]
+    assert ("refused", "AUTHORIZATION_MISMATCH") in outcomes and ("replayed", "") in outcomes
+    ledger_after, _ = await domain.ledger.read("desk-hss")
+    assert ledger_before is not None and ledger_after is not None
+    assert ledger_after.next_unleased - ledger_before.next_unleased <= 32  # one lease at most
