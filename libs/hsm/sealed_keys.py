@@ -169,7 +169,8 @@ class SealedKeys:
             if (existing.key_type, existing.hss, existing.created) != (key_type, hss, created):
                 raise LantauError(ErrorCode.KEY_EXISTS, f"key {key_id} already exists")
             await self._ensure_ledger(existing)
-            return _replace_created(await self.public(existing, None), created=False)
+            root = "m" if kinds.is_hd(key_type) else None
+            return _replace_created(await self.public(existing, root), created=False)
         n = kinds.MATERIAL_LEN[key_type]
 
         def draw(session: Any) -> bytearray:

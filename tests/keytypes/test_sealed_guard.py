@@ -205,8 +205,10 @@ async def test_every_new_type_is_generated_sealed_and_generation_is_idempotent(
     assert len(keys["desk-pq"].public_key) == 1952
     assert keys["desk-hd"].hd.path == "m" and keys["desk-hd"].hd.xpub.startswith("xpub")
     # A redelivered creation order gets the key it made (on any node of the region).
-    again = await domain.guards["hk-2"].generate(keys["desk-pq/command"])
-    assert not again.created and again.public_key == keys["desk-pq"].public_key
+    for key_id in ("desk-pq", "desk-hd", "desk-hss"):
+        again = await domain.guards["hk-2"].generate(keys[f"{key_id}/command"])
+        assert not again.created and again.public_key == keys[key_id].public_key
+        assert again.hd == keys[key_id].hd
     with pytest.raises(LantauError) as e:  # the same id for another creation
         await domain.guards["hk-1"].generate(create("desk-pq", "ml-dsa-65"))
     refused(ErrorCode.KEY_EXISTS, e)
