@@ -187,13 +187,14 @@ def raw_worker(args: argparse.Namespace) -> int:
 async def _sealed_loop(cfg: Any, node_id: str, token: Any, args: Any, payload: bytes) -> int:
     """The hsm-node's sealed-key signing with no bus in the way: the sealed record and
     (HSS) the index ledger are read from the stack's KV, as a node reads them."""
-    import nats
-
+    from libs.bus.permissions import node_identity
     from libs.hsm.ceremony import sealing_label
     from libs.hsm.sealed_keys import SealedKeys
     from libs.hsm.sealed_store import KvIndexLedger, KvSealedStore
+    from services.cli.identity import connect_cli
 
-    nc = await nats.connect(servers=cfg.nats.servers)
+    # As the node itself: the identity allowed to read the sealed records and ledgers.
+    nc = await connect_cli(cfg, node_identity(node_id), config_path=args.config)
     try:
         js = nc.jetstream()
         sealed = SealedKeys(
@@ -381,7 +382,10 @@ async def _stack(run_dir: Path, nodes: int) -> tuple[DevStack, list[CustodyClien
     )
     stack = await start_platform(run_dir / f"{nodes}-nodes", nodes=nodes, requesters=[requester])
     servers = stack.config.nats.servers
-    clients = [await CustodyClient.connect(servers, REQUESTER, key) for _ in range(2)]
+    clients = [
+        await CustodyClient.connect(servers, REQUESTER, key, **stack.requester_options(REQUESTER))
+        for _ in range(2)
+    ]
     return stack, clients
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devkit.stack import DevStack
+from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient, CustodyError, RequestIdConflict, ResultTimeout
 from proto.common import PayloadKind
 from proto.results import SignResult
@@ -110,14 +111,19 @@ async def wait_replicated(
     """Chaos needs the key on every node first: wait for the backup service's clones."""
     from libs.keys.directory import KeyDirectory
 
-    directory = await KeyDirectory.open(client.connection.jetstream())
-    want = {n.id for n in stack.config.hsm_nodes}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record, _ = await directory.get(key_id, fresh=True)
-        if record is not None and want <= set(record.nodes):
-            return
-        await asyncio.sleep(0.2)
+    # The key directory is not the requester's to read: look as the operator.
+    nc = await stack.connect_as(OPERATOR)
+    try:
+        directory = await KeyDirectory.open(nc.jetstream())
+        want = {n.id for n in stack.config.hsm_nodes}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record, _ = await directory.get(key_id, fresh=True)
+            if record is not None and want <= set(record.nodes):
+                return
+            await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
     raise RuntimeError(f"key {key_id} not replicated to {sorted(want)} within {timeout_s:.0f} s")
 
 
@@ -246,7 +252,7 @@ async def run_chaos(
     report.lost = sum(o.status is None for o in outcomes)
     report.failed = report.sent - report.signed - report.lost
     report.unverified = sum(o.status == "signed" and not o.verified for o in outcomes)
-    counts = await _result_counts(clients[0])
+    counts = await _result_counts(stack)
     requester = clients[0].requester
     report.duplicates = sum(
         max(0, counts.get(result_subject(requester, o.request_id), 0) - 1) for o in outcomes
@@ -270,11 +276,14 @@ async def run_chaos(
     return report
 
 
-async def _result_counts(client: CustodyClient) -> dict[str, int]:
-    """Messages per result subject, in one call: more than one would be a duplicate result."""
-    info = await client.connection.jetstream().stream_info(
-        RESULTS.name, subjects_filter=f"{RESULT_PREFIX}.>"
-    )
+async def _result_counts(stack: DevStack) -> dict[str, int]:
+    """Messages per result subject, in one call: more than one would be a duplicate result.
+    Stream info is the operator's to ask, not a requester's."""
+    nc = await stack.connect_as(OPERATOR)
+    try:
+        info = await nc.jetstream().stream_info(RESULTS.name, subjects_filter=f"{RESULT_PREFIX}.>")
+    finally:
+        await nc.close()
     return dict(info.state.subjects or {})
 
 
@@ -305,7 +314,10 @@ async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
     print(f"starting a 3-node dev stack in {run_dir} ...", flush=True)
     stack = await start_platform(run_dir, nodes=3, requesters=[requester])
     servers = stack.config.nats.servers
-    clients = [await CustodyClient.connect(servers, "chaos", key) for _ in range(3)]
+    clients = [
+        await CustodyClient.connect(servers, "chaos", key, **stack.requester_options("chaos"))
+        for _ in range(3)
+    ]
     try:
         created = await clients[0].create_key("chaos-hot", "secp256k1")
         await wait_replicated(clients[0], stack, "chaos-hot")
@@ -324,7 +336,7 @@ async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
             lat = sorted((o.done_at - o.sent_at) * 1000 for o in done if o.done_at)
             p99 = lat[int(len(lat) * 0.99) - 1] if lat else 0.0
             failed = sum(o.status not in (None, "signed") for o in done)
-            views = await pool_status(servers, wait_s=0.2)
+            views = await pool_status(stack.config, wait_s=0.2, config_path=str(stack.config_path))
             pool = (
                 " ".join(f"{n.node_id}:{n.state}/{n.circuit}" for n in views[0].nodes)
                 if views

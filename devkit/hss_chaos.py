@@ -27,9 +27,11 @@ from pathlib import Path
 
 import hsslms
 import msgspec
+from nats.aio.client import Client
 
 from devkit.chaos import ChaosReport, Fault, run_chaos
 from devkit.stack import DevStack
+from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient
 from libs.hsm.sealed_store import KvIndexLedger
 from libs.keys.directory import KeyDirectory
@@ -154,7 +156,7 @@ async def _wait_down(stack: DevStack, node: str, timeout_s: float = 10.0) -> Non
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        views = await pool_status(stack.config.nats.servers, wait_s=0.2)
+        views = await pool_status(stack.config, wait_s=0.2, config_path=str(stack.config_path))
         states = {n.node_id: n.state for v in views for n in v.nodes}
         if states.get(node) in ("down", "suspect"):
             return
@@ -177,7 +179,26 @@ async def run_hss_chaos(
     if created.status != "created" or created.public_key is None:
         raise RuntimeError(f"cannot create {key_id}: {created.error}")
     public = created.public_key
-    js = clients[0].connection.jetstream()
+    # The key directory and the ledger are not the requester's to read: as the operator.
+    operator = await stack.connect_as(OPERATOR)
+    try:
+        return await _run(
+            stack, clients, operator, key_id, public, duration_s, in_flight_per_client
+        )
+    finally:
+        await operator.close()
+
+
+async def _run(
+    stack: DevStack,
+    clients: list[CustodyClient],
+    operator: Client,
+    key_id: str,
+    public: bytes,
+    duration_s: float,
+    in_flight_per_client: int,
+) -> HssChaosReport:
+    js = operator.jetstream()
     directory = await KeyDirectory.open(js)
     deadline = time.monotonic() + 30
     while True:  # the backup service clones it to the three live nodes first
@@ -276,7 +297,10 @@ async def hss_chaos_demo(run_dir: Path, duration_s: float) -> int:
     print(f"starting a 4-node dev stack in {run_dir} ...", flush=True)
     stack = await start_platform(run_dir, nodes=4, requesters=[requester])
     clients = [
-        await CustodyClient.connect(stack.config.nats.servers, "chaos", key) for _ in range(3)
+        await CustodyClient.connect(
+            stack.config.nats.servers, "chaos", key, **stack.requester_options("chaos")
+        )
+        for _ in range(3)
     ]
     try:
         report = await run_hss_chaos(stack, clients, duration_s=duration_s, key_id="chaos-hss")

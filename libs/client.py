@@ -1,7 +1,9 @@
 """CustodyClient: what a trading system uses to create keys and get signatures.
 
-Requests are signed with the requester's Ed25519 key and published durably; the
-client then waits for the one terminal result on ``lantau.result.<request_id>``.
+Requests are signed with the requester's Ed25519 key and published durably on the
+requester's own subject (``lantau.request.sign.<requester>``); the client then waits for
+the one terminal result on ``lantau.result.<requester>.<request_id>``. The connection is
+the requester's NATS identity (an nkey seed, not the request-signing key) over TLS.
 Sending the same request id again (same content) returns the same result and
 never makes a second signature.
 """
@@ -16,7 +18,6 @@ from typing import TypeVar
 
 import msgspec
 import nacl.signing
-import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -24,8 +25,12 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from libs import tracing
+from libs.bus.connect import connect
+from libs.bus.permissions import requester_identity
 from libs.bus.publish import last_on_subject
+from libs.bus.violations import guarded, subscribe_checked
 from libs.clock import now_ms
+from libs.config import NatsConfig
 from proto import codec
 from proto.common import Curve, HssShape, PayloadKind
 from proto.errors import ErrorCode, LantauError
@@ -40,13 +45,13 @@ from proto.requests import (
 )
 from proto.results import KeyResult, Result, SignResult
 from proto.subjects import (
-    CREATE_KEY_REQUEST,
     HDR_MSG_ID,
     HDR_REQUEST_ID,
     RESULTS,
-    SIGN_REQUEST,
+    create_key_request_subject,
     result_subject,
     results_of,
+    sign_request_subject,
 )
 
 R = TypeVar("R", SignRequest, CreateKeyRequest)
@@ -77,6 +82,12 @@ class RequestIdConflict(CustodyError):
     """The request id was already used for a different request."""
 
     code_for_class = ErrorCode.REQUEST_ID_CONFLICT
+
+
+class PermissionDenied(CustodyError):
+    """The bus refused this identity something (a misconfigured or revoked identity)."""
+
+    code_for_class = ErrorCode.PERMISSION_DENIED
 
 
 class BadKeyFile(CustodyError):
@@ -123,15 +134,32 @@ class CustodyClient:
 
     @classmethod
     async def connect(
-        cls, servers: list[str] | str, requester: str, signing_key: nacl.signing.SigningKey
+        cls,
+        servers: list[str] | str,
+        requester: str,
+        signing_key: nacl.signing.SigningKey,
+        *,
+        seed_file: str | None = None,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
     ) -> CustodyClient:
+        """Connect as the requester's NATS identity: ``seed_file`` holds its nkey seed
+        (``lantau bus nkey``); ``ca_file`` turns TLS on, ``cert_file``/``key_file`` add
+        the client certificate when the server wants mutual TLS."""
+        cfg = NatsConfig(
+            servers=[servers] if isinstance(servers, str) else list(servers),
+            seed_file=seed_file,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+        )
         try:
-            nc = await nats.connect(
-                servers=servers,
-                name=f"lantau-client-{requester}",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+            nc = await connect(
+                cfg, f"lantau-client-{requester}", identity=requester_identity(requester)
             )
+        except LantauError:
+            raise
         except Exception as e:
             raise CustodyError(f"cannot connect to NATS at {servers}: {type(e).__name__}") from None
         return cls(nc, requester, signing_key, owns_connection=True)
@@ -160,12 +188,16 @@ class CustodyClient:
         payload: bytes,
         *,
         payload_kind: PayloadKind = "digest",
+        chain: str | None = None,
         transfer: Transfer | None = None,
         request_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
         path: str | None = None,
     ) -> SignRequest:
-        """``path``: an HD key's derivation path (the child that signs)."""
+        """A signed request, not yet sent. ``chain``: the network where the payload does not
+        say it (a PSBT's "testnet", a Solana "solana:devnet"); ``transfer``: what the requester
+        declares it moves (policy refuses a declaration the parsed transaction contradicts);
+        ``path``: an HD key's derivation path (the child that signs)."""
         created = now_ms()
         request = SignRequest(
             request_id=request_id or uuid.uuid4().hex,
@@ -173,6 +205,7 @@ class CustodyClient:
             key_id=key_id,
             payload=payload,
             payload_kind=payload_kind,
+            chain=chain,
             transfer=transfer,
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
@@ -220,16 +253,20 @@ class CustodyClient:
         payload: bytes,
         *,
         payload_kind: PayloadKind = "digest",
+        chain: str | None = None,
         transfer: Transfer | None = None,
         request_id: str | None = None,
         timeout: float = 30.0,
         path: str | None = None,
     ) -> SignResult:
-        """Ask for a signature and wait for the terminal result (signed, rejected, ...)."""
+        """Ask for a signature and wait for the terminal result (signed, rejected, ...).
+
+        For a transaction kind the result's ``signed_payload`` is what a wallet broadcasts."""
         request = self.sign_request(
             key_id,
             payload,
             payload_kind=payload_kind,
+            chain=chain,
             transfer=transfer,
             request_id=request_id,
             path=path,
@@ -273,7 +310,12 @@ class CustodyClient:
 
     async def _listen(self) -> None:
         if self._results is None:
-            self._results = await self._nc.subscribe(results_of(self.requester), cb=self._on_result)
+            try:
+                self._results = await subscribe_checked(
+                    self._nc, results_of(self.requester), cb=self._on_result
+                )
+            except LantauError as e:
+                raise PermissionDenied(e.message) from None
 
     async def _on_result(self, msg: Msg) -> None:
         request_id = msg.subject.rsplit(".", 1)[-1]
@@ -313,7 +355,11 @@ class CustodyClient:
 
     async def submit(self, request: Request) -> bool:
         """Publish durably without waiting for the result; True if JetStream saw it before."""
-        subject = SIGN_REQUEST if isinstance(request, SignRequest) else CREATE_KEY_REQUEST
+        subject = (
+            sign_request_subject(request.requester)
+            if isinstance(request, SignRequest)
+            else create_key_request_subject(request.requester)
+        )
         headers = tracing.inject(
             {
                 HDR_MSG_ID: message_id(request),
@@ -321,7 +367,11 @@ class CustodyClient:
             }
         )
         try:
-            ack = await self._js.publish(subject, codec.encode(request), headers=headers)
+            ack = await guarded(
+                self._nc, subject, self._js.publish(subject, codec.encode(request), headers=headers)
+            )
+        except LantauError as e:
+            raise PermissionDenied(e.message, request.request_id) from None
         except (nats.errors.Error, TimeoutError) as e:
             raise CustodyError(
                 f"request {request.request_id} was not accepted by the bus ({type(e).__name__}); "
@@ -333,7 +383,10 @@ class CustodyClient:
     async def get_result(self, request_id: str) -> Result | None:
         """The stored terminal result of a request, or None while it has none."""
         subject = result_subject(self.requester, request_id)
-        data = await last_on_subject(self._js, RESULTS.name, subject)
+        try:
+            data = await last_on_subject(self._js, RESULTS.name, subject)
+        except LantauError as e:
+            raise PermissionDenied(e.message, request_id) from None
         return codec.RESULT.decode(data) if data is not None else None
 
     @staticmethod

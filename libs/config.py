@@ -21,6 +21,11 @@ from proto.errors import ErrorCode, LantauError
 ENV_PREFIX = "LANTAU__"
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 Positive = Annotated[int, msgspec.Meta(gt=0)]
+# Names that become one token of NATS subjects and inbox prefixes: no dots, no wildcards.
+Name = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
+# A NATS nkey *user* public key (base32, 56 characters, starts with U). Public: it goes in
+# the server's authorization file; the seed stays with the process that connects.
+Nkey = Annotated[str, msgspec.Meta(pattern=whole("U[A-Z2-7]{55}"))]
 
 
 class ConfigError(LantauError):
@@ -30,8 +35,37 @@ class ConfigError(LantauError):
         super().__init__(ErrorCode.CONFIG_INVALID, message)
 
 
+class ServiceNkeys(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The NATS nkey (public) of each service role; replicas of a role share it. A role
+    without one gets no NATS user and cannot connect (docs/security.md)."""
+
+    policy: Nkey | None = None
+    signer: Nkey | None = None
+    backup: Nkey | None = None
+    audit: Nkey | None = None
+    # The `lantau` CLI's read-only views (hsm status, keys list, audit, approvals list)
+    # and the ceremony records of `lantau hsm domain-init | admit`.
+    operator: Nkey | None = None
+    # `lantau provision`: the one identity that may create or change streams, consumers
+    # and buckets. A one-shot job, never a running service.
+    provisioner: Nkey | None = None
+
+
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     servers: list[str] = msgspec.field(default_factory=lambda: ["nats://127.0.0.1:4222"])
+    # This process's NATS identity: a file (mode 0600) holding its nkey seed ("SU...").
+    # Every process of a deployment shares the TOML but not this: set it per process with
+    # LANTAU__NATS__SEED_FILE. Without one the connection is anonymous, which an
+    # authorized server refuses.
+    seed_file: str | None = None
+    # TLS: the CA that signed the server's certificate (turns TLS on), and for mutual TLS
+    # this client's certificate and key (PEM; the key file mode 0600).
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    # The public nkeys of the service roles (requesters, approvers and hsm-nodes carry
+    # theirs in their own entries). `lantau bus authorize` turns them into NATS users.
+    nkeys: ServiceNkeys = ServiceNkeys()
     # 3 on a JetStream cluster so a stream survives the loss of a server.
     stream_replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     # How long facts stay on the streams (requests, results, events, audit intents).
@@ -50,7 +84,9 @@ class LoggingConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class HsmNodeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    id: Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
+    id: Name
+    # This node's NATS identity (public nkey): it may serve lantau.hsm.rpc.<id>.> only.
+    nkey: Nkey | None = None
     module: str = "/usr/lib/softhsm/libsofthsm2.so"
     token_label: str
     # The user PIN comes from a file (mode 0600) or an environment variable, never the TOML.
@@ -93,9 +129,13 @@ class SignerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 
 class RequesterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    name: str
+    name: Name
     # Ed25519 public key, hex: requests must be signed by its private half.
     public_key: Annotated[str, msgspec.Meta(pattern=whole("[0-9a-fA-F]{64}"))]
+    # Its NATS identity (public nkey), a different key pair from ``public_key``: NATS has
+    # the client sign whatever nonce the server sends, so the request-signing key must
+    # never be the connection key. Without one the requester cannot connect.
+    nkey: Nkey | None = None
     # Need-to-know: key ids (fnmatch patterns) this system may use; none means none.
     keys: list[str] = []
     may_create_keys: bool = False
@@ -134,6 +174,15 @@ class EvidenceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     clock_skew_ms: Positive = 30_000
 
 
+class ApproverConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An approver's NATS identity. Its vote key and groups live in the policy file
+    (``policy.rules_file``); the groups' ``approves_for`` decide whose held requests
+    and approval events it may read."""
+
+    name: Name
+    nkey: Nkey
+
+
 class PolicyConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str = "policy"
     # A request older than this, or dated further ahead than the skew, is refused.
@@ -155,6 +204,29 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     id: str = "audit"
     fetch_batch: Positive = 256
     metrics_port: Port = 0
+    # The record key: an Ed25519 seed (64 hex characters, `lantau audit keygen`) that signs
+    # every record. Readable by the service's user only (group read is tolerated for
+    # Kubernetes secret volumes with fsGroup). Every replica uses the same key.
+    record_key_file: str | None = None
+    # Create record_key_file (0600) when it does not exist: one replica on its own volume
+    # (dev, compose). Never with several replicas: each would make its own key.
+    create_record_key: bool = False
+    # Earlier record keys (hex public keys) whose records the service still builds on,
+    # after a key rotation.
+    accept_record_keys: list[str] = []
+    # Witness sinks: append-only files on volumes the bus cannot reach, each receiving
+    # every checkpoint. At least one is required; with none reachable, signing pauses.
+    witness_files: list[str] = []
+    # One record per batch: up to this many facts, gathered for at most batch_wait_ms.
+    batch_max_facts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256
+    batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    # A signed checkpoint every checkpoint_every records, and at most
+    # checkpoint_interval_s after a record was written.
+    checkpoint_every: Positive = 100
+    checkpoint_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    # How long an append may keep failing before the service stops (and alerts) instead
+    # of retrying: it never drops a fact.
+    append_retry_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
 class BackupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -172,6 +244,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     hsm: HsmConfig = HsmConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     requesters: list[RequesterConfig] = []
+    approvers: list[ApproverConfig] = []
     signer: SignerConfig = SignerConfig()
     policy: PolicyConfig = PolicyConfig()
     audit: AuditConfig = AuditConfig()
@@ -189,6 +262,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             if r.name == name:
                 return r
         return None
+
+    def __post_init__(self) -> None:
+        for kind, names in (
+            ("requesters", [r.name for r in self.requesters]),
+            ("approvers", [a.name for a in self.approvers]),
+            ("hsm_nodes", [n.id for n in self.hsm_nodes]),
+        ):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise msgspec.ValidationError(f"{kind}: names must be unique ({dupes})")
 
 
 def _parse_env_value(text: str) -> Any:

@@ -135,13 +135,13 @@ def check_sign(
     now_ms: int,
 ) -> list[bytes]:
     """The byte strings this node may sign for this request, or a typed refusal."""
-    request = check_sign_request(
+    request = check_sign_parties(
         request_data, authorization, approvals, key_id=key_id, pins=pins, now_ms=now_ms
     )
-    return check_bytes(request, authorization, public_key)
+    return check_sign_bytes(request, authorization, public_key)
 
 
-def check_sign_request(
+def check_sign_parties(
     request_data: bytes,
     authorization: SignAuthorization,
     approvals: list[ApprovalVote],
@@ -150,9 +150,10 @@ def check_sign_request(
     pins: Pins,
     now_ms: int,
 ) -> SignRequest:
-    """Everything about a sign request but the bytes: policy's word for exactly this
-    request (and HD path), the requester's signature, the approvals. The bytes need the
-    key's public key (an HD child's is derived from the request's path): `check_bytes`."""
+    """Everything but the bytes: who signed what, for which key (and HD path), until
+    when, approved by whom. Needs no key material, so a node refuses before it even looks
+    its keys up (a refusal tells nothing of which keys it holds). The bytes need the key
+    that signs (an HD child's is derived from the request's path): `check_sign_bytes`."""
     _check_statement(authorization, pins.policy, "policy", now_ms, pins.skew_ms)
     request = codec.REQUEST.decode(request_data)
     if not isinstance(request, SignRequest):
@@ -178,11 +179,11 @@ def check_sign_request(
     return request
 
 
-def check_bytes(
+def check_sign_bytes(
     request: SignRequest, authorization: SignAuthorization, public_key: bytes
 ) -> list[bytes]:
-    """The byte strings to sign, recomputed from the request with the key that signs (an
-    HD key's derived child): exactly those policy authorized, or a refusal."""
+    """The bytes to sign, recomputed from the request with the key that signs (an HD
+    key's derived child), must be the authorized ones."""
     data = bytes_to_sign(request, public_key)
     if authorization.digests != [digest_of(d) for d in data]:
         raise _mismatch("bytes to sign")

@@ -97,6 +97,34 @@ AUDIT_HEAD_SEQUENCE = Gauge("lantau_audit_head_sequence", "Sequence of the newes
 AUDIT_LAG = Gauge(
     "lantau_audit_lag_messages", "Messages on the source streams not yet in the audit chain."
 )
+AUDIT_FACTS = Counter("lantau_audit_facts", "Facts recorded in the audit log by this process.")
+AUDIT_FACT_GAPS = Counter(
+    "lantau_audit_fact_gaps",
+    "Source messages gone (expired or deleted) before they could be recorded, noted as gaps.",
+    ["stream", "reason"],
+)
+AUDIT_QUARANTINED = Counter(
+    "lantau_audit_quarantined",
+    "Entries on the audit log the audit service did not write: never chained or certified.",
+)
+AUDIT_HALTED = Gauge(
+    "lantau_audit_halted",
+    "1 when the audit service stopped appending (the log is broken or appends kept failing).",
+)
+AUDIT_CHECKPOINT_TREE_SIZE = Gauge(
+    "lantau_audit_checkpoint_tree_size", "Tree size of the newest signed checkpoint."
+)
+AUDIT_WITNESS_UP = Gauge(
+    "lantau_audit_witness_up", "1 when the witness sink took the last write or probe.", ["sink"]
+)
+AUDIT_WITNESSED = Gauge(
+    "lantau_audit_witnessed",
+    "1 while at least one witness sink holds the newest checkpoint; at 0 signing pauses.",
+)
+SIGNING_PAUSED = Gauge(
+    "lantau_signing_paused",
+    "1 while this signer takes no orders because the audit trail is not witnessed.",
+)
 CONSUMER_PENDING = Gauge(
     "lantau_consumer_pending_messages",
     "Messages waiting for a JetStream consumer.",
@@ -116,4 +144,10 @@ DEAD_LETTERS = Counter(
     "lantau_dead_letters",
     "Messages moved to the dead-letter stream, by error code.",
     ["stream", "consumer", "code"],
+)
+BUS_PERMISSION_VIOLATIONS = Counter(
+    "lantau_bus_permission_violations",
+    "Publishes or subscriptions the NATS server refused for this process's identity, by kind "
+    "(publish, subscribe): a misconfigured allow-list, or a process doing what it must not.",
+    ["kind"],
 )

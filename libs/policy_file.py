@@ -13,6 +13,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime, time
+from functools import cached_property
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,6 +32,25 @@ _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 # A [[rules]] header line, as TOML allows it to be written (spaces, quoted key, comment).
 _RULES_HEADER = re.compile(r"""\s*\[\[\s*(rules|"rules"|'rules')\s*\]\]\s*(#.*)?""")
+# Address forms whose letter case carries no meaning: EVM hex (EIP-55 hides a checksum in
+# the case) and bech32 (valid all lower or all upper case). Base58 is case-sensitive.
+_EVM_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_BECH32 = re.compile(r"(bc|tb|bcrt)1[02-9ac-hj-np-z]{6,87}", re.IGNORECASE)
+
+
+def canonical(name: str) -> str:
+    """One spelling of an address or an asset ("erc20:<address>") for comparisons, so a
+    list written in lower case matches the checksummed address a transaction decodes to."""
+    prefix, sep, last = name.rpartition(":")
+    if _EVM_ADDRESS.fullmatch(last) or _BECH32.fullmatch(last):
+        return prefix + sep + last.lower()
+    return name
+
+
+def among(name: str, names: list[str]) -> bool:
+    """``name`` is one of ``names``, compared in canonical spelling."""
+    wanted = canonical(name)
+    return any(canonical(n) == wanted for n in names)
 
 
 class PolicyFileError(LantauError):
@@ -186,7 +206,24 @@ class Policy:
         return self.file.groups[name]
 
     def asset(self, symbol: str) -> Asset | None:
-        return self.file.assets.get(symbol) or BUILTIN_ASSETS.get(symbol)
+        return self._assets.get(canonical(symbol))
+
+    def listed(self, address: str, lists: list[str]) -> bool:
+        """``address`` is in one of the named address lists (canonical spelling)."""
+        wanted = canonical(address)
+        return any(wanted in self._lists[name] for name in lists)
+
+    # Built once per policy text (a sanctions list may hold thousands of entries).
+    @cached_property
+    def _lists(self) -> dict[str, frozenset[str]]:
+        return {
+            name: frozenset(canonical(a) for a in entries)
+            for name, entries in self.file.address_lists.items()
+        }
+
+    @cached_property
+    def _assets(self) -> dict[str, Asset]:
+        return {canonical(k): v for k, v in {**BUILTIN_ASSETS, **self.file.assets}.items()}
 
 
 def _clock(text: str) -> time:

@@ -14,6 +14,7 @@ import prometheus_client
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from libs.bus import permissions
 from libs.bus.connect import connect
 from libs.bus.provision import provision as provision_streams
 from libs.clock import wait_or_stop
@@ -26,9 +27,19 @@ class Runtime:
     """One running service: its bus connection, readiness, and the stop signal."""
 
     def __init__(
-        self, name: str, config: Config, metrics_port: int, *, provision: bool = True
+        self,
+        name: str,
+        config: Config,
+        metrics_port: int,
+        *,
+        identity: str | None = None,
+        provision: bool = False,
     ) -> None:
         self.name = name
+        # The NATS identity this process connects as (its seed: [nats] seed_file).
+        self.identity = identity
+        # Only for tests and tools holding the provisioner's identity: running services
+        # may not create streams or consumers (`lantau provision` does, once).
         self.provision = provision
         self.config = config
         self.metrics_port = metrics_port
@@ -65,8 +76,10 @@ class Runtime:
             return False, "; ".join(f"{k}: {v}" for k, v in sorted(self._not_ready.items()))
         return True, "ready"
 
-    async def connect(self, *, provision: bool = True) -> None:
-        self._nc = await connect(self.config.nats, self.name, on_closed=self._on_closed)
+    async def connect(self, *, provision: bool = False) -> None:
+        self._nc = await connect(
+            self.config.nats, self.name, identity=self.identity, on_closed=self._on_closed
+        )
         self._js = self._nc.jetstream()
         if provision:
             await provision_streams(self._js, self.config.nats)
@@ -179,15 +192,21 @@ class ServiceEntry:
     # serve(runtime), or serve(runtime, node config) for a per-node service.
     serve: Callable[..., Awaitable[None]]
     per_node: bool = False
-    provision: bool = True
     check: Callable[[Config], None] | None = None
 
     def identity(self, cfg: Config, node_id: str | None) -> tuple[str, int]:
+        """The process's name (logs, metrics, connection name) and metrics port."""
         if self.per_node:
             node = cfg.hsm_node(node_id or "")
             return f"{self.section}-{node.id}", node.metrics_port
         section: Any = getattr(cfg, self.section)
         return section.id, section.metrics_port
+
+    def bus_identity(self, cfg: Config, node_id: str | None) -> str:
+        """The NATS identity it connects as: its role (replicas share it), or its node."""
+        if self.per_node:
+            return permissions.node_identity(cfg.hsm_node(node_id or "").id)
+        return self.section
 
     def check_config(self, cfg: Config, node_id: str | None) -> None:
         if self.per_node:

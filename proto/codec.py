@@ -7,9 +7,9 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from proto import SCHEMA_VERSION
-from proto.admin import PoolStatus
+from proto.admin import PoolStatus, XpubAnswer, XpubQuery
 from proto.approvals import ApprovalVote, PendingApproval
-from proto.audit import AuditEntry, AuditIntent, AuditRecord
+from proto.audit import AuditEntry, AuditIntent, AuditRecord, WitnessStatus
 from proto.errors import ErrorCode, LantauError, printable
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReceipts, HsmReply
@@ -104,5 +104,8 @@ SEALED_KEY = Decoder[SealedKey](SealedKey, "sealed key")
 AUDIT_INTENT = Decoder[AuditIntent](AuditIntent, "audit intent")
 AUDIT_RECORD = Decoder[AuditRecord](AuditRecord, "audit record")
 AUDIT_ENTRY = Decoder[AuditEntry](AuditEntry, "audit entry")
+WITNESS_STATUS = Decoder[WitnessStatus](WitnessStatus, "audit witness status")
 POOL_STATUS = Decoder[PoolStatus](PoolStatus, "pool status")
+XPUB_QUERY = Decoder[XpubQuery](XpubQuery, "xpub query")
+XPUB_ANSWER = Decoder[XpubAnswer](XpubAnswer, "xpub answer")
 REJECTED = Decoder[RejectedMessage](RejectedMessage, "rejected message")

@@ -77,6 +77,14 @@ class ErrorCode(enum.StrEnum):
     MERKLE_BAD_HASH = "MERKLE_BAD_HASH"
     MERKLE_BAD_FRONTIER = "MERKLE_BAD_FRONTIER"
     MERKLE_PROOF_REJECTED = "MERKLE_PROOF_REJECTED"
+    # The audit trail (libs/audit, services/audit): the log cannot be read, an export or
+    # a witness file is not what it should be, the audit service stopped, signing paused
+    # because no sink witnesses the checkpoints.
+    AUDIT_LOG_UNREADABLE = "AUDIT_LOG_UNREADABLE"
+    AUDIT_EXPORT_INVALID = "AUDIT_EXPORT_INVALID"
+    AUDIT_WITNESS_INVALID = "AUDIT_WITNESS_INVALID"
+    AUDIT_HALTED = "AUDIT_HALTED"
+    AUDIT_UNWITNESSED = "AUDIT_UNWITNESSED"
     # Offline backups under an M-of-N custodian quorum (libs/backup).
     QUORUM_NOT_MET = "QUORUM_NOT_MET"
     BAD_SHARE = "BAD_SHARE"
@@ -96,6 +104,10 @@ class ErrorCode(enum.StrEnum):
     UNSUPPORTED_INPUT = "UNSUPPORTED_INPUT"
     NOT_OUR_TRANSACTION = "NOT_OUR_TRANSACTION"
     TRANSACTION_TOO_LARGE = "TRANSACTION_TOO_LARGE"
+    # Identities on the bus (libs/bus): the server refused a publish or subscribe for this
+    # identity, or a request arrived on a subject that names someone else.
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    SUBJECT_MISMATCH = "SUBJECT_MISMATCH"
     # New key types end to end (HD, ML-DSA, LMS/HSS through the hsm-node): a type this
     # node or this operation cannot serve; an HD child public key nobody can derive yet
     # without an HSM (export an ancestor's xpub); an HSS key whose index ledger is gone

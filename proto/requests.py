@@ -55,8 +55,12 @@ class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
     payload: Payload
     payload_kind: PayloadKind = "digest"
     # Where a transaction does not say its own network: "bitcoin", "testnet", "signet",
-    # "regtest" for a PSBT; the cluster name for Solana. EVM transactions carry their chain.
-    chain: Annotated[str, msgspec.Meta(pattern=whole("[a-z0-9-]{1,32}"))] | None = None
+    # "regtest" for a PSBT; the cluster name for Solana. EVM transactions carry their chain
+    # (a hint that disagrees is CHAIN_MISMATCH). Bare or CAIP-2: "testnet", "bip122:testnet",
+    # "solana:devnet", "eip155:1".
+    chain: (
+        Annotated[str, msgspec.Meta(pattern=whole("([a-z0-9-]{3,8}:)?[a-z0-9-]{1,32}"))] | None
+    ) = None
     transfer: Transfer | None = None
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs

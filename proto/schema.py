@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from proto.admin import PoolStatus
+from proto.admin import PoolStatus, XpubAnswer, XpubQuery
 from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent
 from proto.events import Event, RejectedMessage
@@ -41,6 +41,8 @@ FAMILIES: dict[str, Any] = {
     "audit_intent": AuditIntent,
     "audit_entry": AuditEntry,
     "pool_status": PoolStatus,
+    "xpub_query": XpubQuery,
+    "xpub_answer": XpubAnswer,
     "approval_vote": ApprovalVote,
     "pending_approval": PendingApproval,
 }

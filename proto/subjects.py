@@ -6,10 +6,32 @@ from typing import NamedTuple
 
 PREFIX = "lantau"
 
-# Requests from trading systems and approvers.
+# Requests from trading systems and approvers, one subject per sender so that the bus
+# lets each identity publish only under its own name:
+# lantau.request.sign.<requester>, lantau.request.create_key.<requester>,
+# lantau.request.approval.<approver>.
 SIGN_REQUEST = f"{PREFIX}.request.sign"
 CREATE_KEY_REQUEST = f"{PREFIX}.request.create_key"
 APPROVAL_VOTE = f"{PREFIX}.request.approval"
+
+
+def sign_request_subject(requester: str) -> str:
+    return f"{SIGN_REQUEST}.{requester}"
+
+
+def create_key_request_subject(requester: str) -> str:
+    return f"{CREATE_KEY_REQUEST}.{requester}"
+
+
+def approval_vote_subject(approver: str) -> str:
+    return f"{APPROVAL_VOTE}.{approver}"
+
+
+def sender_of(subject: str) -> str:
+    """The sender a request subject names (its last token)."""
+    return subject.rsplit(".", 1)[-1]
+
+
 # Orders from policy to signers.
 SIGN_ORDER = f"{PREFIX}.order.sign"
 CREATE_KEY_ORDER = f"{PREFIX}.order.create_key"
@@ -33,6 +55,11 @@ def approval_event_subject(requester: str, request_id: str) -> str:
     return f"{EVENT_APPROVAL_PREFIX}.{request_key(requester, request_id)}"
 
 
+def approval_events_of(requester: str) -> str:
+    """Every approval event about one requester's requests (what its approvers may read)."""
+    return f"{EVENT_APPROVAL_PREFIX}.{requester}.>"
+
+
 # Audit intents written by signers before each HSM signature, one subject per request:
 # lantau.audit.intent.<requester>.<request id> (attempts follow each other on it).
 AUDIT_INTENT = f"{PREFIX}.audit.intent"
@@ -50,6 +77,8 @@ HSM_SERVICE_NAME = "lantau-hsm-node"
 RECEIPT_PREFIX = f"{PREFIX}.receipt"
 # Scatter-gather: every signer replica answers with its view of the pool.
 ADMIN_POOL_STATUS = f"{PREFIX}.admin.pool"
+# One signer replica (a queue group) derives and records an HD key's xpub at a path.
+ADMIN_XPUB = f"{PREFIX}.admin.xpub"
 SIGNER_SERVICE_NAME = "lantau-signer"
 
 
@@ -82,6 +111,11 @@ def hsm_beat_subject(node_id: str) -> str:
     return f"{HSM_BEAT_PREFIX}.{node_id}"
 
 
+def hsm_rpc_all(node_id: str) -> str:
+    """Every RPC subject of one hsm-node (what the node subscribes to)."""
+    return f"{HSM_RPC_PREFIX}.{node_id}.>"
+
+
 class StreamSpec(NamedTuple):
     name: str
     subjects: tuple[str, ...]
@@ -104,15 +138,18 @@ class ConsumerSpec(NamedTuple):
     stream: StreamSpec
     durable: str
     filter_subject: str | None = None
+    # Redeliver without limit (the audit's consumers: a fact is never given up on).
+    unlimited_redelivery: bool = False
 
 
 POLICY_REQUESTS = ConsumerSpec(REQUESTS, "policy")
 SIGNER_ORDERS = ConsumerSpec(ORDERS, "signer")
 BACKUP_KEY_EVENTS = ConsumerSpec(EVENTS, "backup", EVENT_KEY_CREATED)
-# The audit service reads every stream that carries facts, each with its own cursor.
+# The audit service reads every stream that carries facts, each with its own cursor. A
+# new stream of facts is recorded once it is added here (the verifier needs no change).
+AUDIT_SOURCE_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS, RECEIPTS)
 AUDIT_SOURCES = tuple(
-    ConsumerSpec(s, "audit")
-    for s in (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS, RECEIPTS)
+    ConsumerSpec(s, "audit", unlimited_redelivery=True) for s in AUDIT_SOURCE_STREAMS
 )
 
 ALL_CONSUMERS = (POLICY_REQUESTS, SIGNER_ORDERS, BACKUP_KEY_EVENTS, *AUDIT_SOURCES)
@@ -123,6 +160,11 @@ REQUESTS_BUCKET = "lantau_requests"
 # Requests held for approval, and velocity windows: both changed only by compare-and-set.
 APPROVALS_BUCKET = "lantau_approvals"
 VELOCITY_BUCKET = "lantau_velocity"
+# The audit service's state: where its writer resumes, and whether the trail is witnessed
+# (every signer pauses while it is not).
+AUDIT_STATE_BUCKET = "lantau_audit_state"
+AUDIT_STATE_WRITER = "writer"
+AUDIT_STATE_WITNESS = "witness"
 # Sealed key material (SealedKey, ciphertext; written once by the generating hsm-node)
 # and the one-time index ledger of each stateful (lms-hss) key, changed only by CAS.
 SEALED_BUCKET = "lantau_sealed"
@@ -132,6 +174,7 @@ ALL_BUCKETS = (
     REQUESTS_BUCKET,
     APPROVALS_BUCKET,
     VELOCITY_BUCKET,
+    AUDIT_STATE_BUCKET,
     SEALED_BUCKET,
     HSS_LEDGER_BUCKET,
 )
@@ -140,3 +183,53 @@ ALL_BUCKETS = (
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HDR_REQUEST_ID = "Lantau-Request-Id"
+
+
+def kv_key_subject(bucket: str, key: str) -> str:
+    """The subject a KV bucket stores ``key`` on (``key`` may be a wildcard pattern)."""
+    return f"$KV.{bucket}.{key}"
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+# NATS itself: private reply inboxes and the JetStream API, so that connections and the
+# allow-lists (libs/bus/permissions.py) name the same subjects.
+INBOX_PREFIX = "_INBOX"
+JS_API = "$JS.API"
+# NATS micro services answer discovery on $SRV.<PING|INFO|STATS>[.<name>[.<id>]].
+MICRO_PREFIX = "$SRV"
+
+
+def inbox_prefix(identity: str) -> str:
+    """An identity's private reply inbox prefix: only it may subscribe below it."""
+    return f"{INBOX_PREFIX}_{identity}"
+
+
+def js_pull_next(stream: str, durable: str) -> str:
+    return f"{JS_API}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+
+
+def js_acks(stream: str, durable: str) -> tuple[str, ...]:
+    """Both ack subject forms: with the v2 ack flag the server sends the long one."""
+    return (f"$JS.ACK.{stream}.{durable}.>", f"$JS.ACK.*.*.{stream}.{durable}.>")
+
+
+def js_stream_info(stream: str) -> str:
+    return f"{JS_API}.STREAM.INFO.{stream}"
+
+
+def js_consumer_info(stream: str, durable: str) -> str:
+    return f"{JS_API}.CONSUMER.INFO.{stream}.{durable}"
+
+
+def js_direct_get(stream: str, subject: str | None = None) -> str:
+    """Direct get of the newest message on ``subject`` (limitable per subject), or, without
+    one, the stream-wide form (by sequence: anything in the stream)."""
+    base = f"{JS_API}.DIRECT.GET.{stream}"
+    return f"{base}.{subject}" if subject else base
+
+
+def js_msg_get(stream: str) -> str:
+    return f"{JS_API}.STREAM.MSG.GET.{stream}"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nacl.signing
-import nats
 import pytest
+from nats.aio.client import Client
 
 from devkit.natsserver import NatsServer
 from devkit.stack import DevStack, start_platform
+from devkit.tls import make_pki
+from libs.bus.identity import write_seed
+from libs.bus.permissions import OPERATOR, Grant, Identity, render_authorization
 from libs.client import CustodyClient
-from libs.config import Config, RequesterConfig
+from libs.config import Config, NatsConfig, RequesterConfig
 
 TRADER = "desk-a"
 
@@ -81,11 +84,20 @@ async def fresh_platform(
         await stack.stop()
 
 
+async def connect_client(
+    stack: DevStack, key: nacl.signing.SigningKey, requester: str = TRADER
+) -> CustodyClient:
+    """A trading system's client as ``requester``: its own NATS identity, over TLS."""
+    return await CustodyClient.connect(
+        stack.config.nats.servers, requester, key, **stack.requester_options(requester)
+    )
+
+
 @pytest.fixture(scope="module")
 async def client(
     platform: DevStack, trader_key: nacl.signing.SigningKey
 ) -> AsyncIterator[CustodyClient]:
-    c = await CustodyClient.connect(platform.config.nats.servers, TRADER, trader_key)
+    c = await connect_client(platform, trader_key)
     try:
         yield c
     finally:
@@ -93,23 +105,45 @@ async def client(
 
 
 @pytest.fixture(scope="module")
-async def nc(platform: DevStack) -> AsyncIterator[nats.aio.client.Client]:
-    conn = await nats.connect(platform.config.nats.servers)
+async def nc(platform: DevStack) -> AsyncIterator[Client]:
+    """A connection as the operator: read-only views of streams and buckets."""
+    conn = await platform.connect_as(OPERATOR)
     try:
         yield conn
     finally:
         await conn.close()
 
 
+def secured_server(workdir: Path) -> tuple[NatsServer, NatsConfig]:
+    """A nats-server with TLS and nkey users only, and the config of its one user
+    ``tester``, allowed everything: for tests of one library against the bus."""
+    pki = make_pki(workdir / "tls")
+    nkey = write_seed(workdir / "tester.seed")
+    server = NatsServer(workdir / "nats", pki=pki, authorized=True)
+    server.workdir.mkdir(parents=True, exist_ok=True)
+    everything = Identity("tester", "test", nkey, Grant(publish=(">",), subscribe=(">",)))
+    server.auth_path.write_text(render_authorization([everything]))
+    server.start()
+    cfg = NatsConfig(
+        servers=[server.url],
+        seed_file=str(workdir / "tester.seed"),
+        ca_file=str(pki.ca),
+        cert_file=str(pki.client.cert),
+        key_file=str(pki.client.key),
+    )
+    return server, cfg
+
+
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Callable[[], NatsServer]:
+def nats_server(tmp_path: Path) -> Iterator[Callable[[], tuple[NatsServer, NatsConfig]]]:
+    """Secured nats-servers (TLS, one identity) for tests of a library against the bus."""
     started: list[NatsServer] = []
 
-    def start() -> NatsServer:
-        server = NatsServer(tmp_path / f"nats-{len(started)}").start()
+    def start() -> tuple[NatsServer, NatsConfig]:
+        server, cfg = secured_server(tmp_path / f"nats-{len(started)}")
         started.append(server)
-        return server
+        return server, cfg
 
-    yield start  # type: ignore[misc]
+    yield start
     for server in started:
         server.stop()

@@ -1,22 +1,21 @@
-"""Checkpoint signing and verification: pure functions (the HSM call is the caller's)."""
+"""Checkpoint (signed tree head) digests and signature checks: pure (the HSM call is the
+caller's)."""
 
 from __future__ import annotations
 
 import hashlib
 
-import msgspec
-
 from libs import curves
+from libs.audit.records import canonical
 from proto.audit import AuditCheckpoint
 from proto.errors import LantauError
 
-_DOMAIN = b"lantau/audit-checkpoint/v1\n"
+DOMAIN = b"lantau/audit-checkpoint/v2\n"
 
 
 def digest(checkpoint: AuditCheckpoint) -> bytes:
-    """SHA-256 of the canonical bytes: every field but the signature, sorted-key JSON."""
-    body = msgspec.structs.replace(checkpoint, signature=b"")
-    return hashlib.sha256(_DOMAIN + msgspec.json.encode(body, order="sorted")).digest()
+    """SHA-256 of the domain tag and the canonical bytes (every field, signature blank)."""
+    return hashlib.sha256(DOMAIN + canonical(checkpoint)).digest()
 
 
 def verify(checkpoint: AuditCheckpoint, trusted_public_keys: list[bytes]) -> bool:

@@ -9,7 +9,12 @@ gets the decoded message and its ``Delivery``. Rules every consumer follows
 - handler returns                      -> ack
 - handler raises anything else         -> nak with exponential backoff; at the last allowed
                                           delivery, dead-letter + ``on_reject``, term
+- the bus refuses the rejection record  -> term (PERMISSION_DENIED never goes away by
+                                          retrying); the violation is counted and logged
+- the bus refuses this identity its durable -> ``run`` raises PERMISSION_DENIED
 Handlers must be idempotent: JetStream redelivers whatever was not acked.
+A consumer made with ``dead_letter=False`` (the audit's: a fact must never be dropped)
+naks every failure, however often, and never dead-letters or terms.
 """
 
 from __future__ import annotations
@@ -29,13 +34,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs import metrics, tracing
+from libs.bus import violations
 from libs.bus.provision import MAX_DELIVER
 from libs.bus.publish import publish
 from libs.clock import now_ms
 from libs.headers import request_id_from, safe_for_log
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import RejectedMessage
-from proto.subjects import ConsumerSpec, dead_letter_subject
+from proto.subjects import ConsumerSpec, dead_letter_subject, js_pull_next
 
 log = logging.getLogger("lantau.bus")
 
@@ -57,6 +63,9 @@ class Delivery:
     pending: int
     headers: Mapping[str, str]
     request_id: str | None
+    # Tells the server the message is still being worked on (resets its ack wait): for
+    # a handler that waits on purpose (a paused signer, the audit appender).
+    keep_alive: Callable[[], Awaitable[None]] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, msg: Msg, stream: str) -> Delivery:
@@ -69,6 +78,7 @@ class Delivery:
             pending=meta.num_pending if meta else 0,
             headers=dict(msg.headers or {}),
             request_id=request_id_from(msg.headers),
+            keep_alive=msg.in_progress,
         )
 
 
@@ -130,6 +140,7 @@ class Consumer(Generic[T]):
         concurrency: int = 64,
         on_reject: RejectHook[T] | None = None,
         name: str = "",
+        dead_letter: bool = True,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -139,6 +150,7 @@ class Consumer(Generic[T]):
         self._slots = asyncio.Semaphore(concurrency)
         self._credits = PullCredits(batch=batch, concurrency=concurrency)
         self._on_reject = on_reject
+        self._dead_letter = dead_letter
         self._name = name or spec.durable
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -156,10 +168,15 @@ class Consumer(Generic[T]):
     async def run(self, stopping: asyncio.Event) -> None:
         """Pull and process until ``stopping`` is set, then finish what was received."""
         inbox = self._nc.new_inbox()
-        sub = await self._nc.subscribe(inbox, cb=self._on_msg)
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.spec.stream.name}.{self.spec.durable}"
+        sub = await violations.subscribe_checked(self._nc, inbox, cb=self._on_msg)
+        next_subject = js_pull_next(self.spec.stream.name, self.spec.durable)
+        refused = violations.of(self._nc)
+        started = time.monotonic()
         try:
             while not stopping.is_set():
+                if refused is not None and refused.seen(next_subject, started):
+                    # This identity may not read its durable: nothing will ever arrive.
+                    raise violations.denied("publish", next_subject)
                 want = self._credits.to_request(time.monotonic(), len(self._tasks))
                 if want:
                     request = {"batch": want, "expires": int(PULL_EXPIRES_S * 1e9)}
@@ -228,12 +245,15 @@ class Consumer(Generic[T]):
                         tracing.outcome(span, "retry", str(getattr(e, "code", "INTERNAL")))
                         raise
             except LantauError as e:
-                await self._reject(msg, message, e, delivery, outcome="rejected")
+                if self._dead_letter:
+                    await self._reject(msg, message, e, delivery, outcome="rejected")
+                else:
+                    await self._retry(msg, delivery, e)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # transient or a bug: retry later, dead-letter at the end
                 code = e.code if isinstance(e, TransientError) else ErrorCode.INTERNAL
-                if delivery.count >= MAX_DELIVER:
+                if delivery.count >= MAX_DELIVER and self._dead_letter:
                     text = f"gave up after {delivery.count} deliveries; last error: {_describe(e)}"
                     await self._reject(
                         msg,
@@ -244,18 +264,21 @@ class Consumer(Generic[T]):
                         cause=code,
                     )
                     return
-                if not isinstance(e, TransientError):
-                    log.exception("handler %s failed on %s; will retry", self._name, msg.subject)
-                else:
-                    log.warning("%s: %s (delivery %d); will retry", self._name, e, delivery.count)
-                metrics.MESSAGES.labels(*self._labels, "retry").inc()
-                with contextlib.suppress(Exception):
-                    await msg.nak(delay=min(0.1 * 2 ** (delivery.count - 1), 5.0))
+                await self._retry(msg, delivery, e)
                 return
             self._acked.inc()
             self.processed += 1
             with contextlib.suppress(Exception):
                 await msg.ack()
+
+    async def _retry(self, msg: Msg, delivery: Delivery, e: Exception) -> None:
+        if not isinstance(e, TransientError | LantauError):
+            log.exception("handler %s failed on %s; will retry", self._name, msg.subject)
+        else:
+            log.warning("%s: %s (delivery %d); will retry", self._name, e, delivery.count)
+        metrics.MESSAGES.labels(*self._labels, "retry").inc()
+        with contextlib.suppress(Exception):
+            await msg.nak(delay=min(0.1 * 2 ** (delivery.count - 1), 5.0))
 
     async def _reject(
         self,
@@ -289,6 +312,14 @@ class Consumer(Generic[T]):
                 msg_id=f"dlq:{self.spec.stream.name}:{self.spec.durable}:{record.stream_seq}",
             )
         except Exception as e:
+            if isinstance(e, LantauError) and e.code == ErrorCode.PERMISSION_DENIED:
+                # The bus will refuse this every time: retrying cannot help. The violation
+                # is counted (lantau_bus_permission_violations_total) and logged.
+                log.error("%s: cannot record rejection: %s; dropping", self._name, e.message)
+                metrics.MESSAGES.labels(*self._labels, "denied").inc()
+                with contextlib.suppress(Exception):
+                    await msg.term()
+                return
             # Could not record the rejection: keep the message for a later delivery.
             log.warning("%s: cannot record rejection (%s); will retry", self._name, _describe(e))
             with contextlib.suppress(Exception):
@@ -306,6 +337,28 @@ class Consumer(Generic[T]):
             metrics.DEAD_LETTERS.labels(*self._labels, str(cause or error.code)).inc()
         with contextlib.suppress(Exception):
             await msg.term()
+
+
+# How often a handler that waits on purpose tells the server it is still working: well
+# inside any ack wait (tests run with 4 s), and one small publish per second per message.
+KEEP_ALIVE_S = 1.0
+
+
+async def hold(work: Awaitable[T], delivery: Delivery) -> T:
+    """Await ``work``, resetting the message's ack wait while it lasts, so a handler that
+    waits on purpose is not redelivered (nor, after max_deliver, given up on)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=KEEP_ALIVE_S)
+            if done:
+                return task.result()
+            if delivery.keep_alive is not None:
+                with contextlib.suppress(Exception):
+                    await delivery.keep_alive()
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _metadata(msg: Msg) -> Any:

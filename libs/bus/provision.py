@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import nats.js.errors
@@ -17,7 +18,14 @@ from nats.js.api import (
 )
 
 from libs.config import NatsConfig
-from proto.subjects import ALL_BUCKETS, ALL_CONSUMERS, ALL_STREAMS, AUDIT_CHAIN, ConsumerSpec
+from proto.subjects import (
+    ALL_BUCKETS,
+    ALL_CONSUMERS,
+    ALL_STREAMS,
+    AUDIT_CHAIN,
+    ConsumerSpec,
+    kv_stream,
+)
 
 log = logging.getLogger("lantau.bus")
 
@@ -42,6 +50,10 @@ async def provision(js: JetStreamContext, cfg: NatsConfig) -> None:
             deny_delete=is_audit_log,
             deny_purge=is_audit_log,
             discard=DiscardPolicy.OLD,
+            # Direct gets: how the audit reads the log and checks its sources by sequence
+            # without creating a consumer, and reads that the bus can allow per subject
+            # ($JS.API.DIRECT.GET.<stream>.<subject>: a requester's own results).
+            allow_direct=True,
         )
         try:
             await js.add_stream(config)
@@ -54,8 +66,21 @@ async def provision(js: JetStreamContext, cfg: NatsConfig) -> None:
             await js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
             await js.create_key_value(
-                bucket=bucket, history=16, replicas=cfg.stream_replicas, storage=StorageType.FILE
+                bucket=bucket,
+                history=16,
+                replicas=cfg.stream_replicas,
+                storage=StorageType.FILE,
+                direct=True,
             )
+        await _allow_direct(js, kv_stream(bucket))
+
+
+async def _allow_direct(js: JetStreamContext, stream: str) -> None:
+    """KV reads by direct get, so that an identity can be allowed some keys only (nats-py
+    creates buckets without it; buckets made by earlier releases are updated here)."""
+    info = await js.stream_info(stream)
+    if not info.config.allow_direct:
+        await js.update_stream(dataclasses.replace(info.config, allow_direct=True))
 
 
 async def ensure_consumer(
@@ -66,7 +91,7 @@ async def ensure_consumer(
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
-        max_deliver=MAX_DELIVER,
+        max_deliver=-1 if spec.unlimited_redelivery else MAX_DELIVER,
         max_ack_pending=4096,
         max_waiting=512,
         filter_subject=spec.filter_subject,

@@ -1,14 +1,20 @@
-"""Durable publishing to JetStream, and reading back the newest message on a subject."""
+"""Durable publishing to JetStream, and reading back the newest message on a subject.
+
+Both name their subject to ``libs.bus.violations.guarded``: a publish or read the server
+refuses for this identity raises PERMISSION_DENIED at once, never a silent timeout.
+"""
 
 from __future__ import annotations
 
 import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 
 from libs import tracing
+from libs.bus.violations import guarded
 from proto import codec
-from proto.subjects import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_MSG_ID
+from proto.subjects import HDR_EXPECTED_LAST_SUBJECT_SEQ, HDR_MSG_ID, js_direct_get
 
 # JetStream's error code when an expected-last-sequence check fails.
 WRONG_LAST_SEQUENCE = 10071
@@ -34,7 +40,9 @@ async def publish(
     if first_on_subject:
         hdrs[HDR_EXPECTED_LAST_SUBJECT_SEQ] = "0"
     try:
-        await js.publish(subject, codec.encode(message), headers=hdrs or None)
+        await guarded(
+            js._nc, subject, js.publish(subject, codec.encode(message), headers=hdrs or None)
+        )
     except nats.js.errors.APIError as e:
         if first_on_subject and e.err_code == WRONG_LAST_SEQUENCE:
             return False
@@ -49,7 +57,9 @@ async def publish_after(
     subject is empty); the new sequence, or None if someone else wrote there first."""
     hdrs = tracing.inject({HDR_EXPECTED_LAST_SUBJECT_SEQ: str(last_seq)})
     try:
-        ack = await js.publish(subject, codec.encode(message), headers=hdrs)
+        ack = await guarded(
+            js._nc, subject, js.publish(subject, codec.encode(message), headers=hdrs)
+        )
     except nats.js.errors.APIError as e:
         if e.err_code == WRONG_LAST_SEQUENCE:
             return None
@@ -58,9 +68,19 @@ async def publish_after(
 
 
 async def last_on_subject(js: JetStreamContext, stream: str, subject: str) -> bytes | None:
-    """The newest message stored on a subject, or None."""
+    """The newest message stored on a subject, or None. A direct get (the stream allows
+    them all), which the bus can allow per subject."""
+    raw = await last_raw(js, stream, subject)
+    return None if raw is None else raw.data
+
+
+async def last_raw(js: JetStreamContext, stream: str, subject: str) -> RawStreamMsg | None:
+    """Like ``last_on_subject``, with the message's sequence and headers."""
     try:
-        raw = await js.get_last_msg(stream, subject)
+        return await guarded(
+            js._nc,
+            js_direct_get(stream, subject),
+            js.get_last_msg(stream, subject, direct=True),
+        )
     except nats.js.errors.NotFoundError:
         return None
-    return raw.data

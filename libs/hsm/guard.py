@@ -27,11 +27,11 @@ from libs.clock import now_ms
 from libs.evidence import (
     PLATFORM_KEY_PREFIX,
     Pins,
-    check_bytes,
     check_clone,
     check_create,
     check_sealed_use,
-    check_sign_request,
+    check_sign_bytes,
+    check_sign_parties,
     clone_check_message,
 )
 from libs.hsm.backend import Liveness
@@ -208,7 +208,7 @@ class Guard:
             "sign",
             cmd.key_id,
             lambda: request.append(
-                check_sign_request(
+                check_sign_parties(
                     cmd.request,
                     a,
                     cmd.approvals,
@@ -229,7 +229,9 @@ class Guard:
                 self._checked("sign", cmd.key_id, lambda: _wrong_type(cmd.key_id, native.curve))
             public = native.public_key
         data: list[bytes] = []
-        self._checked("sign", cmd.key_id, lambda: data.extend(check_bytes(request[0], a, public)))
+        self._checked(
+            "sign", cmd.key_id, lambda: data.extend(check_sign_bytes(request[0], a, public))
+        )
         child = public if path is not None else b""
         key = request_key(a.requester, a.request_id)
         content = statement_hash(a)

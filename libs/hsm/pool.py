@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 
 from libs import metrics
 from libs.bus.publish import publish
+from libs.bus.violations import subscribe_checked
 from libs.clock import now_ms, wait_or_stop
 from libs.hsm.backend import HsmBackend
 from libs.hsm.balancer import Balancer, BalancerSettings, Circuit, NodeState, StateChange
@@ -98,7 +99,7 @@ class HsmPool:
 
     async def start(self, stopping: asyncio.Event) -> None:
         if self._nc is not None and any(b.liveness == "beats" for b in self._backends.values()):
-            await self._nc.subscribe(f"{HSM_BEAT_PREFIX}.*", cb=self._on_beat)
+            await subscribe_checked(self._nc, f"{HSM_BEAT_PREFIX}.*", cb=self._on_beat)
         self._tasks.append(asyncio.create_task(self._tick_forever(stopping)))
 
     async def stop(self) -> None:

@@ -9,6 +9,7 @@ import nats.errors
 from nats.aio.client import Client
 
 from libs import tracing
+from libs.bus.violations import guarded
 from libs.hsm.backend import Liveness
 from proto import codec
 from proto.errors import ErrorCode, LantauError, TransientError
@@ -57,11 +58,15 @@ class RemoteHsm:
         self, op: str, subject: str, command: HsmCommand, timeout_s: float | None
     ) -> HsmReply:
         try:
-            msg = await self._nc.request(
+            msg = await guarded(
+                self._nc,
                 subject,
-                codec.encode(command),
-                timeout=timeout_s or self._timeout_s,
-                headers=tracing.inject({}),
+                self._nc.request(
+                    subject,
+                    codec.encode(command),
+                    timeout=timeout_s or self._timeout_s,
+                    headers=tracing.inject({}),
+                ),
             )
         except nats.errors.NoRespondersError:
             raise TransientError(

@@ -100,6 +100,9 @@ class SealedKeys:
         self._public: dict[tuple[SealedKey, str | None], HsmKey] = {}
         self._leases: dict[str, _Lease] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # The furthest each ledger was seen to reach: a ledger read behind it was rolled
+        # back (restored, rewritten), and leasing from it could hand out used indices.
+        self._high_water: dict[str, int] = {}
 
     # -- on the token's worker thread ----------------------------------------------
 
@@ -329,10 +332,17 @@ class SealedKeys:
                 raise LantauError(
                     ErrorCode.INTERNAL, f"the index ledger of {sk.key_id} is not this key's"
                 )
+            if state.next_unleased < self._high_water.get(sk.key_id, 0):
+                raise LantauError(
+                    ErrorCode.INDEX_LEDGER_MISSING,
+                    f"the index ledger of {sk.key_id} went back to {state.next_unleased} after "
+                    f"this node saw {self._high_water[sk.key_id]}: fence it before it signs",
+                )
             updated, granted = lms_state.lease(
                 state, self.node_id, self._lease_size or align, time.time()
             )
             if await self._ledger.write(updated, revision):
+                self._high_water[sk.key_id] = updated.next_unleased
                 break
         else:
             raise TransientError(ErrorCode.INTERNAL, f"the ledger of {sk.key_id} kept changing")

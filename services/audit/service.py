@@ -1,112 +1,57 @@
-"""audit: appends every fact on the bus to one hash chain stored in LANTAU_AUDIT_LOG.
+"""audit: records every fact on the bus in LANTAU_AUDIT_LOG, signed, batched, witnessed.
 
-Each source stream has its own durable consumer; entries are appended one at a time
-with JetStream's expected-last-sequence check, so two audit replicas can never fork
-the chain, and with the source ("<stream>:<seq>") as message id, so a redelivery
-after a crash never records the same fact twice. Every CHECKPOINT_EVERY records, or
-CHECKPOINT_INTERVAL_S after the last change, a checkpoint over the head is signed
-with a key held in the HSMs (cloned like any key, so one dead node does not stop it).
+Each source stream has its own durable consumer, which hands every fact to the one
+appender (appender.py) and acks it once it is in the log. The appender writes one
+record per batch of facts, signed with the record key (Ed25519, a seed file only this
+service reads), on top of a head it verified (writer.py): anything on the log it did not
+write is quarantined and named in its next record. Every ``checkpoint_every`` records,
+and within ``checkpoint_interval_s`` of any new record, it signs a tree head over the
+records with the checkpoint key held in the HSMs, appends it to the log and to every
+witness sink (sinks.py); while no sink holds the newest checkpoint, the status in the
+lantau_audit_state bucket says so and signers take no orders.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import msgspec
-import nats.js.errors
-from nats.js import JetStreamContext
-
-from libs import curves, metrics
-from libs.audit import chain
+from libs import curves
 from libs.audit import checkpoint as cp
-from libs.bus.consume import Consumer, Delivery
-from libs.bus.publish import WRONG_LAST_SEQUENCE
-from libs.clock import now_ms, wait_or_stop
+from libs.audit import keyfile
+from libs.bus.consume import Consumer, Delivery, hold
+from libs.clock import now_ms
+from libs.config import Config, ConfigError
 from libs.hsm.backend import HsmBackend
 from libs.hsm.pool import HsmPool
 from libs.keys import creation
 from libs.keys.directory import KeyDirectory
 from libs.service import Runtime, ServiceEntry
-from proto import codec
-from proto.audit import AuditCheckpoint, AuditRecord
-from proto.errors import ErrorCode, TransientError
+from proto.audit import AuditCheckpoint
+from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import HsmGenerate, HsmSignCheckpoint
 from proto.keys import KeyRecord
-from proto.subjects import (
-    AUDIT_CHAIN,
-    AUDIT_CHECKPOINT,
-    AUDIT_CHECKPOINT_KEY,
-    AUDIT_LOG,
-    AUDIT_SOURCES,
-    HDR_MSG_ID,
-)
+from proto.subjects import AUDIT_CHECKPOINT_KEY, AUDIT_SOURCES
+from services.audit.appender import Appender
+from services.audit.sinks import Sinks
+from services.audit.state import StateStore
+from services.audit.writer import Halt, LogWriter
 
 log = logging.getLogger("lantau.audit")
 
-CHECKPOINT_EVERY = 100
-CHECKPOINT_INTERVAL_S = 5.0
-
-
-class _Envelope(msgspec.Struct):
-    """The few fields the audit reads from any message; the rest is covered by its hash."""
-
-    type: str = "unknown"
-    request_id: str | None = None
-    requester: str | None = None
-    actor: str | None = None
-    observer: str | None = None
-    consumer: str | None = None
-    node_id: str | None = None
-    node: str | None = None
-
-    def who(self) -> str:
-        """The actor: who caused this fact (a requester, policy, a signer, a node...)."""
-        if self.type.endswith("_order"):
-            return "policy"
-        if self.type.endswith("_result"):
-            return f"signer@{self.node}" if self.node else "policy"
-        return (
-            self.actor
-            or self.requester
-            or self.observer
-            or self.consumer
-            or self.node_id
-            or "platform"
-        )
-
-
-_envelope = msgspec.msgpack.Decoder(_Envelope)
-# Envelope fields are copied into the audit record: one of a near-1 MiB message would
-# take the record past NATS's max payload, and that fact would never reach the chain.
-ENVELOPE_FIELD_LIMIT = 256
-
-
-def describe(data: bytes) -> _Envelope:
-    """The envelope of any bytes; never raises (what it cannot read is "malformed")."""
-    try:
-        env = _envelope.decode(data)
-    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
-        # msgspec lets through RecursionError (deep nesting, even in a field the envelope
-        # skips) and UnicodeDecodeError (a str that is not UTF-8).
-        return _Envelope(type="malformed")
-    long = {
-        name: value[:ENVELOPE_FIELD_LIMIT]
-        for name in env.__struct_fields__
-        if isinstance(value := getattr(env, name), str) and len(value) > ENVELOPE_FIELD_LIMIT
-    }
-    return msgspec.structs.replace(env, **long) if long else env
-
 
 class CheckpointKey:
-    """The audit's signing key, generated inside an HSM and found via the key directory."""
+    """The checkpoint key, generated inside an HSM and found via the key directory."""
 
     def __init__(self, rt: Runtime, pool: HsmPool, keys: KeyDirectory) -> None:
         self.rt = rt
         self.pool = pool
         self.keys = keys
+
+    async def existing(self) -> bytes | None:
+        record, _ = await self.keys.get(AUDIT_CHECKPOINT_KEY, fresh=True)
+        return record.public_key if record is not None and record.public_key else None
 
     async def record(self) -> KeyRecord:
         async def generate(node: str) -> bytes:
@@ -136,8 +81,8 @@ class CheckpointKey:
             raise TransientError(ErrorCode.HSM_UNAVAILABLE, "no healthy HSM node for the audit key")
         return node
 
-    async def sign(self, checkpoint: AuditCheckpoint) -> bytes:
-        """The checkpoint key's signature; the hsm-node computes the digest itself."""
+    async def sign(self, checkpoint: AuditCheckpoint) -> tuple[bytes, bytes]:
+        """(public key, signature) over a checkpoint; the hsm-node computes the digest."""
         record = await self.record()
         command = HsmSignCheckpoint(key_id=AUDIT_CHECKPOINT_KEY, checkpoint=checkpoint)
         digest = cp.digest(checkpoint)
@@ -149,126 +94,77 @@ class CheckpointKey:
         signature, _ = await self.pool.run(
             "sign", record.nodes, sign_on, max_attempts=self.rt.config.hsm.max_attempts
         )
-        return signature
+        return record.public_key, signature
 
 
-class Chain:
-    """The head of the chain and the only way to append to it."""
-
-    def __init__(self, js: JetStreamContext, key: CheckpointKey | None) -> None:
-        self._js = js
-        self._key = key
-        self._lock = asyncio.Lock()
-        self.head: AuditRecord | None = None
-        self.last_checkpoint: AuditCheckpoint | None = None
-        self.stream_seq = 0
-
-    async def load(self) -> None:
-        info = await self._js.stream_info(AUDIT_CHAIN.name)
-        self.stream_seq = info.state.last_seq
-        self.head = await self._last(AUDIT_LOG)  # type: ignore[assignment]
-        self.last_checkpoint = await self._last(AUDIT_CHECKPOINT)  # type: ignore[assignment]
-        if self.head is not None:
-            metrics.AUDIT_HEAD_SEQUENCE.set(self.head.seq)
-
-    async def _last(self, subject: str) -> AuditRecord | AuditCheckpoint | None:
+def check(cfg: Config) -> None:
+    """Fail fast, before waiting for the bus: the record key and the witness sinks."""
+    audit = cfg.audit
+    if not audit.record_key_file:
+        raise ConfigError("[audit] record_key_file is not set: the audit service signs records")
+    if not audit.witness_files:
+        raise ConfigError(
+            "[audit] witness_files is empty: checkpoints must reach at least one sink "
+            "outside the bus"
+        )
+    for k in audit.accept_record_keys:
         try:
-            raw = await self._js.get_last_msg(AUDIT_CHAIN.name, subject)
-        except nats.js.errors.NotFoundError:
-            return None
-        return codec.AUDIT_ENTRY.decode(raw.data or b"")
-
-    async def _append(
-        self, subject: str, entry: AuditRecord | AuditCheckpoint, msg_id: str
-    ) -> bool:
-        """Append after exactly the entry we know of; False if the log moved (reload, rebuild).
-
-        True means the fact is in the log: appended now, or (a duplicate msg id) before a
-        crash, in which case the head is reloaded from the log rather than taken from
-        ``entry``, which was never written.
-        """
-        headers = {HDR_MSG_ID: msg_id, "Nats-Expected-Last-Sequence": str(self.stream_seq)}
-        try:
-            ack = await self._js.publish(subject, codec.encode(entry), headers=headers)
-        except nats.js.errors.APIError as e:
-            if e.err_code == WRONG_LAST_SEQUENCE:
-                await self.load()
-                return False
-            raise
-        if ack.duplicate:
-            await self.load()  # recorded before a crash: nothing to add
-            return True
-        self.stream_seq = ack.seq
-        if isinstance(entry, AuditRecord):
-            self.head = entry
-            metrics.AUDIT_HEAD_SEQUENCE.set(entry.seq)
-        else:
-            self.last_checkpoint = entry
-        return True
-
-    async def append(self, source: str, data: bytes) -> None:
-        env = describe(data)
-        actor = env.who()
-        async with self._lock:
-            for _ in range(5):
-                record = chain.next_record(
-                    self.head,
-                    at_ms=now_ms(),
-                    actor=actor,
-                    event_type=env.type,
-                    request_id=env.request_id,
-                    source=source,
-                    content_sha256=chain.content_hash(data),
-                )
-                if await self._append(AUDIT_LOG, record, f"audit:{source}"):
-                    break
-            else:
-                raise TransientError(ErrorCode.INTERNAL, "audit chain head kept moving")
-            if self.head and self.head.seq - self._checkpointed_seq() >= CHECKPOINT_EVERY:
-                await self._checkpoint()
-
-    def _checkpointed_seq(self) -> int:
-        return self.last_checkpoint.seq if self.last_checkpoint else 0
-
-    async def checkpoint_if_behind(self) -> None:
-        async with self._lock:
-            if self.head is not None and self.head.seq > self._checkpointed_seq():
-                await self._checkpoint()
-
-    async def _checkpoint(self) -> None:
-        if self._key is None or self.head is None:
-            return
-        for _ in range(5):
-            head = self.head
-            unsigned = AuditCheckpoint(
-                seq=head.seq,
-                head_hash=head.hash,
-                at_ms=now_ms(),
-                prev_checkpoint_seq=self._checkpointed_seq(),
-                key_id=AUDIT_CHECKPOINT_KEY,
-            )
-            signed = msgspec.structs.replace(unsigned, signature=await self._key.sign(unsigned))
-            if await self._append(AUDIT_CHECKPOINT, signed, f"checkpoint:{head.seq}"):
-                return
+            if len(bytes.fromhex(k)) != 32:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                f"[audit] accept_record_keys: {k!r} is not a hex public key"
+            ) from None
+    if not audit.create_record_key:
+        keyfile.load(audit.record_key_file)
 
 
 async def serve(rt: Runtime) -> None:
+    cfg = rt.config.audit
+    assert cfg.record_key_file is not None  # check() ran
+    key = keyfile.load_or_create(cfg.record_key_file, cfg.create_record_key)
+    log.info("record key %s", key.public_hex)
     pool = HsmPool.of_nodes(
         rt.nc,
         rt.js,
-        observer=rt.config.audit.id,
+        observer=cfg.id,
         node_ids=[n.id for n in rt.config.hsm_nodes if n.role == "pool"],
         timeout_s=rt.config.hsm.timeout_ms / 1000,
         publish_state=False,
     )
     await pool.start(rt.stopping)
-    chain_head = Chain(rt.js, CheckpointKey(rt, pool, await KeyDirectory.open(rt.js)))
-    await chain_head.load()
+    checkpoint_key = CheckpointKey(rt, pool, await KeyDirectory.open(rt.js))
+    writer = LogWriter(
+        rt.js,
+        key,
+        accept_keys=frozenset(bytes.fromhex(k) for k in cfg.accept_record_keys),
+        checkpoint_key=await checkpoint_key.existing(),
+        find_checkpoint_key=checkpoint_key.existing,
+    )
+    consume_stop = asyncio.Event()
+
+    def on_halt(reason: str) -> None:
+        rt.set_ready("audit", False, f"halted: {reason}")
+        consume_stop.set()
+
+    appender = Appender(
+        rt.js,
+        writer,
+        cfg,
+        sign_checkpoint=checkpoint_key.sign,
+        sinks=Sinks(list(cfg.witness_files)),
+        state=await StateStore.open(rt.js),
+        sources=[spec.stream.name for spec in AUDIT_SOURCES],
+        on_halt=on_halt,
+    )
+    if not await _load(rt, appender):
+        await rt.stopping.wait()  # halted: stay up, not ready, for the alert and the logs
+        await pool.stop()
+        return
 
     def handler_for(stream: str) -> Callable[[bytes, Delivery], Awaitable[None]]:
         async def handle(data: bytes, delivery: Delivery) -> None:
-            await chain_head.append(f"{stream}:{delivery.stream_seq}", data)
-            metrics.AUDIT_LAG.set(delivery.pending)
+            await hold(appender.offer(stream, delivery.stream_seq, data), delivery)
 
         return handle
 
@@ -279,27 +175,60 @@ async def serve(rt: Runtime) -> None:
             spec,
             bytes,
             handler_for(spec.stream.name),
-            batch=rt.config.audit.fetch_batch,
-            concurrency=rt.config.audit.fetch_batch,
+            batch=cfg.fetch_batch,
+            concurrency=cfg.fetch_batch,
             name=f"audit-{spec.stream.name}",
+            dead_letter=False,
         )
         for spec in AUDIT_SOURCES
     ]
 
-    async def checkpoints() -> None:
-        while not await wait_or_stop(rt.stopping, CHECKPOINT_INTERVAL_S):
-            try:
-                await chain_head.checkpoint_if_behind()
-            except Exception as e:  # an HSM hiccup: records keep flowing, retry next time
-                log.warning("checkpoint not written: %s", getattr(e, "message", type(e).__name__))
+    async def stop_when_stopping() -> None:
+        await rt.stopping.wait()
+        consume_stop.set()
 
-    ticker = asyncio.create_task(checkpoints())
+    appender_stop = asyncio.Event()
+    watcher = asyncio.create_task(stop_when_stopping())
+    appending = asyncio.create_task(appender.run(appender_stop))
     rt.set_ready("startup", True)
-    await asyncio.gather(*(c.run(rt.stopping) for c in consumers))
-    ticker.cancel()
-    with contextlib.suppress(Exception):
-        await chain_head.checkpoint_if_behind()  # leave a signed head behind on shutdown
+    # Consumers drain first (their handlers wait for the appender), then the appender
+    # records what they handed over and leaves a signed head behind.
+    await asyncio.gather(*(c.run(consume_stop) for c in consumers))
+    if appender.halted is not None:
+        await rt.stopping.wait()
+    appender_stop.set()
+    await appending
+    watcher.cancel()
     await pool.stop()
 
 
-ENTRY = ServiceEntry(section="audit", serve=serve)
+async def _load(rt: Runtime, appender: Appender) -> bool:
+    """Load the head (resume or read the log) and check it against the witnesses; False
+    when the service must halt. A log it cannot read yet is retried."""
+    writer = appender.writer
+    state = await appender.state.writer()
+    while not rt.stopping.is_set():
+        try:
+            how = await writer.load(state)
+            await appender.check_witnesses(await appender.sinks.newest_lines())
+        except Halt as h:
+            appender.halt(h.reason)
+            return False
+        except LantauError as e:
+            rt.set_ready("startup", False, f"reading the audit log: {e.message}")
+            log.warning("cannot read the audit log yet: %s", e.message)
+            await asyncio.sleep(1.0)
+            continue
+        trail = writer.trail
+        log.info(
+            "audit log loaded (%s): %d records, head at log seq %d, last checkpoint tree size %d",
+            how,
+            trail.head_seq,
+            trail.head_log_seq,
+            trail.last_cp_size,
+        )
+        return True
+    return False
+
+
+ENTRY = ServiceEntry(section="audit", serve=serve, check=check)

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import msgspec
-import nats
 from nats.aio.msg import Msg
 
 from libs import config as config_mod
-from libs.bus.connect import connect
-from libs.bus.provision import provision
+from libs.bus.permissions import OPERATOR
 from libs.bus.publish import publish
+from libs.bus.violations import subscribe_checked
 from libs.clock import now_ms
 from libs.config import Config, HsmNodeConfig
 from libs.hsm import ceremony
@@ -39,6 +38,7 @@ from proto.errors import LantauError
 from proto.events import AdminAction
 from proto.keys import KeyRecord
 from proto.subjects import ADMIN_POOL_STATUS, EVENT_ADMIN
+from services.cli.identity import connect_cli
 
 
 def _so_pin(path: str) -> str:
@@ -120,11 +120,13 @@ def _child(config_path: str, node_id: str, step: str, so_pin_file: str, data: by
     return proc.stdout
 
 
-async def _record(cfg: Config, command: str, node: str, phase: str, detail: str = "") -> None:
-    nc = await connect(cfg.nats, "lantau-admin", patient=False)
+async def _record(
+    cfg: Config, command: str, node: str, phase: str, detail: str = "", config_path: str = ""
+) -> None:
+    # As the operator: ceremony records are the one thing it publishes besides questions.
+    nc = await connect_cli(cfg, OPERATOR, config_path=config_path or None, name="lantau-admin")
     try:
         js = nc.jetstream()
-        await provision(js, cfg.nats)
         action = AdminAction(
             actor=getpass.getuser(),
             command=command,
@@ -143,7 +145,7 @@ def audited(config_path: str, command: str, node: str) -> Iterator[None]:
     """Fail closed, like the signer: an admin command that cannot be recorded does not run."""
     cfg = config_mod.load(config_path)
     try:
-        asyncio.run(_record(cfg, command, node, "started"))
+        asyncio.run(_record(cfg, command, node, "started", config_path=config_path))
     except Exception as e:
         raise ceremony.CeremonyError(
             f"refusing to run {command}: the audit trail cannot record it ({type(e).__name__})"
@@ -152,9 +154,9 @@ def audited(config_path: str, command: str, node: str) -> Iterator[None]:
         yield
     except BaseException as e:
         with contextlib.suppress(Exception):
-            asyncio.run(_record(cfg, command, node, "failed", type(e).__name__))
+            asyncio.run(_record(cfg, command, node, "failed", type(e).__name__, config_path))
         raise
-    asyncio.run(_record(cfg, command, node, "completed"))
+    asyncio.run(_record(cfg, command, node, "completed", config_path=config_path))
 
 
 def domain_init(config_path: str, node_id: str, so_pin_file: str) -> str:
@@ -239,9 +241,11 @@ def add_parsers(hsm: argparse._SubParsersAction) -> None:
 # -- operator views ------------------------------------------------------------
 
 
-async def pool_status(servers: list[str], wait_s: float = 0.7) -> list[PoolStatus]:
-    """Ask every signer replica for its view of the pool (scatter-gather)."""
-    nc = await nats.connect(servers=servers, name="lantau-cli")
+async def pool_status(
+    cfg: Config, wait_s: float = 0.7, *, config_path: str | None = None
+) -> list[PoolStatus]:
+    """Ask every signer replica for its view of the pool (scatter-gather), as operator."""
+    nc = await connect_cli(cfg, OPERATOR, config_path=config_path)
     replies: list[PoolStatus] = []
     try:
         inbox = nc.new_inbox()
@@ -250,7 +254,7 @@ async def pool_status(servers: list[str], wait_s: float = 0.7) -> list[PoolStatu
             with contextlib.suppress(LantauError):
                 replies.append(codec.POOL_STATUS.decode(msg.data))
 
-        sub = await nc.subscribe(inbox, cb=collect)
+        sub = await subscribe_checked(nc, inbox, cb=collect)
         await nc.publish(ADMIN_POOL_STATUS, b"", reply=inbox)
         await asyncio.sleep(wait_s)
         await sub.unsubscribe()
@@ -287,8 +291,8 @@ class KeyRow(NamedTuple):
     ledger: IndexState | None = None
 
 
-async def key_list(cfg: Config) -> list[KeyRow]:
-    nc = await nats.connect(servers=cfg.nats.servers, name="lantau-cli")
+async def key_list(cfg: Config, *, config_path: str | None = None) -> list[KeyRow]:
+    nc = await connect_cli(cfg, OPERATOR, config_path=config_path)
     try:
         js = nc.jetstream()
         directory = await KeyDirectory.open(js)
@@ -335,13 +339,13 @@ def render_keys(rows: list[KeyRow]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = config_mod.load_for_cli(args.config)
-    statuses = asyncio.run(pool_status(cfg.nats.servers))
+    statuses = asyncio.run(pool_status(cfg, config_path=args.config))
     print(render_pool(statuses))
     return 0 if statuses else 1
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    rows = asyncio.run(key_list(config_mod.load_for_cli(args.config)))
+    rows = asyncio.run(key_list(config_mod.load_for_cli(args.config), config_path=args.config))
     print(render_keys(rows))
     return 0
 

@@ -1,10 +1,10 @@
 """``lantau keys xpub`` and ``lantau keys hss-fence``: HD watch-only export and the
 recovery of a stateful key's lost index ledger.
 
-``xpub`` asks an hsm-node holding the key for the extended public key at a path (the
-node derives it from the sealed root), checks it against what the exported keys already
-derive, records it in the key directory (policy and signers then derive non-hardened
-children below it without an HSM) and prints it.
+``xpub`` asks a signer (as the read-only operator), which has an hsm-node holding the
+key derive the extended public key at a path from the sealed root, checks it against
+what the exported keys already derive and records it in the key directory (policy and
+signers then derive non-hardened children below it without an HSM); it is printed.
 
 ``hss-fence`` is for an HSS key whose ledger was lost or rolled back: it moves the
 ledger past ``--at`` (one past the end of the last lease the audit log records: the
@@ -17,63 +17,54 @@ import argparse
 import asyncio
 
 import msgspec
-import nats
+import nats.errors
 
 from libs import config as config_mod
+from libs.bus.permissions import OPERATOR, PROVISIONER
 from libs.config import Config
-from libs.hsm.remote import RemoteHsm
 from libs.hsm.sealed_store import KvIndexLedger
 from libs.keys.directory import KeyDirectory
-from libs.keytypes import kinds, lms, lms_state, material
+from libs.keytypes import kinds, lms, lms_state
+from proto import codec
+from proto.admin import XpubQuery
 from proto.common import ExtendedPublic
 from proto.errors import ErrorCode, LantauError, TransientError
+from proto.subjects import ADMIN_XPUB
 from services.cli.hsm_admin import audited
+from services.cli.identity import connect_cli
 from services.cli.usage import UsageError
 
 
-async def export_xpub(cfg: Config, key_id: str, path: str) -> ExtendedPublic:
-    """The extended public key of an HD key at ``path``, derived by a node holding it and
-    recorded in the key directory."""
-    nc = await nats.connect(servers=cfg.nats.servers, name="lantau-cli")
+async def export_xpub(
+    cfg: Config, key_id: str, path: str, *, config_path: str | None = None
+) -> ExtendedPublic:
+    """The extended public key of an HD key at ``path``: one signer replica has a node
+    holding the key derive it, checks it and records it in the key directory."""
+    nc = await connect_cli(cfg, OPERATOR, config_path=config_path)
     try:
-        directory = await KeyDirectory.open(nc.jetstream())
-        record, _ = await directory.get(key_id, fresh=True)
-        if record is None or record.status != "active":
-            raise UsageError(f"no active key {key_id}")
-        if not kinds.is_hd(record.curve):
-            raise UsageError(f"{key_id} is a {record.curve} key, not an HD key")
-        kinds.check_path(record.curve, path)
-        signing = {n.id for n in cfg.hsm_nodes if n.role == "pool"}
-        failures = []
-        for node in [n for n in record.nodes if n in signing]:
-            try:
-                key = await RemoteHsm(nc, node, timeout_s=5.0).public_key(key_id, path)
-                break
-            except TransientError as e:
-                failures.append(f"{node}: {e.message}")
-        else:
+        query = XpubQuery(key_id=key_id, path=path)
+        try:
+            msg = await nc.request(ADMIN_XPUB, codec.encode(query), timeout=15)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
             raise LantauError(
-                ErrorCode.HSM_UNAVAILABLE,
-                f"no node holding {key_id} answered: {'; '.join(failures) or 'none holds it'}",
-            )
-        ext = key.hd
-        if ext is None or ext.path != path or ext.public_key != key.public_key:
-            raise LantauError(ErrorCode.HSM_ERROR, f"the node did not derive {key_id} at {path}")
-        known = material.child_public(record.curve, record.xpubs, path)
-        if known is not None and known != ext.public_key:
-            raise LantauError(
-                ErrorCode.HSM_ERROR,
-                f"the node's key at {path} is not what the exported xpubs derive",
-            )
-        await directory.add_xpub(key_id, ext)
-        return ext
+                ErrorCode.HSM_UNAVAILABLE, "no signer answered: is the platform running?"
+            ) from None
+        answer = codec.XPUB_ANSWER.decode(msg.data)
     finally:
         await nc.close()
+    if answer.error is not None:
+        raise LantauError(ErrorCode(answer.error.code), answer.error.message)
+    if answer.extended is None or answer.extended.path != path:
+        raise LantauError(ErrorCode.INTERNAL, "the signer's answer names no extended key")
+    return answer.extended
 
 
-async def fence(cfg: Config, key_id: str, at: int) -> lms_state.IndexState:
-    """Move an HSS key's ledger past ``at`` (rebuilt from the key's shape if it is gone)."""
-    nc = await nats.connect(servers=cfg.nats.servers, name="lantau-cli")
+async def fence(
+    cfg: Config, key_id: str, at: int, *, config_path: str | None = None
+) -> lms_state.IndexState:
+    """Move an HSS key's ledger past ``at`` (rebuilt from the key's shape if it is gone).
+    As the provisioner: besides the hsm-nodes, the one identity that writes ledgers."""
+    nc = await connect_cli(cfg, PROVISIONER, config_path=config_path, name="lantau-fence")
     try:
         js = nc.jetstream()
         record, _ = await (await KeyDirectory.open(js)).get(key_id, fresh=True)
@@ -97,7 +88,7 @@ async def fence(cfg: Config, key_id: str, at: int) -> lms_state.IndexState:
 
 def cmd_xpub(args: argparse.Namespace) -> int:
     cfg = config_mod.load_for_cli(args.config)
-    ext = asyncio.run(export_xpub(cfg, args.key_id, args.path))
+    ext = asyncio.run(export_xpub(cfg, args.key_id, args.path, config_path=args.config))
     if ext.xpub:
         print(ext.xpub)
     else:
@@ -116,7 +107,7 @@ def cmd_xpub(args: argparse.Namespace) -> int:
 def cmd_fence(args: argparse.Namespace) -> int:
     with audited(args.config, f"keys hss-fence --at {args.at}", args.key_id):
         cfg = config_mod.load(args.config)
-        state = asyncio.run(fence(cfg, args.key_id, args.at))
+        state = asyncio.run(fence(cfg, args.key_id, args.at, config_path=args.config))
     print(
         f"{args.key_id}: nothing below {state.next_unleased} will be leased again; "
         f"{lms_state.signatures_left(state)} signatures left"

@@ -15,12 +15,15 @@ import msgspec
 
 from libs import config as config_mod
 from libs import logs, tracing
+from libs.bus.permissions import requester_identity
 from libs.client import CustodyClient, load_signing_key
+from libs.config import NatsConfig
 from libs.secret_files import write_secret
 from libs.service import Runtime, ServiceEntry
 from libs.service import run as run_service
-from proto.common import Curve, HssShape, PayloadKind
+from proto.common import Curve, HssShape
 from proto.errors import LantauError
+from services.cli import payloads
 from services.cli.usage import UsageError
 
 KEY_TYPES = get_args(Curve)
@@ -79,38 +82,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     entry.check_config(cfg, args.node)  # fail fast, before waiting for the bus
     logs.setup(cfg.logging, name)
     tracing.setup(name)
-    runtime = Runtime(name, cfg, port, provision=entry.provision)
+    runtime = Runtime(name, cfg, port, identity=entry.bus_identity(cfg, args.node))
     return asyncio.run(run_service(runtime, entry.body(cfg, args.node)))
 
 
 # -- client commands -----------------------------------------------------------
 
 
-def _client_config(args: argparse.Namespace) -> tuple[list[str], str, Path]:
+def _client_config(args: argparse.Namespace) -> tuple[NatsConfig, str, Path]:
     run_dir = DEFAULT_RUN_DIR
     cfg_path = args.config or os.environ.get("LANTAU_CONFIG") or (run_dir / "lantau.toml")
-    if args.nats:
-        servers = [args.nats]
+    if Path(cfg_path).exists():
+        nats_cfg = config_mod.load(cfg_path).nats
+    elif args.nats:
+        nats_cfg = NatsConfig(servers=[args.nats])
     else:
-        if not Path(cfg_path).exists():
-            raise UsageError(
-                f"no config at {cfg_path}: start `lantau dev up` or pass --config/--nats"
-            )
-        servers = config_mod.load(cfg_path).nats.servers
+        raise UsageError(f"no config at {cfg_path}: start `lantau dev up` or pass --config/--nats")
+    if args.nats:
+        nats_cfg = msgspec.structs.replace(nats_cfg, servers=[args.nats])
     requester = args.requester or os.environ.get("LANTAU_REQUESTER") or "demo-trader"
     key_file = Path(
         args.key_file or os.environ.get("LANTAU_REQUESTER_KEY") or run_dir / f"{requester}.key"
     )
     if not key_file.exists():
         raise UsageError(f"no requester key file {key_file}: pass --key-file (see `lantau keygen`)")
-    return servers, requester, key_file
+    # The NATS identity: --seed-file, else the requester's seed beside the config (the dev
+    # stack keeps them there). Never the request-signing key.
+    seed = args.seed_file or os.environ.get("LANTAU_REQUESTER_SEED")
+    if not seed:
+        beside = Path(cfg_path).parent / "nkeys" / f"{requester_identity(requester)}.seed"
+        seed = str(beside) if beside.exists() else None
+    nats_cfg = msgspec.structs.replace(nats_cfg, seed_file=seed)
+    return nats_cfg, requester, key_file
 
 
 async def _with_client(
     args: argparse.Namespace, fn: Callable[[CustodyClient], Awaitable[int]]
 ) -> int:
-    servers, requester, key_file = _client_config(args)
-    client = await CustodyClient.connect(servers, requester, load_signing_key(key_file))
+    nats_cfg, requester, key_file = _client_config(args)
+    client = await CustodyClient.connect(
+        nats_cfg.servers,
+        requester,
+        load_signing_key(key_file),
+        seed_file=nats_cfg.seed_file,
+        ca_file=nats_cfg.ca_file,
+        cert_file=nats_cfg.cert_file,
+        key_file=nats_cfg.key_file,
+    )
     try:
         return await fn(client)
     finally:
@@ -118,7 +136,8 @@ async def _with_client(
 
 
 def _print(result: msgspec.Struct) -> None:
-    print(json.dumps(_jsonable(msgspec.to_builtins(result)), indent=2))
+    # Bytes stay bytes here so they print as hex (to_builtins alone makes them base64).
+    print(json.dumps(_jsonable(msgspec.to_builtins(result, builtin_types=(bytes,))), indent=2))
 
 
 def _jsonable(value: Any) -> Any:
@@ -131,25 +150,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _payload(args: argparse.Namespace) -> tuple[bytes, PayloadKind]:
-    if args.hex is not None:
-        try:
-            return bytes.fromhex(args.hex), args.kind or "digest"
-        except ValueError:
-            raise UsageError("--hex is not valid hexadecimal") from None
-    if args.message is not None:
-        return args.message.encode(), args.kind or "message"
-    raise UsageError("give the payload with --hex (a digest) or --message (text)")
-
-
 def cmd_sign(args: argparse.Namespace) -> int:
-    payload, kind = _payload(args)
+    payload, kind = payloads.payload(
+        hex_text=args.hex, message=args.message, file=args.file, kind=args.kind
+    )
+    transfer = payloads.transfer(args.transfer)
 
     async def go(client: CustodyClient) -> int:
         result = await client.sign(
             args.key_id,
             payload,
             payload_kind=kind,
+            chain=args.chain,
+            transfer=transfer,
             request_id=args.request_id,
             timeout=args.timeout,
             path=args.path,
@@ -221,6 +234,7 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nats", help="NATS URL (overrides the config)")
     p.add_argument("--requester", help="requester name (default demo-trader)")
     p.add_argument("--key-file", help="requester's Ed25519 seed file")
+    p.add_argument("--seed-file", help="requester's NATS identity (nkey seed file)")
     p.add_argument("--request-id", help="reuse an id to resend a request idempotently")
     p.add_argument("--timeout", type=float, default=30.0)
 
@@ -235,11 +249,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="hsm-node: the [[hsm_nodes]] id to serve")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("sign", help="sign a payload with a key")
+    p = sub.add_parser(
+        "sign",
+        help="sign a payload with a key",
+        description="A transaction kind is decoded and judged by policy on what it does; the "
+        "result's signed_payload is what a wallet broadcasts. A digest or message is blind: "
+        "signed only for keys the config lets the requester sign blind with.",
+    )
     p.add_argument("key_id")
-    p.add_argument("--hex", help="payload as hex (a 32-byte digest for secp256k1)")
+    p.add_argument("--hex", help="payload as hex (a 32-byte digest for secp256k1, a transaction)")
     p.add_argument("--message", help="payload as UTF-8 text (Ed25519)")
-    p.add_argument("--kind", choices=["digest", "message"])
+    p.add_argument("--file", help="payload from a file (a PSBT may be base64 text); needs --kind")
+    p.add_argument("--kind", choices=payloads.KINDS, help="default: digest (--hex), message")
+    p.add_argument("--chain", help="network the payload does not name: testnet, solana:devnet")
+    p.add_argument(
+        "--transfer", metavar="ASSET:AMOUNT:DEST", help="declare what it moves (minor units)"
+    )
     p.add_argument("--path", help="HD keys: the derivation path of the child that signs")
     _client_args(p)
     p.set_defaults(fn=cmd_sign)
@@ -276,11 +301,12 @@ def parser() -> argparse.ArgumentParser:
 
     keys_cmd.add_parsers(keys)
 
-    from services.cli import approvals_cmd, audit_cmd, authority_cmd
+    from services.cli import approvals_cmd, audit_cmd, authority_cmd, bus_cmd
 
     audit_cmd.add_parsers(sub)
     authority_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
+    bus_cmd.add_parsers(sub)
     try:
         from devkit import commands as dev_commands
     except ImportError:  # an operator install: no dev stack, demo, chaos or bench

@@ -282,4 +282,4 @@ async def _prune_forever(rt: Runtime, replays: ReplayLog) -> None:
         await asyncio.to_thread(replays.prune, now_ms())
 
 
-ENTRY = ServiceEntry(section="hsm-node", serve=serve, per_node=True, provision=False)
+ENTRY = ServiceEntry(section="hsm-node", serve=serve, per_node=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from libs.chains import Movement, ParsedTx, view_digest
+from libs.policy_file import among, canonical
 from proto.common import TX_KINDS
 from proto.errors import ErrorCode, LantauError
 from proto.requests import SignRequest
@@ -35,7 +36,7 @@ class Facts:
     path: str | None = None
 
     def total(self, assets: list[str] | None = None) -> int:
-        return sum(m.amount for m in self.movements if not assets or m.asset in assets)
+        return sum(m.amount for m in self.movements if not assets or among(m.asset, assets))
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,12 @@ class Judged:
     facts: Facts
     digests: list[str]
     curve: str
+
+
+def _spelled(m: Movement) -> Movement:
+    """The movement with asset and destination in canonical spelling: a declaration of
+    0xabc... is the checksummed 0xAbC... the transaction decodes to."""
+    return Movement(asset=canonical(m.asset), amount=m.amount, destination=canonical(m.destination))
 
 
 def is_blind(kind: str) -> bool:
@@ -78,15 +85,18 @@ def facts_of(request: SignRequest, parsed: ParsedTx | None, *, protection: str =
         )
     declared = request.transfer
     if declared is not None:
-        said = Movement(
-            asset=declared.asset, amount=declared.value, destination=declared.destination
+        said = _spelled(
+            Movement(asset=declared.asset, amount=declared.value, destination=declared.destination)
         )
-        if list(parsed.movements) != [said]:
+        if [_spelled(m) for m in parsed.movements] != [said]:
             raise LantauError(
                 ErrorCode.TRANSFER_MISMATCH,
                 "the declared transfer does not match the transaction: it moves "
                 + (
-                    ", ".join(f"{m.amount} {m.asset} to {m.destination}" for m in parsed.movements)
+                    ", ".join(
+                        f"{m.amount} minor units of {m.asset} to {m.destination}"
+                        for m in parsed.movements
+                    )
                     or "nothing"
                 ),
             )

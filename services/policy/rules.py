@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from libs.chains import Movement
-from libs.policy_file import Policy, Rule, Velocity
+from libs.policy_file import Policy, Rule, Velocity, among
 from proto.errors import ErrorCode, LantauError
 from proto.requests import SignRequest
 from services.policy.facts import Facts, facts_of
@@ -78,27 +78,25 @@ def charges_for(policy: Policy, request: SignRequest, facts: Facts) -> tuple[Cha
     return tuple(
         Charge(counter_key(r, request), r.velocity, facts.total(r.assets))
         for r in policy.rules
-        if r.velocity is not None and _static_match(policy, r, request, facts) is None
+        if r.velocity is not None
+        and _static_match(policy, r, request, facts, counting=True) is None
     )
-
-
-def _in_lists(policy: Policy, value: str, names: list[str]) -> bool:
-    lists = policy.file.address_lists
-    return any(value in lists[n] for n in names)
 
 
 def _movement_fits(policy: Policy, rule: Rule, m: Movement) -> bool:
-    if rule.assets and m.asset not in rule.assets:
+    if rule.assets and not among(m.asset, rule.assets):
         return False
-    if rule.destination_in and not _in_lists(policy, m.destination, rule.destination_in):
+    if rule.destination_in and not policy.listed(m.destination, rule.destination_in):
         return False
-    return not (
-        rule.destination_not_in and _in_lists(policy, m.destination, rule.destination_not_in)
-    )
+    return not (rule.destination_not_in and policy.listed(m.destination, rule.destination_not_in))
 
 
-def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts) -> str | None:
-    """None if every condition but hours and velocity holds, else the first that fails."""
+def _static_match(
+    policy: Policy, rule: Rule, request: SignRequest, facts: Facts, *, counting: bool = False
+) -> str | None:
+    """None if every condition but hours and velocity holds, else the first that fails.
+    ``counting``: for charging windows, where an undecoded transaction that some rule let
+    through counts like any other."""
     if rule.keys and not any(fnmatch.fnmatchcase(request.key_id, p) for p in rule.keys):
         return "key"
     if rule.requesters and request.requester not in rule.requesters:
@@ -115,7 +113,9 @@ def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts
         return "path"
     if rule.unknown is not None and rule.unknown != facts.unknown:
         return "unknown"
-    if rule.unknown is None and facts.unknown and not rule.restrictive:
+    # What nobody decoded is denied by default: only a deny rule may match it without
+    # saying unknown = true (an approve rule would put an unreadable call before people).
+    if rule.unknown is None and facts.unknown and rule.action != "deny" and not counting:
         return "unknown transaction"
     moves = facts.movements
     if rule.has_transfer is not None and rule.has_transfer != bool(moves):
@@ -135,12 +135,10 @@ def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts
     if rule.amount_at_most is not None and not total <= int(rule.amount_at_most):
         return "amount"
     contracts = facts.contracts
-    if rule.contracts_in and not quantifier(
-        _in_lists(policy, c, rule.contracts_in) for c in contracts
-    ):
+    if rule.contracts_in and not quantifier(policy.listed(c, rule.contracts_in) for c in contracts):
         return "contracts"
     if rule.contracts_not_in and not quantifier(
-        not _in_lists(policy, c, rule.contracts_not_in) for c in contracts
+        not policy.listed(c, rule.contracts_not_in) for c in contracts
     ):
         return "contracts"
     if rule.fee_above is not None and not (facts.fee or 0) > int(rule.fee_above):
@@ -149,7 +147,7 @@ def _static_match(policy: Policy, rule: Rule, request: SignRequest, facts: Facts
 
 
 def _moved(facts: Facts) -> str:
-    shown = [f"{m.amount} {m.asset} to {m.destination}" for m in facts.movements[:3]]
+    shown = [f"{m.amount} minor units of {m.asset} to {m.destination}" for m in facts.movements[:3]]
     more = len(facts.movements) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 

@@ -21,6 +21,7 @@ from libs.bus.publish import last_on_subject
 from libs.clock import now_ms
 from libs.config import Config, ConfigError, RequesterConfig
 from libs.evidence import PLATFORM_KEY_PREFIX
+from libs.headers import safe_for_log
 from libs.hsm import authority
 from libs.keys.directory import KeyDirectory
 from libs.keys.signing import required_public, signing_public
@@ -44,6 +45,7 @@ from proto.subjects import (
     VELOCITY_BUCKET,
     request_key,
     result_subject,
+    sender_of,
 )
 from services.policy import auth, rules
 from services.policy.approval_state import Approvals
@@ -75,7 +77,8 @@ class PolicyService:
         self.policies = policies
         self.authorizer = authorizer
 
-    async def handle(self, message: Request | ApprovalVote, _delivery: Delivery) -> None:
+    async def handle(self, message: Request | ApprovalVote, delivery: Delivery) -> None:
+        check_sender(message, delivery.subject)
         if isinstance(message, ApprovalVote):
             await self.held.vote(message, self.policies.current)
             return
@@ -194,9 +197,13 @@ class PolicyService:
         if isinstance(message, ApprovalVote):
             await self.held.refused(message, error)
             return
-        if message is None or error.code == ErrorCode.REQUEST_ID_CONFLICT:
-            # Junk, or an id that belongs to another request: the dead-letter record (and
-            # the audit trail) is the answer, never a result under someone's name.
+        if message is None or error.code in (
+            ErrorCode.REQUEST_ID_CONFLICT,
+            ErrorCode.SUBJECT_MISMATCH,
+        ):
+            # Junk, an id that belongs to another request, or a request sent by another
+            # identity than the one it names: the dead-letter record (and the audit trail)
+            # is the answer, never a result under someone's name.
             return
         if not self._authentic(message):
             return  # a forgery owns nothing: only the real requester may get a result
@@ -209,6 +216,31 @@ class PolicyService:
         except LantauError:
             return False
         return True
+
+
+def check_sender(message: Request | ApprovalVote, subject: str) -> None:
+    """The bus lets each identity publish only on its own request subject; a message whose
+    requester/approver field names someone else was sent by the wrong identity."""
+    claimed = message.approver if isinstance(message, ApprovalVote) else message.requester
+    if sender_of(subject) != claimed:
+        who = "approver" if isinstance(message, ApprovalVote) else "requester"
+        raise LantauError(
+            ErrorCode.SUBJECT_MISMATCH,
+            f"{who} {claimed!r} did not send this: it came on {safe_for_log(subject)}",
+        )
+
+
+def approver_scopes(cfg: Config) -> dict[str, list[str]]:
+    """Each approver's readable requesters: the ``approves_for`` of every group of the
+    policy file that lists it (the bus allow-lists give approvers these and no more)."""
+    store = PolicyStore(cfg.policy.rules_file)
+    store.load()
+    scopes: dict[str, list[str]] = {}
+    for group in store.current.file.groups.values():
+        for approver in group.approvers:
+            scopes.setdefault(approver, [])
+            scopes[approver] += [r for r in group.approves_for if r not in scopes[approver]]
+    return scopes
 
 
 def check(cfg: Config) -> None:

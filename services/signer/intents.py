@@ -41,7 +41,7 @@ class IntentLog:
     async def load(self) -> None:
         """Catch up with attempts recorded by others (or by this process before a crash)."""
         try:
-            raw = await self._js.get_last_msg(AUDIT.name, self.subject)
+            raw = await self._js.get_last_msg(AUDIT.name, self.subject, direct=True)
         except NotFoundError:
             self.last_seq, self.nodes = 0, []
             return

@@ -16,6 +16,7 @@ from nats import micro
 from nats.micro.request import Request
 
 from libs import chains, curves, evidence, metrics, tracing
+from libs.audit import gate
 from libs.bus.consume import Consumer, Delivery
 from libs.bus.publish import last_on_subject, publish
 from libs.clock import now_ms
@@ -28,8 +29,9 @@ from libs.keytypes import kinds
 from libs.logs import request_id_var
 from libs.service import Runtime, ServiceEntry
 from proto import codec
+from proto.admin import XpubAnswer
 from proto.audit import AuditIntent
-from proto.common import TX_KINDS
+from proto.common import TX_KINDS, ErrorInfo
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import KeyCreated
 from proto.hsm import HsmGenerate, HsmKey, HsmSign
@@ -38,6 +40,7 @@ from proto.requests import SignRequest
 from proto.results import KeyResult, SignResult, unsuccessful
 from proto.subjects import (
     ADMIN_POOL_STATUS,
+    ADMIN_XPUB,
     EVENT_KEY_CREATED,
     RESULTS,
     SIGNER_ORDERS,
@@ -45,6 +48,7 @@ from proto.subjects import (
     result_subject,
 )
 from services.signer.intents import EarlierAttempt, IntentLog
+from services.signer.xpub import answer as xpub_answer
 
 log = logging.getLogger("lantau.signer")
 
@@ -63,6 +67,7 @@ class Signer:
     # -- consumer callbacks --------------------------------------------------
 
     async def handle(self, order: Order, delivery: Delivery) -> None:
+        await gate.wait_until_witnessed(self.rt, delivery)  # fail closed: none unwitnessed
         request_id_var.set(order.request_id)
         tracing.annotate(request_id=order.request_id, key_id=order.key_id)
         # An order is policy's word or nothing: a forgery on the bus stops here (and
@@ -399,6 +404,24 @@ async def serve(rt: Runtime) -> None:
         subject=ADMIN_POOL_STATUS,
         queue_group=f"signer-{uuid.uuid4().hex}",
         handler=pool_status,
+    )
+
+    async def xpub(req: Request) -> None:
+        try:
+            query = codec.XPUB_QUERY.decode(req.data)
+        except LantauError as e:
+            await req.respond(
+                codec.encode(
+                    XpubAnswer(key_id="", error=ErrorInfo(code=str(e.code), message=e.message))
+                )
+            )
+            return
+        reply = await xpub_answer(pool, signer.keys, signer.signing_nodes, query)
+        await req.respond(codec.encode(reply))
+
+    # One queue group: one replica derives and records each xpub.
+    await admin.add_endpoint(
+        name="xpub", subject=ADMIN_XPUB, queue_group="signer-xpub", handler=xpub
     )
     rt.set_ready("startup", True)
     await consumer.run(rt.stopping)

@@ -18,16 +18,16 @@ from bitcoin.core.script import (
     CScript,
     SignatureHash,
 )
-from cryptography.hazmat.primitives import hashes as chashes
-from cryptography.hazmat.primitives.asymmetric import ec as cec
-from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from embit import ec, script
 from embit.finalizer import finalize_psbt
 from embit.networks import NETWORKS
 from embit.psbt import PSBT
 from embit.script import Script
-from embit.transaction import SIGHASH, Transaction, TransactionInput, TransactionOutput
+from embit.transaction import SIGHASH, Transaction, TransactionOutput
 
+from devkit.txcheck import verify_bitcoin_inputs
+from devkit.txs import funding
+from devkit.txs import psbt_of as build
 from libs.chains import Movement, address_of, assemble, parse, signing_inputs
 from libs.chains.model import MAX_ITEMS
 from proto.errors import ErrorCode
@@ -43,35 +43,6 @@ DEST = script.p2wpkh(ec.PrivateKey(b"\x22" * 32).get_public_key())
 NET = "testnet"
 
 
-def funding(*outs: tuple[int, Script], salt: int = 0xAA) -> Transaction:
-    """A previous transaction paying ``outs`` (its own input is arbitrary: never checked)."""
-    return Transaction(
-        vin=[TransactionInput(bytes([salt]) * 32, 0)],
-        vout=[TransactionOutput(v, s) for v, s in outs],
-    )
-
-
-def build(
-    spends: Sequence[tuple[Transaction, int]],
-    outs: Sequence[tuple[int, Script]],
-    *,
-    full: bool = True,
-    witness: bool = True,
-    sequence: int = 0xFFFFFFFD,
-) -> PSBT:
-    tx = Transaction(
-        vin=[TransactionInput(prev.txid(), i, sequence=sequence) for prev, i in spends],
-        vout=[TransactionOutput(v, s) for v, s in outs],
-    )
-    psbt = PSBT(tx)
-    for inp, (prev, i) in zip(psbt.inputs, spends, strict=True):
-        if full:
-            inp.non_witness_utxo = prev
-        if witness and prev.vout[i].script_pubkey.script_type() == "p2wpkh":
-            inp.witness_utxo = prev.vout[i]
-    return psbt
-
-
 def sign(payload: bytes, hint: str = NET) -> bytes:
     digests = signing_inputs("btc_psbt", payload, KEY.public, chain_hint=hint)
     return assemble("btc_psbt", payload, KEY.public, KEY.sign_all(digests), chain_hint=hint)
@@ -79,23 +50,7 @@ def sign(payload: bytes, hint: str = NET) -> bytes:
 
 def verify_with_bitcoinlib(raw_tx: bytes, spent: Sequence[tuple[int, Script]]) -> None:
     """Every input's signature checked against python-bitcoinlib's sighash."""
-    ctx = CTransaction.deserialize(raw_tx)
-    assert len(ctx.vin) == len(spent)
-    for i, (value, spk) in enumerate(spent):
-        kind = spk.script_type()
-        if kind == "p2wpkh":
-            sig, pub = ctx.wit.vtxinwit[i].scriptWitness.stack
-            assert Hash160(pub) == spk.data[2:]
-            code = CScript([OP_DUP, OP_HASH160, Hash160(pub), OP_EQUALVERIFY, OP_CHECKSIG])
-            digest = SignatureHash(code, ctx, i, SIGHASH_ALL, value, SIGVERSION_WITNESS_V0)
-        else:
-            assert kind == "p2pkh"
-            sig, pub = list(CScript(ctx.vin[i].scriptSig))
-            assert Hash160(pub) == spk.data[3:23]
-            digest = SignatureHash(CScript(spk.data), ctx, i, SIGHASH_ALL)
-        assert sig[-1] == SIGHASH_ALL
-        key = cec.EllipticCurvePublicKey.from_encoded_point(cec.SECP256K1(), pub)
-        key.verify(sig[:-1], digest, cec.ECDSA(Prehashed(chashes.SHA256())))
+    verify_bitcoin_inputs(raw_tx, [(value, spk.data) for value, spk in spent])
 
 
 def test_p2wpkh_spend_with_change() -> None:

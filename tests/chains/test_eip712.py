@@ -11,6 +11,8 @@ from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import to_checksum_address
 
+from devkit import txs
+from devkit.txs import DOMAIN_TYPE, PERMIT_TYPE
 from libs.chains import Movement, assemble, eip712, parse, signing_inputs
 from proto.errors import ErrorCode
 from tests.chains.helpers import OTHER_SECRET, Secp, refused
@@ -20,35 +22,9 @@ ME = Account.from_key(KEY.secret).address
 TOKEN = to_checksum_address("0x" + "ab" * 20)
 SPENDER = to_checksum_address("0x" + "cd" * 20)
 
-DOMAIN_TYPE = [
-    {"name": "name", "type": "string"},
-    {"name": "version", "type": "string"},
-    {"name": "chainId", "type": "uint256"},
-    {"name": "verifyingContract", "type": "address"},
-]
-PERMIT_TYPE = [
-    {"name": "owner", "type": "address"},
-    {"name": "spender", "type": "address"},
-    {"name": "value", "type": "uint256"},
-    {"name": "nonce", "type": "uint256"},
-    {"name": "deadline", "type": "uint256"},
-]
-
 
 def permit(**message: Any) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "types": {"EIP712Domain": DOMAIN_TYPE, "Permit": PERMIT_TYPE},
-        "primaryType": "Permit",
-        "domain": {"name": "USD Coin", "version": "2", "chainId": 1, "verifyingContract": TOKEN},
-        "message": {
-            "owner": ME,
-            "spender": SPENDER,
-            # dApps send uint256 as decimal strings (JS numbers cannot hold them)
-            "value": "1000000000000000000000000",
-            "nonce": 0,
-            "deadline": 1_900_000_000,
-        },
-    }
+    doc = txs.permit(ME, TOKEN, SPENDER, 10**24, name="USD Coin")
     doc["message"].update(message)
     return doc
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import eth_abi
 import pytest
 import rlp
 from eth_account import Account
 from eth_account.typed_transactions import TypedTransaction
-from eth_utils import function_signature_to_4byte_selector, to_checksum_address
+from eth_utils import to_checksum_address
 
+from devkit.txs import call as calldata
+from devkit.txs import unsigned_evm as unsigned
 from libs.chains import Movement, assemble, parse, signing_inputs
 from proto.errors import ErrorCode
 from tests.chains.helpers import OTHER_SECRET, Secp, high_s, refused
@@ -49,21 +50,6 @@ def tx_legacy(**over: object) -> dict[str, object]:
     }
     tx.update(over)
     return tx
-
-
-def unsigned(tx: dict[str, object]) -> bytes:
-    """The unsigned encoding a wallet hands over: eth-account's, with the signature removed."""
-    raw = bytes(Account.sign_transaction(tx, OTHER_SECRET).raw_transaction)
-    if raw[0] == 2:
-        return b"\x02" + rlp.encode(rlp.decode(raw[1:])[:9])
-    fields = rlp.decode(raw)[:6]
-    return rlp.encode([*fields, tx["chainId"], 0, 0]) if "chainId" in tx else rlp.encode(fields)
-
-
-def calldata(signature: str, *args: object) -> bytes:
-    return function_signature_to_4byte_selector(signature) + eth_abi.encode(
-        ["address", "uint256"], list(args)
-    )
 
 
 def sign_and_assemble(payload: bytes, chain_hint: str | None = None) -> bytes:

@@ -22,6 +22,10 @@ EXPECTED_ALERTS = {
     "LantauSignLatencyBudgetBurn",
     "LantauBackupLag",
     "LantauAuditLag",
+    "LantauAuditHalted",
+    "LantauAuditForeignEntries",
+    "LantauAuditWitnessDown",
+    "LantauAuditUnwitnessed",
     "LantauDeadLetters",
     "LantauServiceDown",
 }

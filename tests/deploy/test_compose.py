@@ -79,15 +79,27 @@ def test_three_nats_servers_with_jetstream_in_one_cluster(resolved: dict) -> Non
         assert "healthcheck" in svc
 
 
-def test_nats_config_is_valid_for_nats_server(resolved: dict) -> None:
-    """The mounted config plus the first server's flags, checked by nats-server -t."""
+def test_nats_config_is_valid_for_nats_server(resolved: dict, tmp_path: Path) -> None:
+    """The mounted config plus the first server's flags, checked by nats-server -t (with
+    stand-in TLS files and users: the real ones come from make-secrets, tested below)."""
+    from devkit.tls import make_pki
+
     svc = resolved["services"]["nats-1"]
     conf = next(v.split(":")[0] for v in svc["volumes"] if v.endswith("/etc/nats/lantau.conf:ro"))
     text = Path(conf).read_text()
     assert "sync_interval: always" in text
+    pki = make_pki(tmp_path / "tls")
+    for secret, path in (
+        ("nats-ca", pki.ca),
+        ("nats-server-cert", pki.server.cert),
+        ("nats-server-key", pki.server.key),
+    ):
+        text = text.replace(f"/run/secrets/{secret}", str(path))
+    (tmp_path / "lantau.conf").write_text(text)
+    (tmp_path / "authorization.conf").write_text("authorization { users = [] }\n")
     args = [a for a in svc["command"] if not a.startswith("--config=")]
     proc = subprocess.run(
-        [nats_server_binary(), "-c", conf, "-t", *args],
+        [nats_server_binary(), "-c", str(tmp_path / "lantau.conf"), "-t", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -99,7 +111,8 @@ def test_nats_config_is_valid_for_nats_server(resolved: dict) -> None:
 
 
 def test_config_file_loads_with_libs_config(cfg: config_mod.Config) -> None:
-    assert cfg.nats.servers == [f"nats://nats-{i}:4222" for i in (1, 2, 3)]
+    assert cfg.nats.servers == [f"tls://nats-{i}:4222" for i in (1, 2, 3)]
+    assert cfg.nats.ca_file and cfg.nats.cert_file and cfg.nats.key_file
     assert cfg.nats.stream_replicas == 3
     assert [n.id for n in cfg.hsm_nodes] == ["hsm-1", "hsm-2", "hsm-3"]
     ports = {n.metrics_port for n in cfg.hsm_nodes}
@@ -125,7 +138,9 @@ def test_three_hsm_nodes_each_with_its_own_token_volume(
         assert mounts["/etc/lantau/lantau.toml"] == str(DOCKER / "lantau.toml")
         secrets = {s["source"] for s in svc["secrets"]}
         assert f"/run/secrets/{node.id}-pin" == node.pin_file
-        assert secrets == {f"{node.id}-pin", f"{node.id}-so-pin"}
+        tls = {"nats-ca", "nats-client-cert", "nats-client-key"}
+        assert secrets == {f"{node.id}-pin", f"{node.id}-so-pin", f"nkey-node-{node.id}", *tls}
+        assert svc["environment"]["LANTAU__NATS__SEED_FILE"] == f"/run/secrets/nkey-node-{node.id}"
     assert len(token_volumes) == 3
 
 
@@ -137,10 +152,17 @@ def test_every_service_runs_lantau_serve(resolved: dict) -> None:
     assert len(ids) == len(signers), "each signer replica has its own id"
     for name in (*SERVICES, *signers):
         svc = services[name]
-        assert svc["command"] == ["serve", name.split("-")[0], "--config", CONFIG_IN_CONTAINER]
+        role = name.split("-")[0]
+        assert svc["command"] == ["serve", role, "--config", CONFIG_IN_CONTAINER]
         assert svc["build"]["dockerfile"] == "deploy/docker/Dockerfile"
         assert f"{DOCKER / 'lantau.toml'}:{CONFIG_IN_CONTAINER}:ro" in svc["volumes"]
-        assert set(svc["depends_on"]) == {"nats-1", "nats-2", "nats-3"}
+        # Streams exist before any service starts; services cannot make them.
+        assert set(svc["depends_on"]) == {"nats-1", "nats-2", "nats-3", "provision"}
+        assert svc["depends_on"]["provision"]["condition"] == "service_completed_successfully"
+        # Its own identity and nobody else's.
+        assert svc["environment"]["LANTAU__NATS__SEED_FILE"] == f"/run/secrets/nkey-{role}"
+        nkeys = {s["source"] for s in svc["secrets"] if s["source"].startswith("nkey-")}
+        assert nkeys == {f"nkey-{role}"}, name
     assert {"prometheus", "grafana"} <= set(services)
 
 
@@ -152,14 +174,93 @@ def test_key_ceremony_is_a_one_shot_profile(resolved: dict, cfg: config_mod.Conf
     mounts = {v.split(":")[1] for v in svc["volumes"]}
     assert {str(Path(n.softhsm_conf or "").parent) for n in cfg.hsm_nodes} <= mounts
     secrets = {s["source"] for s in svc["secrets"]}
-    assert secrets == {f"{n.id}-{kind}" for n in cfg.hsm_nodes for kind in ("pin", "so-pin")}
+    pins = {f"{n.id}-{kind}" for n in cfg.hsm_nodes for kind in ("pin", "so-pin")}
+    # Its AdminAction records go on the bus as the operator.
+    tls = {"nats-ca", "nats-client-cert", "nats-client-key"}
+    assert secrets == {*pins, "nkey-operator", *tls}
+    assert svc["environment"]["LANTAU__NATS__SEED_FILE"] == "/run/secrets/nkey-operator"
 
 
-def test_secrets_are_made_by_make_secrets(resolved: dict) -> None:
-    script = (DOCKER / "make-secrets").read_text()
+def test_secrets_live_where_make_secrets_writes_them(resolved: dict) -> None:
+    # That it writes each of them: test_make_secrets_writes_every_secret_and_nats_accepts_them.
     for name, secret in resolved["secrets"].items():
         assert Path(secret["file"]).parent == DOCKER / "secrets", name
-        assert name in script, f"deploy/docker/make-secrets does not write {name}"
+
+
+def _run_make_secrets(tmp_path: Path) -> Path:
+    """deploy/docker/make-secrets into a temporary directory, with `lantau` from this
+    checkout on PATH (no Docker engine needed)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "lantau").write_text(
+        f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m services.cli.main "$@"\n'
+    )
+    (bin_dir / "lantau").chmod(0o755)
+    secrets = tmp_path / "secrets"
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "LANTAU_SECRETS_DIR": str(secrets),
+    }
+    proc = subprocess.run(
+        [str(DOCKER / "make-secrets")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return secrets
+
+
+def test_make_secrets_writes_every_secret_and_nats_accepts_them(
+    resolved: dict, cfg: config_mod.Config, tmp_path: Path
+) -> None:
+    from libs.bus.identity import public_key, tls_context
+
+    secrets = _run_make_secrets(tmp_path)
+    for name in resolved["secrets"]:
+        assert (secrets / name).is_file(), f"make-secrets did not write {name}"
+    auth = (secrets / "nats-authorization.conf").read_text()
+    nodes = [f"nkey-node-{n.id}" for n in cfg.hsm_nodes]
+    for name in ("policy", "signer", "backup", "audit", "operator", "provisioner", *nodes):
+        seed = (secrets / (name if name.startswith("nkey-") else f"nkey-{name}")).read_bytes()
+        assert public_key(seed) in auth, name  # every platform identity is a NATS user
+    # The client side of the compose config loads (TLS files, paths as in the container).
+    mapped = config_mod.load(
+        DOCKER / "lantau.toml",
+        env={
+            "LANTAU__NATS__CA_FILE": str(secrets / "nats-ca"),
+            "LANTAU__NATS__CERT_FILE": str(secrets / "nats-client-cert"),
+            "LANTAU__NATS__KEY_FILE": str(secrets / "nats-client-key"),
+        },
+    )
+    assert tls_context(mapped.nats) is not None
+    # NATS's config with its TLS files and users, checked by nats-server -t.
+    conf_dir = tmp_path / "nats"
+    conf_dir.mkdir()
+    text = (ROOT / "deploy" / "nats" / "nats.conf").read_text()
+    assert "verify: true" in text and 'include "authorization.conf"' in text
+    (conf_dir / "lantau.conf").write_text(text.replace("/run/secrets/", f"{secrets}/"))
+    (conf_dir / "authorization.conf").write_text(auth)
+    svc = resolved["services"]["nats-1"]
+    args = [a for a in svc["command"] if not a.startswith("--config=")]
+    proc = subprocess.run(
+        [nats_server_binary(), "-c", str(conf_dir / "lantau.conf"), "-t", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0 and "is valid" in proc.stdout + proc.stderr, proc.stderr
+    # Running it again keeps every key and seed (a token's PIN, an identity never change).
+    before = {p.name: p.read_bytes() for p in secrets.iterdir() if p.is_file()}
+    env = {**os.environ, "LANTAU_SECRETS_DIR": str(secrets)}
+    env["PATH"] = f"{tmp_path / 'bin'}:{os.environ['PATH']}"
+    again = subprocess.run(
+        [str(DOCKER / "make-secrets")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    for name, data in before.items():
+        if name != "nats-authorization.conf":
+            assert (secrets / name).read_bytes() == data, f"{name} was replaced"
 
 
 def test_prometheus_scrapes_every_lantau_container(resolved: dict, cfg: config_mod.Config) -> None:
@@ -175,7 +276,8 @@ def test_prometheus_scrapes_every_lantau_container(resolved: dict, cfg: config_m
     lantau = {
         n
         for n, s in resolved["services"].items()
-        if s.get("image") == "lantau:dev" and "ceremony" not in s.get("profiles", [])
+        # One-shot jobs (provisioning, the ceremony, operator commands) are not scraped.
+        if s.get("image") == "lantau:dev" and s.get("restart") != "no"
     }
     assert {t.split(":")[0] for t, job in targets.items() if job.startswith("lantau-")} == lantau
     for target, job in targets.items():
@@ -253,3 +355,28 @@ def test_the_policy_file_is_mounted_and_accepted(resolved: dict) -> None:
     assert cfg.policy.rules_file in mounts
     text = Path(mounts[cfg.policy.rules_file]).read_text()
     assert policy_file.parse(text).version.startswith("compose-1#")
+
+
+def test_audit_keeps_its_record_key_and_witness_on_their_own_volumes(
+    resolved: dict, cfg: config_mod.Config
+) -> None:
+    svc = resolved["services"]["audit"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+    assert cfg.audit.record_key_file and cfg.audit.witness_files
+    key_volume = mounts[str(Path(cfg.audit.record_key_file).parent)]
+    sink_volumes = {mounts[str(Path(s).parent)] for s in cfg.audit.witness_files}
+    assert key_volume in resolved["volumes"] and sink_volumes <= set(resolved["volumes"])
+    assert key_volume not in sink_volumes, "the witness is not where the key is"
+    nats_volumes = {
+        v.split(":")[0]
+        for n, s in resolved["services"].items()
+        if n.startswith("nats-")
+        for v in s["volumes"]
+    }
+    assert not sink_volumes & nats_volumes, "the witness is out of the bus's reach"
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    for path in (
+        Path(cfg.audit.record_key_file).parent,
+        *(Path(s).parent for s in cfg.audit.witness_files),
+    ):
+        assert str(path) in dockerfile, f"{path}: a mount point the service user owns"

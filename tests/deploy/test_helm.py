@@ -135,7 +135,7 @@ def test_config_map_is_a_valid_lantau_config(docs: list[dict], tmp_path: Path) -
     assert [r.name for r in cfg.requesters] == ["desk-a"]
     # PIN files are keys of the mounted Secret; the metrics port is the containers' port.
     pod = sts["spec"]["template"]["spec"]
-    (pins,) = [v for v in pod["volumes"] if "secret" in v]
+    (pins,) = [v for v in pod["volumes"] if v["name"] == "pins"]
     (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == pins["name"]]
     secret = by_kind(docs, "Secret")[pins["secret"]["secretName"]]
     for node in cfg.hsm_nodes:
@@ -149,6 +149,55 @@ def test_config_map_is_a_valid_lantau_config(docs: list[dict], tmp_path: Path) -
         for p in d["spec"]["template"]["spec"]["containers"][0]["ports"]
     }
     assert ports == {cfg.signer.metrics_port} == {n.metrics_port for n in cfg.hsm_nodes}
+
+
+def test_each_pod_connects_as_its_own_identity_over_tls(docs: list[dict], tmp_path: Path) -> None:
+    """Every workload mounts the TLS Secret and only its own identity's seed, and the
+    rendered config turns mutual TLS on (docs/security.md)."""
+    cm = by_kind(docs, "ConfigMap")[f"{RELEASE}-config"]
+    (tmp_path / "lantau.toml").write_text(cm["data"]["lantau.toml"])
+    cfg = config_mod.load(tmp_path / "lantau.toml", env={})
+    assert all(s.startswith("tls://") for s in cfg.nats.servers)
+    assert cfg.nats.ca_file and cfg.nats.cert_file and cfg.nats.key_file
+    assert [a.name for a in cfg.approvers] == ["alice"] and cfg.requesters[0].nkey
+
+    def identity_of(workload: dict) -> tuple[set[str], dict[str, str], str]:
+        pod = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        container = pod["containers"][0]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        assert volumes["nats-tls"]["secret"]["secretName"] == CI_VALUES["nats"]["tlsSecret"]
+        assert mounts["nats-tls"] == str(Path(cfg.nats.ca_file or "").parent)
+        seeds = volumes["nats-identity"]["secret"]
+        assert seeds["secretName"] == CI_VALUES["nats"]["identitiesSecret"]
+        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        return {i["key"] for i in seeds["items"]}, env, mounts["nats-identity"]
+
+    for name in DEPLOYMENTS:
+        keys, env, where = identity_of(by_kind(docs, "Deployment")[f"{RELEASE}-{name}"])
+        assert keys == {name}
+        assert env["LANTAU__NATS__SEED_FILE"] == f"{where}/{name}.seed"
+    (sts,) = by_kind(docs, "StatefulSet").values()
+    keys, env, where = identity_of(sts)
+    assert keys == {f"node-{n.id}" for n in cfg.hsm_nodes}
+    assert env["LANTAU_NKEYS_DIR"] == where
+    jobs = by_kind(docs, "Job")
+    keys, env, where = identity_of(jobs[f"{RELEASE}-provision"])
+    assert keys == {"provisioner"}
+    assert jobs[f"{RELEASE}-provision"]["spec"]["template"]["spec"]["containers"][0]["args"][0] == (
+        "provision"
+    )
+    hook = jobs[f"{RELEASE}-provision"]["metadata"]["annotations"]["helm.sh/hook"]
+    assert "post-install" in hook and "post-upgrade" in hook
+
+
+def test_rendering_without_nats_identities_or_tls_fails_clearly() -> None:
+    for key, text in (
+        ("tlsSecret", "nats.tlsSecret"),
+        ("identitiesSecret", "nats.identitiesSecret"),
+    ):
+        with pytest.raises(Exception, match=text):
+            render({"nats": {**CI_VALUES["nats"], key: ""}})
 
 
 def test_service_monitors_scrape_every_component_as_the_alerts_expect(docs: list[dict]) -> None:
@@ -220,7 +269,13 @@ def test_other_settings_render_valid_manifests(tmp_path: Path) -> None:
 
 
 def test_existing_secret_replaces_pin_values() -> None:
-    docs = render({"pins": {"existingSecret": "hsm-pins", "values": {}}}, release="prod")
+    docs = render(
+        {
+            "pins": {"existingSecret": "hsm-pins", "values": {}},
+            "audit": {**CI_VALUES["audit"], "recordKey": {"existingSecret": "audit-key"}},
+        },
+        release="prod",
+    )
     assert not by_kind(docs, "Secret")
     (sts,) = by_kind(docs, "StatefulSet").values()
     assert sts["metadata"]["name"] == "prod-lantau-hsm-node"
@@ -236,13 +291,33 @@ def test_rendering_without_pins_fails_clearly() -> None:
         render({"pins": {"values": partial}})
 
 
+def test_audit_mounts_its_record_key_and_witness_volumes(docs: list[dict], tmp_path: Path) -> None:
+    cm = by_kind(docs, "ConfigMap")[f"{RELEASE}-config"]
+    (tmp_path / "lantau.toml").write_text(cm["data"]["lantau.toml"])
+    cfg = config_mod.load(tmp_path / "lantau.toml", env={})
+    audit = by_kind(docs, "Deployment")[f"{RELEASE}-audit"]["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in audit["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in audit["volumes"]}
+    key_file = Path(cfg.audit.record_key_file or "")
+    key_volume = volumes[mounts[str(key_file.parent)]]["secret"]
+    assert key_volume["defaultMode"] == 0o400
+    secret = by_kind(docs, "Secret")[key_volume["secretName"]]
+    assert len(bytes.fromhex(secret["stringData"][key_file.name])) == 32
+    assert cfg.audit.witness_files
+    for sink in cfg.audit.witness_files:
+        volume = volumes[mounts[str(Path(sink).parent)]]
+        assert "persistentVolumeClaim" in volume, "a witness outlives its pod"
+    with pytest.raises(helm.HelmError, match=r"audit\.recordKey"):
+        render({"audit": {**CI_VALUES["audit"], "recordKey": {"existingSecret": "", "value": ""}}})
+
+
 def test_key_ceremony_job_mounts_every_token_volume(tmp_path: Path) -> None:
     """The README's ceremony: hsm-nodes paused (volumes free), the Job mounts them all."""
     docs = render({"keyCeremony": {"enabled": True}, "hsmNode": {"paused": True}})
     for doc in docs:
         if not doc["apiVersion"].startswith(CRD_GROUPS):
             kubernetes_validate.validate(doc, KUBE_VERSIONS[-1], strict=True)
-    (job,) = by_kind(docs, "Job").values()
+    job = by_kind(docs, "Job")[f"{RELEASE}-key-ceremony"]
     (sts,) = by_kind(docs, "StatefulSet").values()
     assert sts["spec"]["replicas"] == 0
     cm = by_kind(docs, "ConfigMap")[f"{RELEASE}-config"]

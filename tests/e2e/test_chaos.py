@@ -9,8 +9,7 @@ from __future__ import annotations
 import pytest
 
 from devkit.chaos import Fault, run_chaos, wait_replicated
-from libs.client import CustodyClient
-from tests.conftest import TRADER
+from tests.conftest import connect_client
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +19,7 @@ def platform_options() -> dict[str, object]:
 
 @pytest.fixture
 async def clients(fresh_platform, trader_key):
-    made = [
-        await CustodyClient.connect(fresh_platform.config.nats.servers, TRADER, trader_key)
-        for _ in range(3)
-    ]
+    made = [await connect_client(fresh_platform, trader_key) for _ in range(3)]
     yield made
     for c in made:
         await c.close()

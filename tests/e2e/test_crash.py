@@ -8,9 +8,10 @@ import hashlib
 import nats
 import pytest
 
+from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient
 from proto.requests import SignRequest
-from tests.conftest import TRADER
+from tests.conftest import connect_client
 from tests.e2e.helpers import results_on_subject, verify_independently
 
 N = 300
@@ -42,22 +43,26 @@ async def _wait_all(client: CustodyClient, requests, timeout_s: float = 90.0) ->
         await asyncio.sleep(0.5)
 
 
-async def _assert_exactly_once(client, requests, results) -> None:
+async def _assert_exactly_once(stack, requests, results) -> None:
     lost = [r.request_id for (r, _), res in zip(requests, results, strict=True) if res is None]
     assert not lost, f"{len(lost)} accepted requests never got a result"
     for (request, digest), result in zip(requests, results, strict=True):
         assert result.status == "signed", (request.request_id, result.error)
         verify_independently(result, digest)
-    js = client.connection.jetstream()
-    counts = await asyncio.gather(
-        *(results_on_subject(js, r.requester, r.request_id) for r, _ in requests)
-    )
+    operator = await stack.connect_as(OPERATOR)  # stream views are not a requester's
+    try:
+        js = operator.jetstream()
+        counts = await asyncio.gather(
+            *(results_on_subject(js, r.requester, r.request_id) for r, _ in requests)
+        )
+    finally:
+        await operator.close()
     assert set(counts) == {1}, "some request got more than one result"
 
 
 @pytest.fixture
 async def fresh_client(fresh_platform, trader_key):
-    c = await CustodyClient.connect(fresh_platform.config.nats.servers, TRADER, trader_key)
+    c = await connect_client(fresh_platform, trader_key)
     yield c
     await c.close()
 
@@ -81,7 +86,7 @@ async def test_signer_sigkilled_with_orders_in_flight_completes_each_exactly_onc
     assert done_at_kill < N, "the fault came too late to leave orders in flight"
     await fresh_platform.restart("signer")
     results = await _wait_all(fresh_client, requests)
-    await _assert_exactly_once(fresh_client, requests, results)
+    await _assert_exactly_once(fresh_platform, requests, results)
     print(
         f"\nSIGKILL signer: {done_at_kill}/{N} done at the kill, {N} signed after restart, 0 lost"
     )
@@ -98,7 +103,7 @@ async def test_sigterm_drains_without_loss(fresh_platform, fresh_client, service
     assert "stopped cleanly" in proc.log_tail(50)
     await fresh_platform.restart(service)
     results = await _wait_all(fresh_client, requests)
-    await _assert_exactly_once(fresh_client, requests, results)
+    await _assert_exactly_once(fresh_platform, requests, results)
 
 
 async def test_nats_outage_pauses_then_resumes(fresh_platform, fresh_client):

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 
 import msgspec
 import nacl.signing
 import pytest
+from nats.aio.client import Client
 
 from devkit import forge
+from libs.bus.permissions import POLICY, PROVISIONER, SIGNER
 from libs.hsm.remote import RemoteHsm
 from proto import codec
 from proto.errors import ErrorCode, LantauError
@@ -41,6 +44,22 @@ def tweak(cfg):
 @pytest.fixture(scope="module")
 def platform_options() -> dict[str, object]:
     return {"nodes": 2, "tweak": tweak}
+
+
+@pytest.fixture(scope="module")
+async def nc(platform) -> AsyncIterator[Client]:
+    """The compromised signer: its own credentials, which may call the hsm-nodes."""
+    conn = await platform.connect_as(SIGNER)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def admin(platform) -> AsyncIterator[Client]:
+    """Streams inspected as the provisioner (the one identity that may open consumers)."""
+    conn = await platform.connect_as(PROVISIONER)
+    yield conn
+    await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +116,9 @@ def command(request, auth, votes=()) -> HsmSign:
 
 
 async def test_a_compromised_signer_gets_nothing_it_was_not_given(
-    platform, client, nc, trader_key, key_public
+    platform, client, nc, admin, trader_key, key_public
 ):
-    js = nc.jetstream()
+    js = admin.jetstream()
     digest = hashlib.sha256(b"legit").digest()
     legit = await client.sign(KEY, digest)
     assert legit.status == "signed"
@@ -128,10 +147,17 @@ async def test_a_compromised_signer_gets_nothing_it_was_not_given(
     await asyncio.sleep(3.5)
     await refused(nc, command(real_request, order.authorization), ErrorCode.AUTHORIZATION_EXPIRED)
     # 5. A forged order published on the bus: the signer drops it, no result, dead letter.
+    # (Only policy's identity may publish orders: the forger holds policy's bus
+    # credentials, not its authority key.)
     fake = forge.signed_request(trader_key, "desk-a", KEY, hashlib.sha256(b"fake").digest())
-    ack = await js.publish(
-        SIGN_ORDER, codec.encode(forge.order(fake, forge.authorization(ROGUE, fake, key_public)))
-    )
+    as_policy = await platform.connect_as(POLICY)
+    try:
+        ack = await as_policy.jetstream().publish(
+            SIGN_ORDER,
+            codec.encode(forge.order(fake, forge.authorization(ROGUE, fake, key_public))),
+        )
+    finally:
+        await as_policy.close()
     record = await dead_letter_for(js, "LANTAU_ORDERS", ack.seq)
     assert record.code == ErrorCode.EVIDENCE_REFUSED
     assert await client.get_result(fake.request_id) is None
@@ -147,8 +173,10 @@ async def test_a_compromised_signer_gets_nothing_it_was_not_given(
     assert after.status == "signed"
 
 
-async def test_a_stolen_policy_key_alone_cannot_sign(platform, client, nc, trader_key, key_public):
-    js = nc.jetstream()
+async def test_a_stolen_policy_key_alone_cannot_sign(
+    platform, client, nc, admin, trader_key, key_public
+):
+    js = admin.jetstream()
     # Without the requester: a request nobody registered signed.
     made_up = forge.signed_request(ROGUE, "desk-a", KEY, hashlib.sha256(b"made up").digest())
     auth = forge.authorization(STOLEN_POLICY, made_up, key_public)

@@ -12,8 +12,7 @@ import os
 import pytest
 
 from devkit.hss_chaos import run_hss_chaos
-from libs.client import CustodyClient
-from tests.conftest import TRADER
+from tests.conftest import TRADER, connect_client
 
 DURATION_S = float(os.environ.get("LANTAU_HSS_CHAOS_S", "24"))
 
@@ -25,10 +24,7 @@ def platform_options() -> dict[str, object]:
 
 @pytest.mark.timeout(max(300, int(DURATION_S * 6)))
 async def test_no_one_time_key_is_used_twice_whatever_dies(fresh_platform, trader_key):
-    clients = [
-        await CustodyClient.connect(fresh_platform.config.nats.servers, TRADER, trader_key)
-        for _ in range(3)
-    ]
+    clients = [await connect_client(fresh_platform, trader_key, TRADER) for _ in range(3)]
     try:
         report = await run_hss_chaos(
             fresh_platform, clients, duration_s=DURATION_S, key_id="desk-a-hss-chaos"

@@ -21,6 +21,7 @@ from dilithium_py.ml_dsa import ML_DSA_65
 from eth_account import Account
 
 from devkit.chaos import wait_replicated
+from libs.bus.permissions import BACKUP, PROVISIONER
 from libs.client import CustodyClient
 from libs.config import Config, RequesterConfig
 from libs.hsm.remote import RemoteHsm
@@ -32,6 +33,7 @@ from proto.errors import ErrorCode, LantauError
 from proto.requests import Transfer
 from proto.subjects import HSS_LEDGER_BUCKET
 from tests.chains.test_evm import tx1559, unsigned
+from tests.conftest import connect_client
 from tests.e2e.helpers import lantau, verify_independently
 
 DESK_B = "desk-b"
@@ -192,7 +194,7 @@ async def test_ml_dsa_65_signatures_verify_with_a_second_implementation(platform
 
 
 async def test_hss_signatures_verify_elsewhere_use_each_index_once_and_are_counted(
-    platform, client
+    platform, client, nc
 ):
     created = await client.create_key("desk-a-hss", "lms-hss", region="hk", hss=SMALL)
     assert created.status == "created" and created.protection == "hsm-wrapped"
@@ -207,30 +209,35 @@ async def test_hss_signatures_verify_elsewhere_use_each_index_once_and_are_count
         leaves = lms.signature_leaves(result.signature)
         indices.append((leaves[0] << 5) | leaves[1])
     assert len(set(indices)) == len(indices)
-    state, _ = await KvIndexLedger(client.connection.jetstream()).read("desk-a-hss")
+    state, _ = await KvIndexLedger(nc.jetstream()).read("desk-a-hss")  # as the operator
     assert state is not None and max(indices) < state.next_unleased
     listing = cli(platform, "keys", "list")
     assert f"signatures left: {1024 - state.next_unleased} of 1024" in listing
     # The copy on hsm-2 (hk) was taken without a test signature: no index spent for it.
-    directory = await KeyDirectory.open(client.connection.jetstream())
+    directory = await KeyDirectory.open(nc.jetstream())
     for _ in range(100):
         record, _ = await directory.get("desk-a-hss", fresh=True)
         if {"hsm-1", "hsm-2"} <= set(record.nodes):
             break
         await asyncio.sleep(0.2)
     assert set(record.nodes) == {"hsm-1", "hsm-2"}
-    after, _ = await KvIndexLedger(client.connection.jetstream()).read("desk-a-hss")
+    after, _ = await KvIndexLedger(nc.jetstream()).read("desk-a-hss")
     assert after is not None and after.next_unleased == state.next_unleased
 
 
 async def test_a_sealed_key_of_one_region_never_opens_in_another(platform, client, nc, hd_key):
     key_id, _ = hd_key
     await asyncio.sleep(2.5)  # more than one replication sweep
-    record, _ = await (await KeyDirectory.open(client.connection.jetstream())).get(key_id)
+    record, _ = await (await KeyDirectory.open(nc.jetstream())).get(key_id)  # as operator
     assert "hsm-3" not in record.nodes
-    # Its blob is readable by every node of the domain; the sg node refuses to open it.
-    with pytest.raises(LantauError) as e:
-        await RemoteHsm(nc, "hsm-3", timeout_s=5).public_key(key_id, "m/0")
+    # Its blob is readable by every node of the domain; the sg node refuses to open it
+    # (asked as the backup service, one of the identities that may call the nodes).
+    caller = await platform.connect_as(BACKUP)
+    try:
+        with pytest.raises(LantauError) as e:
+            await RemoteHsm(caller, "hsm-3", timeout_s=5).public_key(key_id, "m/0")
+    finally:
+        await caller.close()
     assert e.value.code == ErrorCode.RESIDENCY_VIOLATION
 
 
@@ -249,7 +256,7 @@ async def test_policy_rules_on_protection_and_paths(platform, client, hd_key, tr
     key_id, _ = hd_key
     closed = await client.sign(key_id, digest, path="m/44'/60'/9'/0/1")
     assert closed.status == "rejected" and "closed-account" in closed.error.message
-    desk_b = await CustodyClient.connect(platform.config.nats.servers, DESK_B, DESK_B_KEY)
+    desk_b = await connect_client(platform, DESK_B_KEY, DESK_B)
     try:
         inside = await desk_b.sign(key_id, digest, path="m/44'/60'/7'/0/3")
         assert inside.status == "signed", inside.error
@@ -279,8 +286,13 @@ async def test_paths_are_for_hd_keys_only_and_required_there(platform, client, h
 async def test_an_hss_key_whose_ledger_is_lost_signs_again_only_once_fenced(platform, client):
     created = await client.create_key("desk-a-hss-lost", "lms-hss", region="hk", hss=SMALL)
     assert created.status == "created"
-    js = client.connection.jetstream()
-    await (await js.key_value(HSS_LEDGER_BUCKET)).delete("desk-a-hss-lost")
+    # Lose the ledger (as the provisioner, which could delete the whole bucket).
+    provisioner = await platform.connect_as(PROVISIONER)
+    try:
+        bucket = await provisioner.jetstream().key_value(HSS_LEDGER_BUCKET)
+        await bucket.delete("desk-a-hss-lost")
+    finally:
+        await provisioner.close()
     lost = await client.sign("desk-a-hss-lost", b"while lost", payload_kind="message")
     assert lost.status == "failed" and lost.error.code == ErrorCode.INDEX_LEDGER_MISSING
     assert "signatures left: UNKNOWN" in cli(platform, "keys", "list")

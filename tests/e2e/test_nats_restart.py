@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from devkit.chaos import Fault, hsm_signatures, run_chaos, wait_replicated
-from libs.client import CustodyClient
+from libs.bus.permissions import OPERATOR
 from proto import codec
 from proto.subjects import AUDIT, AUDIT_INTENT, intent_subject
-from tests.conftest import TRADER
+from tests.conftest import connect_client
 
 
 @pytest.fixture
@@ -21,8 +21,7 @@ async def test_a_nats_restart_under_load_signs_each_request_once_and_on_the_reco
     fresh_platform, trader_key
 ):
     stack = fresh_platform
-    servers = stack.config.nats.servers
-    clients = [await CustodyClient.connect(servers, TRADER, trader_key) for _ in range(2)]
+    clients = [await connect_client(stack, trader_key) for _ in range(2)]
     try:
         await clients[0].create_key("desk-a-natsr", "secp256k1")
         await wait_replicated(clients[0], stack, "desk-a-natsr")
@@ -40,7 +39,8 @@ async def test_a_nats_restart_under_load_signs_each_request_once_and_on_the_reco
         made = hsm_signatures(stack)
         twice = {k: nodes for k, nodes in made.items() if len(nodes) > 1}
         assert not twice, f"requests the HSMs signed more than once: {twice}"
-        js = clients[0].connection.jetstream()
+        operator = await stack.connect_as(OPERATOR)  # stream views: the operator's
+        js = operator.jetstream()
         info = await js.stream_info(AUDIT.name, subjects_filter=f"{AUDIT_INTENT}.>")
         with_intents = set(info.state.subjects or {})
         for key, nodes in made.items():
@@ -50,6 +50,7 @@ async def test_a_nats_restart_under_load_signs_each_request_once_and_on_the_reco
             last = codec.AUDIT_INTENT.decode((await js.get_last_msg(AUDIT.name, subject)).data)
             assert set(nodes) <= {*last.earlier_nodes, last.node}, key
         assert len(made) >= report.signed  # every signed request was signed by an HSM
+        await operator.close()
     finally:
         for c in clients:
             await c.close()

@@ -20,9 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from devkit import demo_policy
 from devkit.stack import DevStack
-from libs.client import CustodyClient
 from proto.requests import Transfer
-from tests.conftest import TRADER, _start
+from tests.conftest import _start, connect_client
 
 # Service processes print their spans with the SDK's console exporter, chosen by the
 # standard OTEL_* variables; the test process keeps its own in memory.
@@ -99,7 +98,7 @@ EXPECTED = {
 
 async def test_every_service_exports_its_series_after_traffic(traced_platform, trader_key):
     stack = traced_platform
-    async with await CustodyClient.connect(stack.config.nats.servers, TRADER, trader_key) as c:
+    async with await connect_client(stack, trader_key) as c:
         assert (await c.create_key("desk-a-obs", "secp256k1")).status == "created"
         for i in range(5):
             result = await c.sign("desk-a-obs", hashlib.sha256(b"%d" % i).digest())
@@ -143,7 +142,7 @@ async def test_one_connected_trace_follows_a_request(traced_platform, trader_key
     stack = traced_platform
     CLIENT_SPANS.clear()
     payload = hashlib.sha256(b"traced").digest()
-    async with await CustodyClient.connect(stack.config.nats.servers, TRADER, trader_key) as c:
+    async with await connect_client(stack, trader_key) as c:
         await c.create_key("desk-a-traced", "secp256k1")
         CLIENT_SPANS.clear()
         result = await c.sign("desk-a-traced", payload)
@@ -216,7 +215,7 @@ async def test_json_log_lines_about_a_request_carry_its_request_and_trace_ids(
 
     stack = traced_platform
     CLIENT_SPANS.clear()
-    async with await CustodyClient.connect(stack.config.nats.servers, TRADER, trader_key) as c:
+    async with await connect_client(stack, trader_key) as c:
         await c.create_key("desk-a-logged", "secp256k1")
         CLIENT_SPANS.clear()
         request = c.sign_request(

@@ -1,29 +1,46 @@
-"""Malformed bytes and wrong types on every consumed subject: typed errors, nothing stuck."""
+"""Malformed bytes and wrong types on every consumed subject: typed errors, nothing stuck.
+
+Junk is published by the identity allowed to publish there (a requester on its request
+subject, policy on orders, the signer on key events and hsm-node RPCs, the node on its
+beat): the bus keeps everyone else out, so these test the consumers behind it. Dead
+letters are read as the provisioner, the one identity that may open a consumer.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
 
 import msgspec
 import nacl.signing
 import pytest
+from nats.aio.client import Client
 
 from devkit import forge
+from libs.bus.permissions import (
+    BACKUP,
+    HSM_CALLS,
+    POLICY,
+    PROVISIONER,
+    SIGNER,
+    node_identity,
+)
 from proto import codec
 from proto.errors import ErrorCode
 from proto.events import KeyCreated
 from proto.results import SignResult
 from proto.subjects import (
     CREATE_KEY_ORDER,
-    CREATE_KEY_REQUEST,
     EVENT_KEY_CREATED,
     HDR_REQUEST_ID,
     SIGN_ORDER,
-    SIGN_REQUEST,
+    create_key_request_subject,
     dead_letter_subject,
     hsm_rpc_subject,
+    sign_request_subject,
 )
+from tests.conftest import TRADER
 
 GARBAGE = b"\xc1\xff not msgpack"
 A_RESULT = codec.encode(SignResult(request_id="x", status="signed"))
@@ -33,6 +50,11 @@ AN_ORDER = codec.encode(
     forge.order(_SOME_REQUEST, forge.authorization(_FORGER, _SOME_REQUEST, b""))
 )
 BAD_FIELD = msgspec.msgpack.encode({"type": "sign_request", "request_id": "has space"})
+
+SIGN_REQUEST = sign_request_subject(TRADER)
+CREATE_KEY_REQUEST = create_key_request_subject(TRADER)
+# Who may publish on each subject (the requester's own connection for its requests).
+PUBLISHER = {SIGN_ORDER: POLICY, CREATE_KEY_ORDER: POLICY, EVENT_KEY_CREATED: SIGNER}
 
 # subject, stream, payload, expected code
 CASES = [
@@ -45,6 +67,22 @@ CASES = [
     (EVENT_KEY_CREATED, "LANTAU_EVENTS", GARBAGE, ErrorCode.MALFORMED_MESSAGE),
     (EVENT_KEY_CREATED, "LANTAU_EVENTS", AN_ORDER, ErrorCode.WRONG_MESSAGE_TYPE),
 ]
+
+
+@pytest.fixture(scope="module")
+async def conns(platform, client) -> AsyncIterator[dict[str, Client]]:
+    """A connection per identity the tests publish or look as."""
+    found = {TRADER: client.connection}
+    for identity in (POLICY, SIGNER, BACKUP, PROVISIONER, node_identity("hsm-1")):
+        found[identity] = await platform.connect_as(identity)
+    yield found
+    for identity, conn in found.items():
+        if identity != TRADER:
+            await conn.close()
+
+
+def js_for(conns: dict[str, Client], subject: str):
+    return conns[PUBLISHER.get(subject, TRADER)].jetstream()
 
 
 async def dead_letter_for(js, stream: str, seq: int, timeout_s: float = 15.0):
@@ -66,24 +104,23 @@ async def dead_letter_for(js, stream: str, seq: int, timeout_s: float = 15.0):
 
 @pytest.mark.parametrize(("subject", "stream", "payload", "code"), CASES)
 async def test_poison_without_request_id_is_dead_lettered_with_its_code(
-    platform, client, subject, stream, payload, code
+    platform, conns, subject, stream, payload, code
 ):
-    ack = await client.connection.jetstream().publish(subject, payload)
-    record = await dead_letter_for(client.connection.jetstream(), stream, ack.seq)
+    ack = await js_for(conns, subject).publish(subject, payload)
+    record = await dead_letter_for(conns[PROVISIONER].jetstream(), stream, ack.seq)
     assert record.code == code
     assert record.message and record.subject == subject
 
 
 @pytest.mark.parametrize(("subject", "stream", "payload", "code"), CASES[:6])
 async def test_poison_naming_a_request_gets_no_result_and_cannot_squat_its_id(
-    platform, client, subject, stream, payload, code
+    platform, client, conns, subject, stream, payload, code
 ):
     """Junk carrying `Lantau-Request-Id: R` is dead-lettered; it never writes a result
     for R, so the genuine request R sent afterwards is the one that owns it."""
     rid = f"squat-{hashlib.sha256(subject.encode() + payload).hexdigest()[:16]}"
-    js = client.connection.jetstream()
-    ack = await js.publish(subject, payload, headers={HDR_REQUEST_ID: rid})
-    record = await dead_letter_for(js, stream, ack.seq)
+    ack = await js_for(conns, subject).publish(subject, payload, headers={HDR_REQUEST_ID: rid})
+    record = await dead_letter_for(conns[PROVISIONER].jetstream(), stream, ack.seq)
     assert record.code == code and record.request_id == rid
     assert await client.get_result(rid) is None
     await client.create_key("desk-a-squat", "secp256k1")
@@ -96,7 +133,7 @@ async def test_poison_naming_a_request_gets_no_result_and_cannot_squat_its_id(
     assert stored.signature == genuine.signature
 
 
-async def test_a_forged_request_cannot_squat_the_id_of_the_real_one(platform, client):
+async def test_a_forged_request_cannot_squat_the_id_of_the_real_one(platform, client, conns):
     """A request under R signed by the wrong key is refused without a result; the real
     request R is signed, and its stored result and the client agree."""
     import nacl.signing
@@ -109,7 +146,7 @@ async def test_a_forged_request_cannot_squat_the_id_of_the_real_one(platform, cl
     forged = forger.sign_request(
         "desk-a-squat2", hashlib.sha256(b"evil").digest(), request_id="sq-2"
     )
-    js = client.connection.jetstream()
+    js = conns[PROVISIONER].jetstream()
     await forger.submit(forged)
     found = []
     for _ in range(50):  # policy has seen and refused the forgery
@@ -151,14 +188,14 @@ async def _dead_letters(js):
     ("subject", "stream"), [(SIGN_REQUEST, "LANTAU_REQUESTS"), (SIGN_ORDER, "LANTAU_ORDERS")]
 )
 async def test_a_huge_request_id_header_is_dead_lettered_and_signing_goes_on(
-    platform, client, subject, stream
+    platform, client, conns, subject, stream
 ):
     """A header thousands of characters long once became a result subject, made
     nats-server close the service's connection and stopped all signing for good."""
-    js = client.connection.jetstream()
+    js = js_for(conns, subject)
     for header in ("R" * 5000, "a b", "x.*.>", "\u00e9t\u00e9"):
         ack = await js.publish(subject, GARBAGE, headers={HDR_REQUEST_ID: header})
-        record = await dead_letter_for(js, stream, ack.seq)
+        record = await dead_letter_for(conns[PROVISIONER].jetstream(), stream, ack.seq)
         assert record.code == ErrorCode.MALFORMED_MESSAGE
         assert record.request_id is None  # an invalid id is never carried on
     await client.create_key("desk-a-after-header", "secp256k1")
@@ -177,22 +214,23 @@ def _ready(url: str) -> bool:
 
 
 @pytest.mark.parametrize("op", ["generate", "public_key", "sign", "wrap", "unwrap"])
-async def test_hsm_node_answers_bad_rpc_with_a_typed_failure(platform, nc, op):
+async def test_hsm_node_answers_bad_rpc_with_a_typed_failure(platform, conns, op):
     for payload, code in (
         (GARBAGE, ErrorCode.MALFORMED_MESSAGE),
         (A_RESULT, ErrorCode.WRONG_MESSAGE_TYPE),
     ):
-        reply = await nc.request(hsm_rpc_subject("hsm-1", op), payload, timeout=5)
+        caller = next(role for role, ops in HSM_CALLS.items() if op in ops)
+        reply = await conns[caller].request(hsm_rpc_subject("hsm-1", op), payload, timeout=5)
         failure = codec.HSM_REPLY.decode(reply.data)
         assert failure.code == code and failure.retryable is False
 
 
-async def test_everything_keeps_serving_after_poison(platform, client, nc):
+async def test_everything_keeps_serving_after_poison(platform, client, conns):
     # Poison of every kind, including to the beats the pool listens to.
     for subject, _, payload, _ in CASES:
-        await client.connection.jetstream().publish(subject, payload)
-    await nc.publish("lantau.hsm.beat.hsm-1", GARBAGE)
-    await nc.publish(
+        await js_for(conns, subject).publish(subject, payload)
+    await conns[node_identity("hsm-1")].publish("lantau.hsm.beat.hsm-1", GARBAGE)
+    await conns[SIGNER].publish(
         EVENT_KEY_CREATED,
         codec.encode(
             KeyCreated(

@@ -6,11 +6,14 @@ import asyncio
 import hashlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from nats.aio.client import Client
 
 from devkit.chaos import wait_replicated
+from libs.bus.permissions import BACKUP
 from libs.config import Config
 from libs.hsm.remote import RemoteHsm
 from libs.keys.directory import KeyDirectory
@@ -32,6 +35,15 @@ def platform_options() -> dict[str, object]:
     return {"nodes": 4, "tweak": regions_and_backup}
 
 
+@pytest.fixture(scope="module")
+async def hsm_nc(platform) -> AsyncIterator[Client]:
+    """Asking hsm-nodes for public keys and clone checks is the backup service's right:
+    the test looks as the backup service."""
+    conn = await platform.connect_as(BACKUP)
+    yield conn
+    await conn.close()
+
+
 async def holds(nc, node: str, key_id: str) -> bool:
     try:
         await RemoteHsm(nc, node, timeout_s=5).public_key(key_id)
@@ -41,7 +53,7 @@ async def holds(nc, node: str, key_id: str) -> bool:
     return True
 
 
-async def test_untagged_key_is_cloned_to_every_node_and_each_clone_signs(platform, client, nc):
+async def test_untagged_key_is_cloned_to_every_node_and_each_clone_signs(platform, client, hsm_nc):
     created = await client.create_key("desk-a-everywhere", "secp256k1")
     assert created.status == "created"
     await wait_replicated(client, platform, "desk-a-everywhere")
@@ -51,17 +63,17 @@ async def test_untagged_key_is_cloned_to_every_node_and_each_clone_signs(platfor
 
     check = HsmCloneCheck(key_id="desk-a-everywhere", curve="secp256k1")
     for node in ("hsm-1", "hsm-2", "hsm-3", "hsm-4"):
-        key = await RemoteHsm(nc, node, timeout_s=5).public_key("desk-a-everywhere")
+        key = await RemoteHsm(hsm_nc, node, timeout_s=5).public_key("desk-a-everywhere")
         assert key.public_key == created.public_key
-        raw = await RemoteHsm(nc, node, timeout_s=5).clone_check(check)
+        raw = await RemoteHsm(hsm_nc, node, timeout_s=5).clone_check(check)
         data = clone_check_bytes("secp256k1", "desk-a-everywhere", node)
         finalize("secp256k1", created.public_key, data, raw)  # raises if the clone is wrong
 
 
-async def test_region_tagged_key_never_leaves_its_region(platform, client, nc):
+async def test_region_tagged_key_never_leaves_its_region(platform, client, nc, hsm_nc):
     created = await client.create_key("desk-a-hk-only", "secp256k1", region="hk")
     assert created.status == "created" and created.node in ("hsm-1", "hsm-2")
-    directory = await KeyDirectory.open(client.connection.jetstream())
+    directory = await KeyDirectory.open(nc.jetstream())  # as the operator
     for _ in range(100):
         record, _ = await directory.get("desk-a-hk-only", fresh=True)
         if {"hsm-1", "hsm-2", "hsm-3"} <= set(record.nodes):
@@ -69,7 +81,7 @@ async def test_region_tagged_key_never_leaves_its_region(platform, client, nc):
         await asyncio.sleep(0.2)
     assert set(record.nodes) == {"hsm-1", "hsm-2", "hsm-3"}
     await asyncio.sleep(2.5)  # more than one replication sweep
-    assert not await holds(nc, "hsm-4", "desk-a-hk-only"), "a hk key reached the sg HSM"
+    assert not await holds(hsm_nc, "hsm-4", "desk-a-hk-only"), "a hk key reached the sg HSM"
 
 
 async def test_offline_backup_hsm_holds_clones_but_never_signs(platform, client):
@@ -109,10 +121,9 @@ async def test_ed25519_cannot_be_cloned_on_softhsm_and_is_reported(platform, cli
 
 
 async def test_a_node_that_was_down_catches_up(fresh_platform, trader_key):
-    from libs.client import CustodyClient
-    from tests.conftest import TRADER
+    from tests.conftest import connect_client
 
-    client = await CustodyClient.connect(fresh_platform.config.nats.servers, TRADER, trader_key)
+    client = await connect_client(fresh_platform, trader_key)
     try:
         fresh_platform.service("hsm-2").kill()
         created = await client.create_key("desk-a-late", "secp256k1")
@@ -128,15 +139,15 @@ async def test_key_creation_right_after_a_node_dies_reserves_a_live_node(
 ):
     """The pool still counts the dead node as up until it misses beats: a key reserved on
     it (nothing was delivered) moves to a live node instead of waiting for the dead one."""
-    from libs.client import CustodyClient
     from services.cli.hsm_admin import pool_status
-    from tests.conftest import TRADER
+    from tests.conftest import connect_client
 
-    servers = fresh_platform.config.nats.servers
-    client = await CustodyClient.connect(servers, TRADER, trader_key)
+    client = await connect_client(fresh_platform, trader_key)
     try:
         for _ in range(100):  # the signer must see hsm-2 up (probed) before it dies
-            views = await pool_status(servers, wait_s=0.2)
+            views = await pool_status(
+                fresh_platform.config, wait_s=0.2, config_path=str(fresh_platform.config_path)
+            )
             if views and all(n.state == "up" for n in views[0].nodes):
                 break
             await asyncio.sleep(0.1)

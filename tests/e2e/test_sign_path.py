@@ -9,11 +9,12 @@ import msgspec
 import nacl.signing
 import pytest
 
-from libs.client import CustodyClient, RequestIdConflict
+from libs.bus.permissions import PROVISIONER
+from libs.client import CustodyClient, PermissionDenied, RequestIdConflict
 from libs.clock import now_ms
 from proto import codec
 from proto.errors import ErrorCode
-from proto.subjects import HDR_REQUEST_ID, SIGN_REQUEST, intent_subject
+from proto.subjects import HDR_REQUEST_ID, intent_subject, sign_request_subject
 from tests.e2e.helpers import results_on_subject, verify_independently
 from tests.e2e.test_poison import dead_letter_for
 
@@ -39,7 +40,7 @@ async def test_both_curves_are_signed_and_verify_with_an_independent_library(cli
     verify_independently(r2, message)
 
 
-async def test_resending_a_request_id_returns_the_same_result_and_signs_once(platform, client):
+async def test_resending_a_request_id_returns_the_same_result_and_signs_once(platform, client, nc):
     await client.create_key("desk-a-idem", "secp256k1")
     digest = hashlib.sha256(b"once").digest()
     first = await client.sign("desk-a-idem", digest, request_id="idem-1")
@@ -50,7 +51,7 @@ async def test_resending_a_request_id_returns_the_same_result_and_signs_once(pla
     )
     assert first.status == "signed"
     assert {r.signature for r in (again, *many)} == {first.signature}
-    js = client.connection.jetstream()
+    js = nc.jetstream()  # stream views are the operator's, not the requester's
     assert await results_on_subject(js, client.requester, "idem-1") == 1
     # The audit intent exists once per HSM attempt: exactly one signature was made.
     subject = intent_subject(client.requester, "idem-1")
@@ -72,8 +73,9 @@ async def test_reusing_a_request_id_for_other_content_is_refused(client):
     ("mutate", "code", "status"),
     [
         # Unauthenticated: refused onto the dead-letter stream only, never a result (a
-        # forgery owns no request id); the client times out.
-        ("unknown_requester", ErrorCode.UNKNOWN_REQUESTER, None),
+        # forgery owns no request id); the client times out. (A request naming a
+        # requester other than the connection's identity never reaches policy: the bus
+        # refuses it, test_a_request_in_another_requesters_name_is_refused_by_the_bus.)
         ("bad_signature", ErrorCode.BAD_SIGNATURE, None),
         ("expired", ErrorCode.REQUEST_EXPIRED, "expired"),
         ("future", ErrorCode.REQUEST_FROM_FUTURE, "rejected"),
@@ -94,8 +96,6 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
         key_id = "desk-a-missing"
     elif mutate == "short_digest":
         payload = b"short"
-    elif mutate == "unknown_requester":
-        requester = "mallory"
     elif mutate == "bad_signature":
         signer_key = nacl.signing.SigningKey.generate()
     elif mutate == "expired":
@@ -109,11 +109,16 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
     )
     request = forger.signed(request)
     if status is None:
-        js = client.connection.jetstream()
         ack = await forger.connection.jetstream().publish(
-            SIGN_REQUEST, codec.encode(request), headers={HDR_REQUEST_ID: "typed-x"}
+            sign_request_subject(requester),
+            codec.encode(request),
+            headers={HDR_REQUEST_ID: "typed-x"},
         )
-        record = await dead_letter_for(js, "LANTAU_REQUESTS", ack.seq)
+        admin = await platform.connect_as(PROVISIONER)  # dead letters: read as provisioner
+        try:
+            record = await dead_letter_for(admin.jetstream(), "LANTAU_REQUESTS", ack.seq)
+        finally:
+            await admin.close()
         assert record.code == code and record.message
         assert await forger.get_result(request.request_id) is None
     else:
@@ -125,3 +130,12 @@ async def test_bad_requests_get_typed_errors(platform, client, trader_key, mutat
     # The platform keeps serving.
     good = await client.sign("desk-a-typed", hashlib.sha256(b"after").digest())
     assert good.status == "signed"
+
+
+async def test_a_request_in_another_requesters_name_is_refused_by_the_bus(client, trader_key):
+    """Requests travel on lantau.request.sign.<requester>: desk-a's identity may publish
+    only its own, so a request naming an unregistered requester never reaches policy."""
+    forger = CustodyClient(client.connection, "mallory", trader_key)
+    with pytest.raises(PermissionDenied) as refused:
+        await forger.send(forger.sign_request("desk-a-typed", b"x" * 32), timeout=15)
+    assert refused.value.code == ErrorCode.PERMISSION_DENIED

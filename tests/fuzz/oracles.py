@@ -13,11 +13,20 @@ from nats.js.kv import VALID_KEY_RE
 from libs import config, headers, tracing
 from libs import policy_file as rules
 from libs.audit.export import from_lines
+from libs.audit.trail import Keys
+from libs.audit.verify import verify
 from proto import SCHEMA_VERSION, codec
 from proto.audit import AuditEntry
 from proto.errors import ErrorCode, LantauError
 from proto.subjects import HDR_REQUEST_ID, result_subject
-from services.audit.service import ENVELOPE_FIELD_LIMIT, _Envelope, describe
+from services.audit.facts import (
+    ENVELOPE_FIELD_LIMIT,
+    _Envelope,
+    describe,
+)
+from services.audit.facts import (
+    envelope as read_envelope,
+)
 from tests.fuzz.strategies import info, top_structs, violations
 
 DECODE_CODES = {
@@ -53,34 +62,36 @@ def decoded(decoder: codec.Decoder[Any], data: bytes) -> Any:
 
 
 def envelope(data: bytes) -> _Envelope:
-    """describe() never raises, and what it returns fits in an audit record."""
-    env = describe(data)
+    """The envelope and the fact never raise, and what they hold fits in an audit record."""
+    env = read_envelope(data)
     assert isinstance(env, _Envelope)
     assert isinstance(env.who(), str)
     for name in env.__struct_fields__:
         value = getattr(env, name)
         assert value is None or (isinstance(value, str) and len(value) <= ENVELOPE_FIELD_LIMIT)
+    fact = describe("LANTAU_REQUESTS", 1, data)
+    assert (fact.event_type, fact.request_id) == (env.type, env.request_id)
+    assert len(fact.actor) <= ENVELOPE_FIELD_LIMIT
     return env
 
 
 def audit_lines(lines: list[str]) -> None:
-    """from_lines yields valid entries or raises ValueError naming the first bad line."""
+    """from_lines yields one log item per line, an entry or the reason it is none, or raises
+    AUDIT_EXPORT_INVALID naming the first line out of order; the verifier never raises."""
     try:
-        entries = list(from_lines(lines))
-    except ValueError as e:
-        m = re.match(r"line (\d+): ", str(e))
-        assert m, e
-        bad = int(m.group(1))
-        assert 1 <= bad <= len(lines) and lines[bad - 1].strip()
-        list(from_lines(lines[: bad - 1]))  # every line before it reads
-        try:
-            list(from_lines([lines[bad - 1]]))
-        except ValueError:
-            return
-        raise AssertionError(f"line {bad} reads on its own") from None
-    assert len(entries) == sum(1 for line in lines if line.strip())
-    for entry in entries:
-        assert not violations(entry, info(AuditEntry)), violations(entry, info(AuditEntry))
+        items = list(from_lines(lines))
+    except LantauError as e:
+        assert e.code == ErrorCode.AUDIT_EXPORT_INVALID and re.match(r"line (\d+): ", e.message)
+        return
+    assert len(items) == sum(1 for line in lines if line.strip())
+    for item in items:
+        if item.entry is not None:
+            assert not violations(item.entry, info(AuditEntry)), violations(
+                item.entry, info(AuditEntry)
+            )
+        else:
+            assert item.problem
+    verify(items, Keys(frozenset(), ()))
 
 
 def policy_file(text: str) -> None:

@@ -112,7 +112,13 @@ def valid(t: mi.Type) -> Strategy:
         }
         required = {f.name: fields[f.name] for f in t.fields if f.required}
         optional = {f.name: fields[f.name] for f in t.fields if not f.required}
-        return st.fixed_dictionaries(required, optional=optional).map(lambda kw: t.cls(**kw))
+        # A Struct may check itself in __post_init__ (unique names, say): such draws
+        # are not valid instances, so they are left out.
+        return (
+            st.fixed_dictionaries(required, optional=optional)
+            .map(lambda kw: _build(t.cls, kw))
+            .filter(lambda v: v is not None)
+        )
     if isinstance(t, mi.UnionType):
         return st.one_of(*(valid(m) for m in t.types))
     if isinstance(t, mi.StrType):
@@ -525,3 +531,10 @@ def json_lines(type_: Any) -> Strategy:
         st.just("   "),
     )
     return st.lists(st.one_of(good, good, bad), max_size=6)
+
+
+def _build(cls: Any, kw: dict[str, Any]) -> Any:
+    try:
+        return cls(**kw)
+    except msgspec.ValidationError:
+        return None

@@ -357,6 +357,25 @@ async def test_a_lost_ledger_stops_the_key_until_it_is_fenced(domain: Domain) ->
     refused(ErrorCode.INDEX_LEDGER_MISSING, e)
 
 
+async def test_a_ledger_rolled_back_behind_what_a_node_saw_is_refused(domain: Domain) -> None:
+    key = await domain.guards["hk-1"].generate(create("desk-hss-3", "lms-hss", hss=SMALL))
+    g = domain.guards["hk-2"]
+    first = sign_command("desk-hss-3", "lms-hss", b"one", "message", key.public_key)
+    await g.sign(first)  # hk-2 leases [0, 32)
+    older, revision = await domain.ledger.read("desk-hss-3")
+    assert older is not None and older.next_unleased == 32
+    # Someone writes the ledger back (a restore, a faulty writer): it reads as never leased.
+    domain.ledger.states["desk-hss-3"] = (
+        msgspec.structs.replace(older, next_unleased=0, leases=()),
+        revision + 1,
+    )
+    g.sealed.forget_leases()  # type: ignore[union-attr]
+    second = sign_command("desk-hss-3", "lms-hss", b"two", "message", key.public_key)
+    with pytest.raises(LantauError) as e:
+        await g.sign(second)
+    refused(ErrorCode.INDEX_LEDGER_MISSING, e)
+
+
 async def test_copies_travel_as_the_sealed_record_and_keep_residency(
     domain: Domain, keys: dict[str, Any]
 ) -> None:

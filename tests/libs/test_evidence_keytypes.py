@@ -11,7 +11,7 @@ import pytest
 
 from devkit import forge
 from libs.clock import now_ms
-from libs.evidence import check_bytes, check_create, check_sealed_use, check_sign_request
+from libs.evidence import check_create, check_sealed_use, check_sign_bytes, check_sign_parties
 from proto import codec
 from proto.common import HssShape
 from proto.errors import ErrorCode, LantauError
@@ -31,10 +31,10 @@ def hd_request(path: str | None, key_id: str = "desk-hd"):
 
 
 def checked(req, auth):
-    request = check_sign_request(
+    request = check_sign_parties(
         codec.encode(req), auth, [], key_id=req.key_id, pins=PINS, now_ms=now_ms()
     )
-    return check_bytes(request, auth, CHILD)
+    return check_sign_bytes(request, auth, CHILD)
 
 
 def refused(code: ErrorCode, fn, *args, **kw) -> str:

@@ -6,15 +6,15 @@ import asyncio
 import urllib.request
 
 from devkit.natsserver import free_port
-from libs.config import Config, NatsConfig
+from libs.config import Config
 from libs.service import Runtime, run
 
 
 async def test_a_connection_the_server_closes_for_good_makes_the_service_exit(nats_server):
     """nats-py does not reconnect after some server errors; a service left without a bus
     must not keep answering /healthz 200 (a supervisor would never restart it)."""
-    server = nats_server()
-    rt = Runtime("t", Config(nats=NatsConfig(servers=[server.url])), free_port(), provision=False)
+    _, nats_cfg = nats_server()
+    rt = Runtime("t", Config(nats=nats_cfg), free_port(), identity="tester")
     health: list[int] = []
 
     async def body(rt: Runtime) -> None:

@@ -56,6 +56,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{- define "lantau.auditKeySecretName" -}}
+{{- default (printf "%s-audit-record-key" (include "lantau.fullname" .)) .Values.audit.recordKey.existingSecret }}
+{{- end }}
+
 {{- define "lantau.pinSecretName" -}}
 {{- default (printf "%s-pins" (include "lantau.fullname" .)) .Values.pins.existingSecret }}
 {{- end }}
@@ -81,6 +85,10 @@ at /var/lib/lantau/token.
 # Rendered by the lantau Helm chart; fields: libs/config.py.
 [nats]
 servers = {{ toJson $v.nats.servers }}
+# Mutual TLS (Secret nats.tlsSecret); each pod's own nkey seed: LANTAU__NATS__SEED_FILE.
+ca_file = "/var/run/lantau/tls/ca.crt"
+cert_file = "/var/run/lantau/tls/tls.crt"
+key_file = "/var/run/lantau/tls/tls.key"
 stream_replicas = {{ int $v.nats.streamReplicas }}
 retention_days = {{ int $v.nats.retentionDays }}
 duplicate_window_s = {{ int $v.nats.duplicateWindowSeconds }}
@@ -119,8 +127,18 @@ metrics_port = {{ int $v.metricsPort }}
 [[requesters]]
 name = {{ toJson .name }}
 public_key = {{ toJson .publicKey }}
+{{- with .nkey }}
+nkey = {{ toJson . }}
+{{- end }}
 keys = {{ toJson (default list .keys) }}
 may_create_keys = {{ default false .mayCreateKeys }}
+{{- end }}
+
+{{- range $v.approvers }}
+
+[[approvers]]
+name = {{ toJson .name }}
+nkey = {{ toJson .nkey }}
 {{- end }}
 
 [hsm]
@@ -144,6 +162,8 @@ rules_file = "/etc/lantau/policy.toml"
 [audit]
 fetch_batch = {{ int $v.audit.fetchBatch }}
 metrics_port = {{ int $v.metricsPort }}
+record_key_file = "/etc/lantau/audit-key/audit-record-key"
+witness_files = {{ toJson $v.audit.witness.files }}
 
 [backup]
 kek_label = {{ toJson $v.backup.kekLabel }}
@@ -197,4 +217,37 @@ readinessProbe:
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
+{{- end }}
+
+{{/* The NATS identity Secrets, checked: the platform never connects without them. */}}
+{{- define "lantau.tlsSecret" -}}
+{{- required "nats.tlsSecret: a Secret with ca.crt, tls.crt, tls.key for NATS (mutual) TLS" .Values.nats.tlsSecret }}
+{{- end }}
+{{- define "lantau.identitiesSecret" -}}
+{{- required "nats.identitiesSecret: a Secret with one nkey seed per platform identity" .Values.nats.identitiesSecret }}
+{{- end }}
+
+{{/* Volumes: the TLS files, and the seeds of the given identities (a list), 0440. */}}
+{{- define "lantau.natsVolumes" -}}
+- name: nats-tls
+  secret:
+    secretName: {{ include "lantau.tlsSecret" .root }}
+    defaultMode: 288 # 0440: root and the pod's fsGroup
+- name: nats-identity
+  secret:
+    secretName: {{ include "lantau.identitiesSecret" .root }}
+    defaultMode: 288
+    items:
+      {{- range .identities }}
+      - key: {{ . }}
+        path: {{ . }}.seed
+      {{- end }}
+{{- end }}
+{{- define "lantau.natsMounts" -}}
+- name: nats-tls
+  mountPath: /var/run/lantau/tls
+  readOnly: true
+- name: nats-identity
+  mountPath: /var/run/lantau/nkeys
+  readOnly: true
 {{- end }}

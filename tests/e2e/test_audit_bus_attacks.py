@@ -1,0 +1,292 @@
+"""Attacks by someone who can publish on the bus, against the live platform: each is
+detected, named by its log sequence, and alerting; the trail goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+import nats.js.errors
+import pytest
+
+from libs.audit import logread, records
+from libs.audit.trail import Keys
+from libs.audit.verify import verify
+from libs.bus import kv
+from libs.client import CustodyClient
+from proto import codec
+from proto.audit import AuditCheckpoint, AuditFact, AuditRecord
+from proto.subjects import (
+    AUDIT_CHAIN,
+    AUDIT_CHECKPOINT,
+    AUDIT_LOG,
+    AUDIT_STATE_BUCKET,
+    AUDIT_STATE_WITNESS,
+    DEAD_LETTERS,
+    result_subject,
+)
+from tests.conftest import TRADER, fast_redelivery
+from tests.e2e.test_audit import (
+    audit_cli,
+    checkpoint_key,
+    eventually,
+    metric,
+    pins,
+    record_key,
+    service_log,
+)
+
+
+def _two_sinks_fast_checkpoints(cfg):
+    cfg = fast_redelivery(cfg)
+    first = Path(cfg.audit.witness_files[0])
+    second = first.parent.parent / "witness-2" / "checkpoints.jsonl"
+    second.parent.mkdir(parents=True, exist_ok=True)
+    audit = msgspec.structs.replace(
+        cfg.audit, witness_files=[str(first), str(second)], checkpoint_interval_s=1.0
+    )
+    return msgspec.structs.replace(cfg, audit=audit)
+
+
+@pytest.fixture(scope="module")
+def platform_options():
+    return {"nodes": 2, "tweak": _two_sinks_fast_checkpoints}
+
+
+@pytest.fixture(scope="module")
+async def trader(platform, trader_key):
+    c = await CustodyClient.connect(platform.config.nats.servers, TRADER, trader_key)
+    await c.create_key("desk-a-bus", "secp256k1")
+    yield c
+    await c.close()
+
+
+async def _sign(client, n: int, tag: str, timeout_s: float = 30.0) -> list:
+    requests = [
+        client.sign_request("desk-a-bus", hashlib.sha256(f"{tag}-{i}".encode()).digest())
+        for i in range(n)
+    ]
+    return list(await asyncio.gather(*(client.send(r, timeout=timeout_s) for r in requests)))
+
+
+async def _wait_result(client, request_id: str, timeout_s: float = 30.0):
+    found: list[object] = []
+
+    async def done() -> bool:
+        found[:] = [await client.get_result(request_id)]
+        return found[0] is not None
+
+    await eventually(done, timeout_s)
+    return found[0]
+
+
+async def _keys(platform, js) -> Keys:
+    return Keys(frozenset({record_key(platform)}), (await checkpoint_key(js),))
+
+
+async def _noted(js, keys: Keys, log_seq: int) -> bool:
+    """True once a record the audit service wrote names ``log_seq`` as skipped."""
+    report = verify(await logread.read_all(js), keys)
+    return report.ok and any(s == log_seq for s, _ in report.trail.quarantined)
+
+
+async def _quarantine_count(platform) -> float:
+    return metric(platform, "audit", "lantau_audit_quarantined_total") or 0.0
+
+
+async def test_a_forged_record_chained_on_the_head_is_quarantined_never_certified(platform, trader):
+    js = trader.connection.jetstream()
+    await _sign(trader, 3, "before-forgery")
+    keys = await _keys(platform, js)
+    before = await _quarantine_count(platform)
+    # The attacker chains a correct-looking record on the real head: "alice signed".
+    items = await logread.read_all(js)
+    head = [i.entry for i in items if isinstance(i.entry, AuditRecord)][-1]
+    attacker = records.RecordKey(os.urandom(32))
+    fake = AuditFact(
+        stream="LANTAU_REQUESTS",
+        seq=10**6,
+        sha256="ab" * 32,
+        event_type="sign_request",
+        actor="alice",
+        request_id="alice-never-asked",
+    )
+    forged = records.new_record(
+        seq=head.seq + 1, prev_hash=head.hash, at_ms=head.at_ms + 1, facts=[fake], key=attacker
+    )
+    ack = await js.publish(AUDIT_LOG, codec.encode(forged))
+    await eventually(lambda: _noted(js, keys, ack.seq))
+    assert await _quarantine_count(platform) >= before + 1
+    assert f"quarantined log seq {ack.seq}" in service_log(platform, "audit")
+    await _sign(trader, 2, "after-forgery")  # the trail goes on
+    out = audit_cli(platform, "verify", *pins(platform, keys.checkpoint_keys[0]))
+    assert out.returncode == 0, out.stdout
+    assert f"log seq {ack.seq}: a record signed by {attacker.public_hex[:16]}" in out.stdout
+    shown = audit_cli(platform, "show", "--request", "alice-never-asked")
+    assert shown.returncode == 1 and "no audit records" in shown.stdout
+    # Never chained, so never certified: no checkpoint's tree has it as a leaf.
+    reports = []
+
+    async def certified_past_it() -> bool:
+        reports[:] = [verify(await logread.read_all(js), keys)]
+        return reports[0].ok and reports[0].trail.last_cp_size > head.seq
+
+    await eventually(certified_past_it)
+    assert records.leaf_hash(forged) not in reports[0].trail.leaves
+
+
+async def test_sixteen_random_bytes_on_the_log_subject_are_skipped_and_named(platform, trader):
+    js = trader.connection.jetstream()
+    keys = await _keys(platform, js)
+    ack = await js.publish(AUDIT_LOG, os.urandom(16))
+    await eventually(lambda: _noted(js, keys, ack.seq))
+    # The next real facts are chained, none is dead-lettered.
+    results = await _sign(trader, 3, "after-garbage")
+    assert all(r.status == "signed" for r in results)
+    report = verify(await logread.read_all(js), keys)
+    assert report.ok, report.summary()
+    dlq = await js.stream_info(DEAD_LETTERS.name)
+    assert dlq.state.messages == 0, "a fact was dead-lettered"
+    out = audit_cli(platform, "verify", *pins(platform, keys.checkpoint_keys[0]))
+    assert out.returncode == 0, out.stdout
+    assert f"log seq {ack.seq}: not an audit entry (16 bytes" in out.stdout
+
+
+async def test_a_replayed_checkpoint_is_quarantined(platform, trader):
+    js = trader.connection.jetstream()
+    keys = await _keys(platform, js)
+    items = await logread.read_all(js)
+    old = next(i for i in items if isinstance(i.entry, AuditCheckpoint))
+    raw = (await js.get_msg(AUDIT_CHAIN.name, old.log_seq)).data
+    ack = await js.publish(AUDIT_CHECKPOINT, raw)
+    await eventually(lambda: _noted(js, keys, ack.seq))
+    out = audit_cli(platform, "verify", *pins(platform, keys.checkpoint_keys[0]))
+    assert out.returncode == 0, out.stdout
+    size = old.entry.tree_size
+    assert f"log seq {ack.seq}: a copy of the checkpoint of tree size {size}" in out.stdout
+
+
+async def _status(js):
+    value, _ = await kv.read(await js.key_value(AUDIT_STATE_BUCKET), AUDIT_STATE_WITNESS)
+    return codec.WITNESS_STATUS.decode(value) if value else None
+
+
+async def test_a_lost_witness_sink_alerts_and_signing_goes_on(platform, trader):
+    js = trader.connection.jetstream()
+    sinks = platform.config.audit.witness_files
+    lost = Path(sinks[1]).parent
+    moved = lost.with_name(lost.name + ".away")
+    lost.rename(moved)
+    try:
+        await eventually(
+            lambda: metric(platform, "audit", "lantau_audit_witness_up", sink=sinks[1]) == 0
+        )
+        assert "witness sink" in service_log(platform, "audit")
+        results = await _sign(trader, 3, "one-sink-lost")
+        assert all(r.status == "signed" for r in results)
+        assert metric(platform, "audit", "lantau_audit_witnessed") == 1
+    finally:
+        moved.rename(lost)
+    await eventually(
+        lambda: metric(platform, "audit", "lantau_audit_witness_up", sink=sinks[1]) == 1
+    )
+    keys = await _keys(platform, js)
+    for sink in sinks:
+        out = audit_cli(
+            platform, "verify", *pins(platform, keys.checkpoint_keys[0]), "--witness", sink
+        )
+        assert out.returncode == 0, out.stdout
+
+
+async def test_losing_every_witness_sink_pauses_signing_until_one_returns(platform, trader):
+    js = trader.connection.jetstream()
+    dirs = [Path(s).parent for s in platform.config.audit.witness_files]
+    for d in dirs:
+        d.rename(d.with_name(d.name + ".away"))
+    try:
+        await eventually(lambda: metric(platform, "audit", "lantau_audit_witnessed") == 0)
+        await eventually(lambda: metric(platform, "signer", "lantau_signing_paused") == 1)
+        status = await _status(js)
+        assert status is not None and not status.witnessed and "witness" in status.reason
+        request = trader.sign_request("desk-a-bus", hashlib.sha256(b"while-unwitnessed").digest())
+        await trader.submit(request)
+        await asyncio.sleep(3)
+        assert await trader.get_result(request.request_id) is None, "signed while unwitnessed"
+        assert "signing paused" in service_log(platform, "signer")
+    finally:
+        for d in dirs:
+            d.with_name(d.name + ".away").rename(d)
+    result = await _wait_result(trader, request.request_id)
+    assert result.status == "signed"
+    assert metric(platform, "signer", "lantau_signing_paused") == 0
+    assert metric(platform, "audit", "lantau_audit_witnessed") == 1
+
+
+async def test_proofs_from_the_command_line_check_with_lantau_and_with_the_recipe(platform, trader):
+    import json
+
+    from tests.audit.test_merkle_doc_recipe import recipe
+
+    js = trader.connection.jetstream()
+    keys = await _keys(platform, js)
+    pinned = pins(platform, keys.checkpoint_keys[0])
+    saved = platform.run_dir / "auditor-saved.json"
+    assert audit_cli(platform, "verify", *pinned, "--save-checkpoint", str(saved)).returncode == 0
+    results = await _sign(trader, 4, "after-saving")
+    assert all(r.status == "signed" for r in results), results
+    subject = result_subject(TRADER, results[-1].request_id)
+    found: list[int] = []
+
+    async def stored() -> bool:  # the client hears a result as the stream stores it
+        try:
+            found[:] = [(await js.get_last_msg("LANTAU_RESULTS", subject)).seq]
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    await eventually(stored)
+    subject_seq = found[0]
+
+    async def covered() -> bool:
+        t = verify(await logread.read_all(js), keys).trail
+        return t.cursors.get("LANTAU_RESULTS", 0) >= subject_seq and t.last_cp_size == t.head_seq
+
+    await eventually(covered)
+    grew = platform.run_dir / "consistency.json"
+    out = audit_cli(platform, "prove", *pinned, "--from", str(saved), "--out", str(grew))
+    assert out.returncode == 0, out.stdout + out.stderr
+    included = platform.run_dir / "inclusion.json"
+    fact = f"LANTAU_RESULTS:{subject_seq}"
+    out = audit_cli(platform, "prove", *pinned, "--fact", fact, "--out", str(included))
+    assert out.returncode == 0, out.stdout + out.stderr
+    for doc in (grew, included):
+        said = lantau_check(doc, pinned, saved)
+        assert said.returncode == 0 and said.stdout.startswith("OK:"), said.stdout
+    # The same documents, checked with the page's own code (hashlib and json only).
+    ns = recipe()
+    c = json.loads(grew.read_text())
+    assert ns["check_consistency"](json.dumps(c["proof"]), c["old"]["root"], c["new"]["root"])
+    i = json.loads(included.read_text())
+    assert any(
+        f["stream"] == "LANTAU_RESULTS" and f["seq"] == subject_seq for f in i["record"]["facts"]
+    )
+    assert ns["check_inclusion"](json.dumps(i["proof"]), i["checkpoint"]["root"])
+    # A proof doctored to another old root is refused.
+    c["old"]["root"] = "00" * 32
+    grew.write_text(json.dumps(c))
+    said = lantau_check(grew, pinned, None)
+    assert said.returncode == 1 and said.stdout.startswith("FAILED"), said.stdout
+
+
+def lantau_check(doc, pinned, saved):
+    from tests.e2e.helpers import lantau
+
+    extra = ["--since", str(saved)] if saved is not None else []
+    out = lantau("audit", "check-proof", str(doc), *pinned, *extra)
+    print(
+        f"\n$ lantau audit check-proof {doc.name}\n{out.stdout}{out.stderr}(exit {out.returncode})"
+    )
+    return out
