@@ -80,8 +80,10 @@ class PendingApproval(Message, tag="pending_approval", frozen=True, kw_only=True
     # for a blind request only what it declared.
     view: list[str] = []
     view_sha256: str = ""
-    # What the authorization will say once approved: the key's curve, the bytes to sign.
+    # What the authorization will say once approved: the key's curve and public key (so
+    # an approver's own tools can decode the transaction again), the bytes to sign.
     curve: str = ""
+    public_key: bytes = b""
     blind: bool = True
     digests: list[str] = []
     rule: str

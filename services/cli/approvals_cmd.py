@@ -28,7 +28,6 @@ from libs.bus.publish import publish
 from libs.bus.violations import subscribe_checked
 from libs.client import load_signing_key
 from libs.clock import now_ms
-from libs.keys.directory import KeyDirectory
 from proto import codec
 from proto.approvals import (
     ApprovalOutcome,
@@ -176,13 +175,10 @@ def _state(p: PendingApproval, now_ms: int) -> str:
     return f"{p.status}, {left} s left" if p.status == "pending" else p.status
 
 
-async def _reviewed(nc: Client, held: list[PendingApproval]) -> list[Review]:
-    keys = await KeyDirectory.open(nc.jetstream())
-    out = []
-    for p in held:
-        record, _ = await keys.get(p.key_id)
-        out.append(review(p, record.public_key if record is not None else None))
-    return out
+def _reviewed(held: list[PendingApproval]) -> list[Review]:
+    """Each held request decoded here again, with the key policy held it for (an approver
+    reads nothing of the key directory: the held request names its public key)."""
+    return [review(p, p.public_key or None) for p in held]
 
 
 async def _list(args: argparse.Namespace) -> int:
@@ -191,7 +187,7 @@ async def _list(args: argparse.Namespace) -> int:
     try:
         scope = _scope(cfg, args.approver)
         held = [p for p in await held_requests(nc, scope) if args.all or p.status == "pending"]
-        seen = await _reviewed(nc, held)
+        seen = _reviewed(held)
     finally:
         await nc.close()
     if not held:
@@ -282,7 +278,7 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
                 "the held request's decoded view is not the one you reviewed "
                 f"(held: {pending.view_sha256 or 'none, a blind request'})"
             )
-        [seen] = await _reviewed(nc, [pending])
+        [seen] = _reviewed([pending])
         if seen.problem and vote == "approve":
             return _refuse(f"not approving: {seen.problem}")
         signed = signed_vote(pending, args.approver, vote, key)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import msgspec
+import nats.errors
 
 from libs import config as config_mod
 from libs import logs, tracing
@@ -22,7 +23,7 @@ from libs.secret_files import write_secret
 from libs.service import Runtime, ServiceEntry
 from libs.service import run as run_service
 from proto.common import Curve, HssShape
-from proto.errors import LantauError
+from proto.errors import ErrorCode, LantauError
 from services.cli import payloads
 from services.cli.usage import UsageError
 
@@ -326,6 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args))
     except LantauError as e:
         print(f"lantau: {e.code}: {e.message}", file=sys.stderr)
+        return 2
+    except (nats.errors.Error, TimeoutError, ConnectionError) as e:
+        # The bus did not answer: say so in one line, never a traceback.
+        what = type(e).__name__
+        print(
+            f"lantau: {ErrorCode.BUS_UNAVAILABLE}: the bus did not answer ({what})", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         return 130

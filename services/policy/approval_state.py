@@ -58,6 +58,7 @@ class Approvals:
             view=list(judged.facts.summary),
             view_sha256=judged.facts.view_sha256,
             curve=judged.curve,
+            public_key=judged.public_key,
             blind=judged.facts.blind,
             digests=judged.digests,
             rule=decision.rule,

@@ -47,6 +47,7 @@ class Judged:
     facts: Facts
     digests: list[str]
     curve: str
+    public_key: bytes
 
 
 def _spelled(m: Movement) -> Movement:

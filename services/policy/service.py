@@ -173,7 +173,7 @@ class PolicyService:
             public_key = signing_public(record, request.path) or b""
             facts = facts_of(request, None, protection=record.protection)
         data = evidence.bytes_to_sign(request, public_key)
-        return Judged(facts, [digest_of(d) for d in data], curve)
+        return Judged(facts, [digest_of(d) for d in data], curve, public_key)
 
     async def _claim(self, request: Request, digest: str) -> bool:
         """Bind the requester's id to this content forever; reusing it for other content

@@ -31,6 +31,7 @@ from spl.token.constants import TOKEN_2022_PROGRAM_ID
 from devkit import demo_policy as demo
 from devkit import txcheck, txs
 from libs import chains
+from libs.bus.permissions import PROVISIONER, approver_identity
 from libs.client import CustodyClient
 from libs.config import RequesterConfig
 from libs.secret_files import write_secret
@@ -38,9 +39,9 @@ from proto import codec
 from proto.errors import ErrorCode, LantauError
 from proto.requests import Transfer, signing_bytes
 from proto.results import SignResult
-from proto.subjects import RECEIPTS, SIGN_REQUEST, intent_subject
+from proto.subjects import RECEIPTS, intent_subject, sign_request_subject
 from services.cli.approvals_cmd import find, held_requests, send_vote, signed_vote
-from tests.conftest import TRADER
+from tests.conftest import TRADER, connect_client
 from tests.e2e.helpers import lantau, verify_independently
 from tests.e2e.test_poison import dead_letter_for
 from tests.e2e.test_policy import vote, wait_held, wait_result
@@ -354,7 +355,7 @@ async def test_psbts_without_utxo_data_or_with_lying_amounts(client, keys):
     await refused(client, ErrorCode.CHAIN_ID_REQUIRED, BTC, _psbt(keys).serialize(), "btc_psbt")
 
 
-async def test_oversized_transactions(client, keys, trader_key):
+async def test_oversized_transactions(platform, client, keys, trader_key):
     # Within the 64 KiB wire limit, but 300 outputs: more than a single key ever signs.
     ours = Script(b"\x00\x14" + bytes(20))
     prev = txs.funding((10**7, p2wpkh(ec.PublicKey.parse(keys[BTC]))), salt=0xDD)
@@ -378,9 +379,14 @@ async def test_oversized_transactions(client, keys, trader_key):
     forged = msgspec.structs.replace(
         forged, signature=trader_key.sign(signing_bytes(forged)).signature
     )
-    js = client.connection.jetstream()
-    ack = await js.publish(SIGN_REQUEST, codec.encode(forged))
-    record = await dead_letter_for(js, "LANTAU_REQUESTS", ack.seq)
+    ack = await client.connection.jetstream().publish(
+        sign_request_subject(client.requester), codec.encode(forged)
+    )
+    inspector = await platform.connect_as(PROVISIONER)
+    try:
+        record = await dead_letter_for(inspector.jetstream(), "LANTAU_REQUESTS", ack.seq)
+    finally:
+        await inspector.close()
     assert record.code and "payload" in record.message
     assert await client.get_result(forged.request_id) is None
     REFUSED.append(forged.request_id)
@@ -429,9 +435,7 @@ async def test_blind_signing_is_a_permission_of_requester_and_key(
     digest = hashlib.sha256(b"blind").digest()
     await refused(client, ErrorCode.BLIND_SIGNING_DENIED, EVM, digest, "digest")
     await refused(client, ErrorCode.BLIND_SIGNING_DENIED, SOL, b"transfer 3 SOL", "message")
-    async with await CustodyClient.connect(
-        platform.config.nats.servers, OTHER, other_key
-    ) as desk_b:
+    async with await connect_client(platform, other_key, OTHER) as desk_b:
         await refused(desk_b, ErrorCode.BLIND_SIGNING_DENIED, BLIND, digest, "digest")
     ok = await client.sign(BLIND, digest)
     assert ok.status == "signed" and ok.signed_payload is None
@@ -460,12 +464,16 @@ async def test_an_approval_shows_the_decoded_transaction_and_binds_its_view(
         assert needle in listing, (needle, listing)
 
     # A vote naming another view is refused by policy, and counts for nothing.
-    pending = find(await held_requests(nc), request.request_id)
-    assert pending is not None and pending.view_sha256 == view
-    alice = approver_key(platform, "alice")
-    outcome = await send_vote(
-        nc, signed_vote(pending, "alice", "approve", alice, view_sha256="ab" * 32)
-    )
+    as_alice = await platform.connect_as(approver_identity("alice"))
+    try:
+        pending = find(await held_requests(as_alice, [TRADER]), request.request_id)
+        assert pending is not None and pending.view_sha256 == view
+        alice = approver_key(platform, "alice")
+        outcome = await send_vote(
+            as_alice, signed_vote(pending, "alice", "approve", alice, view_sha256="ab" * 32)
+        )
+    finally:
+        await as_alice.close()
     assert outcome is not None and not outcome.accepted
     assert outcome.code == ErrorCode.APPROVAL_MISMATCH
     # The command refuses, before sending anything, a view other than the one reviewed.

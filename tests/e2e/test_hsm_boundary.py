@@ -14,6 +14,7 @@ import pytest
 from nats.aio.client import Client
 
 from devkit import forge
+from devkit.chaos import wait_replicated
 from libs.bus.permissions import POLICY, PROVISIONER, SIGNER
 from libs.hsm.remote import RemoteHsm
 from proto import codec
@@ -63,9 +64,11 @@ async def admin(platform) -> AsyncIterator[Client]:
 
 
 @pytest.fixture(scope="module")
-async def key_public(client) -> bytes:
+async def key_public(platform, client) -> bytes:
     created = await client.create_key(KEY, "secp256k1")
     assert created.status == "created", created.error
+    # Every node holds it: each refusal below is about the evidence, not a missing key.
+    await wait_replicated(client, platform, KEY)
     return created.public_key
 
 
