@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 FUZZ_SECONDS ?= 60
 
-.PHONY: run demo test lint bench fuzz setup system-deps schemas clean
+.PHONY: run demo test lint bench fuzz chaos-hss setup system-deps schemas clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,11 @@ fuzz: $(VENV)/.fuzz-installed
 
 bench: setup
 	$(VENV)/bin/lantau bench
+
+# The HSS no-reuse chaos run, longer than CI's (HSS_CHAOS_SECONDS; CI runs two 12 s cycles).
+HSS_CHAOS_SECONDS ?= 120
+chaos-hss: setup
+	$(VENV)/bin/lantau chaos --hss --seconds $(HSS_CHAOS_SECONDS)
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy proto libs services

@@ -1,7 +1,9 @@
 """``lantau bench`` / ``make bench``: the platform measured against the raw HSM limit.
 
-One run, per curve: the raw limit (the same SoftHSM tokens driven directly through
-PKCS#11, one process per token with the hsm-node's parallelism, no bus); sustained
+One run, per key type: the raw limit (the same SoftHSM tokens driven directly through
+PKCS#11, one process per token with the hsm-node's parallelism, no bus; for a type
+kept as sealed material, the node's own sealed-key code: unseal on the token, derive,
+sign, wipe, and for HSS its leases by CAS); sustained
 end-to-end throughput through client, policy, signer, hsm-node and result with audit
 on; open-loop latency at 25/50/80 % of that throughput, measured from each request's
 scheduled send time so queueing is never hidden; scaling over 1, 2 and 3 HSM nodes;
@@ -31,10 +33,26 @@ from devkit.chaos import wait_replicated
 from devkit.stack import DevStack, start_platform
 from libs.client import CustodyClient, CustodyError
 from libs.config import RequesterConfig
-from proto.common import Curve
+from libs.keytypes import kinds
+from proto.common import Curve, HssShape
 
 REQUESTER = "bench"
-KEY_OF: dict[Curve, str] = {"secp256k1": "bench-k1", "ed25519": "bench-ed"}
+KEY_OF: dict[Curve, str] = {
+    "secp256k1": "bench-k1",
+    "ed25519": "bench-ed",
+    "bip32-secp256k1": "bench-hd",
+    "slip10-ed25519": "bench-sol",
+    "ml-dsa-65": "bench-pq",
+    "lms-hss": "bench-hss",
+}
+ALL_CURVES: list[Curve] = list(KEY_OF)
+# HD keys sign with a child five steps down (BIP44 shape), derived for every signature.
+PATH_OF: dict[str, str] = {
+    "bip32-secp256k1": "m/44'/60'/0'/0/1",
+    "slip10-ed25519": "m/44'/501'/0'/0'",
+}
+# HSS: small trees (leases of 1 024 open in a fraction of a second; 32 768 signatures).
+BENCH_HSS = HssShape(levels=3, height=5, winternitz=4)
 
 
 @dataclass
@@ -143,9 +161,12 @@ def raw_worker(args: argparse.Namespace) -> int:
     node = cfg.hsm_node(args.node)
     pin = config_mod.read_pin(node)
     backend = Pkcs11Token(node.module, node.token_label, pin, sessions=node.sessions)
-    payload = hashlib.sha256(b"raw").digest() if args.curve == "secp256k1" else b"raw" * 11
+    scheme = kinds.scheme(args.curve)
+    payload = hashlib.sha256(b"raw").digest() if scheme == "secp256k1" else b"raw" * 11
 
     async def loop() -> int:
+        if kinds.is_sealed(args.curve):
+            return await _sealed_loop(cfg, node.id, backend, args, payload)
         await backend.sign(args.key, args.curve, payload)  # warm the key cache
         ops, stop_at = 0, time.monotonic() + args.seconds
         while time.monotonic() < stop_at:
@@ -161,6 +182,38 @@ def raw_worker(args: argparse.Namespace) -> int:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     print(json.dumps({"ops": ops, "seconds": elapsed, "cpu_s": cpu}))
     return 0
+
+
+async def _sealed_loop(cfg: Any, node_id: str, token: Any, args: Any, payload: bytes) -> int:
+    """The hsm-node's sealed-key signing with no bus in the way: the sealed record and
+    (HSS) the index ledger are read from the stack's KV, as a node reads them."""
+    from libs.bus.permissions import node_identity
+    from libs.hsm.ceremony import sealing_label
+    from libs.hsm.sealed_keys import SealedKeys
+    from libs.hsm.sealed_store import KvIndexLedger, KvSealedStore
+    from services.cli.identity import connect_cli
+
+    # As the node itself: the identity allowed to read the sealed records and ledgers.
+    nc = await connect_cli(cfg, node_identity(node_id), config_path=args.config)
+    try:
+        js = nc.jetstream()
+        sealed = SealedKeys(
+            token,
+            node_id=f"bench-raw-{node_id}",  # a node of its own: its own leases
+            sealing_label=sealing_label(cfg.backup.kek_label),
+            store=KvSealedStore(js),
+            ledger=KvIndexLedger(js),
+        )
+        record = await sealed.load(args.key)
+        path = PATH_OF.get(args.curve)
+        await sealed.sign(record, path, [payload])  # warm: the record, a lease
+        ops, stop_at = 0, time.monotonic() + args.seconds
+        while time.monotonic() < stop_at:
+            await sealed.sign(record, path, [payload])
+            ops += 1
+        return ops
+    finally:
+        await nc.close()
 
 
 async def raw_limit(
@@ -201,7 +254,9 @@ async def raw_limit(
 
 def _payload(curve: Curve, n: int) -> tuple[bytes, str]:
     data = hashlib.sha256(f"bench-{curve}-{n}-{time.monotonic_ns()}".encode()).digest()
-    return (data, "digest") if curve == "secp256k1" else (data + b"-message", "message")
+    if kinds.scheme(curve) == "secp256k1":
+        return data, "digest"
+    return data + b"-message", "message"
 
 
 async def sustained(
@@ -216,7 +271,13 @@ async def sustained(
         nonlocal signed
         while time.monotonic() < stop_at:
             payload, kind = _payload(curve, next(counter))
-            result = await client.sign(KEY_OF[curve], payload, payload_kind=kind, timeout=60)  # type: ignore[arg-type]
+            result = await client.sign(
+                KEY_OF[curve],
+                payload,
+                payload_kind=kind,  # type: ignore[arg-type]
+                timeout=60,
+                path=PATH_OF.get(curve),
+            )
             signed += result.status == "signed"
 
     started = time.monotonic()
@@ -248,7 +309,12 @@ async def open_loop(
     async def one(n: int, s: _Sent) -> None:
         payload, kind = _payload(curve, n)
         client = clients[n % len(clients)]
-        request = client.sign_request(KEY_OF[curve], payload, payload_kind=kind)  # type: ignore[arg-type]
+        request = client.sign_request(
+            KEY_OF[curve],
+            payload,
+            payload_kind=kind,  # type: ignore[arg-type]
+            path=PATH_OF.get(curve),
+        )
         s.request_id = request.request_id
         try:
             result = await client.send(request, timeout=60)
@@ -328,10 +394,11 @@ async def _keys(
 ) -> dict[str, list[str]]:
     holders: dict[str, list[str]] = {}
     for curve in curves:
-        made = await client.create_key(KEY_OF[curve], curve)
+        hss = BENCH_HSS if curve == "lms-hss" else None
+        made = await client.create_key(KEY_OF[curve], curve, hss=hss)
         if made.status != "created":
             raise RuntimeError(f"cannot create the {curve} bench key: {made.error}")
-        if curve == "secp256k1":
+        if curve == "secp256k1" or kinds.is_sealed(curve):  # sealed keys clone everywhere
             await wait_replicated(client, stack, KEY_OF[curve])
             holders[curve] = [n.id for n in stack.config.hsm_nodes]
         else:  # SoftHSM cannot wrap EdDSA keys: this one lives where it was made
@@ -346,13 +413,15 @@ async def run_bench(
     durations: Durations,
     in_flight: int = 48,
     say: Any = print,
+    scaling: bool = True,
 ) -> Report:
+    """``scaling``: also measure secp256k1 over 1 and 2 nodes on stacks of their own."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(machine=machine())
     run_dir = out_dir / "run"
 
     # Scaling: 1 and 2 nodes on their own stacks, then 3 for everything else.
-    for nodes in (1, 2):
+    for nodes in (1, 2) if scaling else ():
         stack, clients = await _stack(run_dir, nodes)
         try:
             await _keys(stack, clients[0], ["secp256k1"])
@@ -478,24 +547,24 @@ def table(report: Report) -> str:
         "",
     ]
     lines.append(
-        f"{'curve':<10}{'nodes':>6}{'raw/s':>9}{'e2e/s':>9}{'ratio':>7}"
+        f"{'key type':<16}{'nodes':>6}{'raw/s':>9}{'e2e/s':>9}{'ratio':>7}"
         f"{'overhead us':>13}{'+nats us':>10}"
     )
     for c in report.curves:
         lines.append(
-            f"{c.curve:<10}{c.nodes_holding_key:>6}{c.raw_per_s:>9.0f}"
+            f"{c.curve:<16}{c.nodes_holding_key:>6}{c.raw_per_s:>9.0f}"
             f"{c.sustained_per_s:>9.0f}{c.ratio_to_raw:>7.0%}{c.overhead_cpu_us:>13.0f}"
             f"{c.overhead_cpu_us_with_nats:>10.0f}"
         )
     lines += [
         "",
-        f"{'curve':<10}{'load':>6}{'offered/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'key type':<16}{'load':>6}{'offered/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
         f"{'p99.9 ms':>10}{'lost':>6}",
     ]
     for c in report.curves:
         for share, p in zip(("25%", "50%", "80%"), c.latency, strict=False):
             lines.append(
-                f"{c.curve:<10}{share:>6}{p.offered_per_s:>11.0f}{p.p50_ms:>9.1f}"
+                f"{c.curve:<16}{share:>6}{p.offered_per_s:>11.0f}{p.p50_ms:>9.1f}"
                 f"{p.p99_ms:>9.1f}{p.p999_ms:>10.1f}{p.lost:>6}"
             )
     lines += [
@@ -543,7 +612,7 @@ def chart(report: Report, path: Path) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     durations = Durations.smoke() if args.smoke else Durations()
-    curves: list[Curve] = args.curve or ["secp256k1", "ed25519"]
+    curves: list[Curve] = args.curve or ALL_CURVES
     print(f"benchmark in {args.out} ({'smoke' if args.smoke else 'full'} run) ...", flush=True)
     report = asyncio.run(
         run_bench(
@@ -561,7 +630,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure throughput and latency against the raw HSM limit")
     p.add_argument("--out", default=".lantau/bench")
     p.add_argument("--smoke", action="store_true", help="a few seconds per stage (CI)")
-    p.add_argument("--curve", action="append", choices=["secp256k1", "ed25519"])
+    p.add_argument(
+        "--curve", "--type", dest="curve", action="append", choices=ALL_CURVES, help="key type"
+    )
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("bench-raw-worker", help=argparse.SUPPRESS)
     p.add_argument("--config", required=True)

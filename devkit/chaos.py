@@ -20,6 +20,7 @@ from pathlib import Path
 from devkit.stack import DevStack
 from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient, CustodyError, RequestIdConflict, ResultTimeout
+from proto.common import PayloadKind
 from proto.results import SignResult
 from proto.subjects import RESULT_PREFIX, RESULTS, result_subject
 
@@ -64,6 +65,8 @@ class ChaosReport:
     by_node: dict[str, int] = field(default_factory=dict)
     faults: list[FaultReport] = field(default_factory=list)
     signed_after: dict[str, int] = field(default_factory=dict)
+    # Every signed result with the payload it signed (request id -> (payload, result)).
+    results: dict[str, tuple[bytes, SignResult]] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         out = [
@@ -148,7 +151,11 @@ async def run_chaos(
     duration_s: float,
     in_flight_per_client: int = 8,
     tick: Callable[[float, list[Outcome]], Awaitable[None]] | None = None,
+    payload_for: Callable[[str], tuple[bytes, PayloadKind]] | None = None,
+    verify: Callable[[SignResult, bytes], bool] = _verify,
 ) -> ChaosReport:
+    """``payload_for`` makes each request's payload from a unique name (default: its
+    SHA-256 as a digest); ``verify`` checks a signed result independently."""
     outcomes: list[Outcome] = []
     digests: dict[str, bytes] = {}
     start = time.monotonic()
@@ -156,8 +163,11 @@ async def run_chaos(
     report = ChaosReport()
 
     async def one(client: CustodyClient, n: int) -> None:
-        digest = hashlib.sha256(f"{key_id}-{id(client)}-{n}".encode()).digest()
-        request = client.sign_request(key_id, digest)
+        name = f"{key_id}-{id(client)}-{n}"
+        digest, kind = (
+            payload_for(name) if payload_for else (hashlib.sha256(name.encode()).digest(), "digest")
+        )
+        request = client.sign_request(key_id, digest, payload_kind=kind)
         outcome = Outcome(request.request_id, time.monotonic())
         outcomes.append(outcome)
         digests[request.request_id] = digest
@@ -175,7 +185,9 @@ async def run_chaos(
         outcome.done_at, outcome.status = time.monotonic(), result.status
         if isinstance(result, SignResult):
             outcome.node = result.node
-            outcome.verified = result.status == "signed" and _verify(result, digest)
+            outcome.verified = result.status == "signed" and verify(result, digest)
+            if result.status == "signed":
+                report.results[request.request_id] = (digest, result)
 
     async def worker(client: CustodyClient, w: int) -> None:
         n = 0
@@ -231,9 +243,9 @@ async def run_chaos(
                 o.status, o.done_at = stored.status, o.done_at or time.monotonic()
                 if isinstance(stored, SignResult):
                     o.node = stored.node
-                    o.verified = stored.status == "signed" and _verify(
-                        stored, digests[o.request_id]
-                    )
+                    o.verified = stored.status == "signed" and verify(stored, digests[o.request_id])
+                    if stored.status == "signed":
+                        report.results[o.request_id] = (digests[o.request_id], stored)
 
     report.sent = len(outcomes)
     report.signed = sum(o.status == "signed" for o in outcomes)

@@ -32,7 +32,11 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     from devkit.chaos import chaos_demo
 
     shutil.rmtree(args.dir, ignore_errors=True)
-    return asyncio.run(chaos_demo(Path(args.dir), duration_s=args.seconds))
+    if args.hss:
+        from devkit.hss_chaos import hss_chaos_demo
+
+        return asyncio.run(hss_chaos_demo(Path(args.dir), duration_s=args.seconds or 120.0))
+    return asyncio.run(chaos_demo(Path(args.dir), duration_s=args.seconds or 18.0))
 
 
 def cmd_backup_drill(args: argparse.Namespace) -> int:
@@ -68,7 +72,13 @@ def add_parsers(sub: argparse._SubParsersAction, run_dir: Path) -> None:
 
     p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
     p.add_argument("--dir", default=".lantau/chaos")
-    p.add_argument("--seconds", type=float, default=18.0)
+    p.add_argument("--seconds", type=float, help="how long (default 18; 120 with --hss)")
+    p.add_argument(
+        "--hss",
+        action="store_true",
+        help="stateful HSS keys: kill, hang, restart and join nodes while signing, then "
+        "check every signature and that no one-time key was used twice",
+    )
     p.set_defaults(fn=cmd_chaos)
 
     bench.add_parsers(sub)

@@ -32,7 +32,7 @@ from libs.bus.violations import guarded, subscribe_checked
 from libs.clock import now_ms
 from libs.config import NatsConfig
 from proto import codec
-from proto.common import Curve, PayloadKind
+from proto.common import Curve, HssShape, PayloadKind
 from proto.errors import ErrorCode, LantauError
 from proto.requests import (
     CreateKeyRequest,
@@ -192,10 +192,12 @@ class CustodyClient:
         transfer: Transfer | None = None,
         request_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
+        path: str | None = None,
     ) -> SignRequest:
         """A signed request, not yet sent. ``chain``: the network where the payload does not
         say it (a PSBT's "testnet", a Solana "solana:devnet"); ``transfer``: what the requester
-        declares it moves (policy refuses a declaration the parsed transaction contradicts)."""
+        declares it moves (policy refuses a declaration the parsed transaction contradicts);
+        ``path``: an HD key's derivation path (the child that signs)."""
         created = now_ms()
         request = SignRequest(
             request_id=request_id or uuid.uuid4().hex,
@@ -207,6 +209,7 @@ class CustodyClient:
             transfer=transfer,
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
+            path=path,
         )
         return self.signed(request)
 
@@ -218,7 +221,9 @@ class CustodyClient:
         region: str | None = None,
         request_id: str | None = None,
         ttl_ms: int = DEFAULT_TTL_MS,
+        hss: HssShape | None = None,
     ) -> CreateKeyRequest:
+        """``curve``: the key type; ``hss``: an lms-hss key's shape (else policy's default)."""
         created = now_ms()
         request = CreateKeyRequest(
             request_id=request_id or uuid.uuid4().hex,
@@ -228,6 +233,7 @@ class CustodyClient:
             region=region,
             created_at_ms=created,
             expires_at_ms=created + ttl_ms,
+            hss=hss,
         )
         return self.signed(request)
 
@@ -251,6 +257,7 @@ class CustodyClient:
         transfer: Transfer | None = None,
         request_id: str | None = None,
         timeout: float = 30.0,
+        path: str | None = None,
     ) -> SignResult:
         """Ask for a signature and wait for the terminal result (signed, rejected, ...).
 
@@ -262,6 +269,7 @@ class CustodyClient:
             chain=chain,
             transfer=transfer,
             request_id=request_id,
+            path=path,
         )
         result = await self.send(request, timeout=timeout, resend=request_id is not None)
         assert isinstance(result, SignResult)
@@ -275,8 +283,11 @@ class CustodyClient:
         region: str | None = None,
         request_id: str | None = None,
         timeout: float = 30.0,
+        hss: HssShape | None = None,
     ) -> KeyResult:
-        request = self.create_key_request(key_id, curve, region=region, request_id=request_id)
+        request = self.create_key_request(
+            key_id, curve, region=region, request_id=request_id, hss=hss
+        )
         result = await self.send(request, timeout=timeout, resend=request_id is not None)
         assert isinstance(result, KeyResult)
         return result

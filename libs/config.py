@@ -143,6 +143,9 @@ class RequesterConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # Keys (fnmatch patterns) this system may have sign a raw digest or message that
     # nobody can decode: blind signing is a permission of its own, denied by default.
     blind_keys: list[str] = []
+    # HD keys: derivation paths (fnmatch, e.g. "m/44'/60'/3'/*") this system may sign
+    # at; empty: any path of the keys it may use.
+    paths: list[str] = []
 
 
 class AuthorityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

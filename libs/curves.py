@@ -2,7 +2,9 @@
 
 The HSM returns raw signatures; before anyone sees one it is normalised (low-S
 for ECDSA, as Bitcoin and Ethereum require), given its recovery id, and verified
-in software against the key's public key (invariant 5).
+in software against the key's public key (invariant 5). Every key type goes through
+here: HD children as their curve (under the child's public key), ML-DSA-65 and HSS
+with their own verifiers (libs/keytypes).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import coincurve
 import nacl.exceptions
 import nacl.signing
 
+from libs.keytypes import kinds, lms, mldsa
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError
 
@@ -26,26 +29,8 @@ class FinalSignature(NamedTuple):
 
 
 def check_payload(curve: Curve, payload_kind: str, payload: bytes) -> None:
-    """Refuse payloads the curve cannot sign meaningfully, naming the rule broken."""
-    if curve == "secp256k1":
-        if payload_kind != "digest":
-            raise LantauError(
-                ErrorCode.INVALID_PAYLOAD,
-                "secp256k1 signs a 32-byte digest: set payload_kind='digest' and hash first",
-            )
-        if len(payload) != 32:
-            raise LantauError(
-                ErrorCode.INVALID_PAYLOAD,
-                f"secp256k1 payload must be a 32-byte digest, got {len(payload)} bytes",
-            )
-    elif curve == "ed25519":
-        if payload_kind != "message":
-            raise LantauError(
-                ErrorCode.INVALID_PAYLOAD,
-                "ed25519 signs the message itself: set payload_kind='message'",
-            )
-        if not payload:
-            raise LantauError(ErrorCode.INVALID_PAYLOAD, "ed25519 payload is empty")
+    """Refuse payloads the key type cannot sign meaningfully, naming the rule broken."""
+    kinds.check_payload(curve, payload_kind, payload)
 
 
 def public_key_from_ec_point(curve: Curve, ec_point: bytes) -> bytes:
@@ -83,10 +68,25 @@ def _der_octet_string(data: bytes) -> bytes:
 
 
 def finalize(curve: Curve, public_key: bytes, payload: bytes, raw_sig: bytes) -> FinalSignature:
-    """Normalise a raw HSM signature and verify it in software; raise if it does not verify."""
-    if curve == "secp256k1":
+    """Normalise a raw HSM signature and verify it in software; raise if it does not verify.
+
+    ``public_key`` is the key that signed: an HD key's derived child."""
+    scheme = kinds.scheme(curve)
+    if scheme == "secp256k1":
         return _finalize_secp256k1(public_key, payload, raw_sig)
-    verify_ed25519(public_key, payload, raw_sig)
+    if scheme == "ed25519":
+        verify_ed25519(public_key, payload, raw_sig)
+    elif scheme == "ml-dsa-65":
+        if not mldsa.verify(public_key, payload, raw_sig, "ML-DSA-65", kinds.MLDSA_CONTEXT):
+            raise LantauError(
+                ErrorCode.SIGNATURE_VERIFICATION_FAILED,
+                "ML-DSA-65 signature does not verify against the key's public key",
+            )
+    elif not lms.verify(public_key, payload, raw_sig):
+        raise LantauError(
+            ErrorCode.SIGNATURE_VERIFICATION_FAILED,
+            "HSS signature does not verify against the key's public key",
+        )
     return FinalSignature(raw_sig, None)
 
 

@@ -17,6 +17,7 @@ import nacl.signing
 
 from libs import chains
 from libs.config import Config
+from libs.keytypes import kinds
 from libs.policy_file import Policy
 from proto import codec
 from proto.approvals import ApprovalVote
@@ -30,6 +31,7 @@ from proto.authorization import (
 )
 from proto.common import TX_KINDS
 from proto.errors import ErrorCode, LantauError
+from proto.keys import SealedKey
 from proto.requests import CreateKeyRequest, SignRequest, request_hash
 from proto.requests import signing_bytes as request_bytes
 
@@ -152,9 +154,10 @@ def check_sign_parties(
     pins: Pins,
     now_ms: int,
 ) -> SignRequest:
-    """Everything but the bytes: who signed what, for which key, until when, approved
-    by whom. Needs no key material, so a node refuses before it even looks its keys up
-    (a refusal tells nothing of which keys it holds)."""
+    """Everything but the bytes: who signed what, for which key (and HD path), until
+    when, approved by whom. Needs no key material, so a node refuses before it even looks
+    its keys up (a refusal tells nothing of which keys it holds). The bytes need the key
+    that signs (an HD child's is derived from the request's path): `check_sign_bytes`."""
     _check_statement(authorization, pins.policy, "policy", now_ms, pins.skew_ms)
     request = codec.REQUEST.decode(request_data)
     if not isinstance(request, SignRequest):
@@ -169,6 +172,12 @@ def check_sign_parties(
         raise _mismatch("key")
     if a.payload_kind != request.payload_kind or a.blind != (request.payload_kind not in TX_KINDS):
         raise _mismatch("kind of payload")
+    if a.path != request.path:
+        raise _mismatch("derivation path")
+    try:
+        kinds.check_path(a.curve, request.path)
+    except LantauError as e:
+        raise _refuse(ErrorCode.AUTHORIZATION_MISMATCH, e.message) from None
     if a.quorum:
         _check_approvals(request, a, approvals, pins)
     return request
@@ -177,7 +186,8 @@ def check_sign_parties(
 def check_sign_bytes(
     request: SignRequest, authorization: SignAuthorization, public_key: bytes
 ) -> list[bytes]:
-    """The bytes to sign, recomputed from the request, must be the authorized ones."""
+    """The bytes to sign, recomputed from the request with the key that signs (an HD
+    key's derived child), must be the authorized ones."""
     data = bytes_to_sign(request, public_key)
     if authorization.digests != [digest_of(d) for d in data]:
         raise _mismatch("bytes to sign")
@@ -244,6 +254,12 @@ def check_create(
         raise _mismatch("key")
     if (request.key_id, request.curve, request.region) != (key_id, curve, a.region):
         raise _mismatch("key")
+    try:
+        shape = kinds.effective_hss(request.curve, request.hss)
+    except LantauError as e:
+        raise _refuse(ErrorCode.AUTHORIZATION_MISMATCH, e.message) from None
+    if shape != a.hss:
+        raise _mismatch("HSS shape")
     _check_region(a, node, pins)
 
 
@@ -301,6 +317,25 @@ def _check_statement_signature_only(created: CreateKeyAuthorization, pins: Pins)
         created.signed_by, signing_bytes(created), created.signature
     ):
         raise _refuse(ErrorCode.EVIDENCE_REFUSED, "the key's creation record is not policy's")
+
+
+def check_sealed_use(sealed: SealedKey, *, node: str, pins: Pins) -> None:
+    """May this node open this sealed record: policy created exactly this key, and put
+    it in this node's region (the blob is readable by every node of the domain; the
+    GCM associated data binds it to this creation record)."""
+    created = sealed.created
+    if created is None:
+        raise _refuse(
+            ErrorCode.EVIDENCE_REFUSED, f"sealed key {sealed.key_id} has no creation record"
+        )
+    _check_statement_signature_only(created, pins)
+    if (created.key_id, created.curve, created.hss) != (
+        sealed.key_id,
+        sealed.key_type,
+        sealed.hss,
+    ):
+        raise _mismatch("key")
+    _check_region(created, node, pins)
 
 
 CLONE_CHECK_DOMAIN = b"lantau/clone-check/v1\n"

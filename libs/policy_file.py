@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from proto.common import PayloadKind, whole
+from proto.common import PayloadKind, Protection, whole
 from proto.errors import ErrorCode, LantauError
 
 RuleName = Annotated[str, msgspec.Meta(pattern=whole("[A-Za-z0-9_-]{1,64}"))]
@@ -119,6 +119,12 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     unknown: bool | None = None
     # Match only blind requests (a raw digest or message) or only decoded ones.
     blind: bool | None = None
+    # How the request's key is kept: "hsm" (a token object) or "hsm-wrapped" (sealed
+    # material). With amounts: e.g. deny amount_above X with protection = ["hsm-wrapped"].
+    protection: list[Protection] = []
+    # HD keys: derivation paths (fnmatch; "*" also crosses "/"). A request without a
+    # path (any other key type) does not match a rule that names paths.
+    paths: list[str] = []
     within_hours: Hours | None = None
     outside_hours: Hours | None = None
     velocity: Velocity | None = None

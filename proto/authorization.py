@@ -18,7 +18,17 @@ import hashlib
 import msgspec
 
 from proto.base import Message
-from proto.common import Curve, Identity, KeyId, PayloadKind, RequestId, TimestampMs
+from proto.common import (
+    Curve,
+    DerivationPath,
+    HssShape,
+    Identity,
+    KeyId,
+    PayloadKind,
+    RequestId,
+    TimestampMs,
+    canonical_json,
+)
 
 HexDigest = str
 
@@ -49,6 +59,8 @@ class SignAuthorization(Message, tag="sign_authorization", frozen=True, kw_only=
     # Hex public key of the policy key that signed (one of the pinned ones).
     signed_by: str
     signature: bytes = b""
+    # HD keys: the derivation path of the child key that signs (the request's).
+    path: DerivationPath | None = None
 
 
 class CreateKeyAuthorization(Message, tag="create_key_authorization", frozen=True, kw_only=True):
@@ -64,6 +76,8 @@ class CreateKeyAuthorization(Message, tag="create_key_authorization", frozen=Tru
     not_after_ms: TimestampMs
     signed_by: str
     signature: bytes = b""
+    # lms-hss: the shape the key is generated with (the request's, or policy's default).
+    hss: HssShape | None = None
 
 
 class CloneAuthorization(Message, tag="clone_authorization", frozen=True, kw_only=True):
@@ -91,9 +105,14 @@ _DOMAIN = {
 }
 
 
+# Added after the first version: left out while None, so statements without them keep
+# their bytes (and a node that predates them still checks them).
+_LATE_FIELDS = ("path", "hss")
+
+
 def signing_bytes(statement: Authorization) -> bytes:
     unsigned = msgspec.structs.replace(statement, signature=b"")
-    return _DOMAIN[type(statement)] + msgspec.json.encode(unsigned, order="sorted")
+    return _DOMAIN[type(statement)] + canonical_json(unsigned, late_fields=_LATE_FIELDS)
 
 
 def statement_hash(statement: Authorization) -> str:

@@ -7,13 +7,13 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from proto import SCHEMA_VERSION
-from proto.admin import PoolStatus
+from proto.admin import PoolStatus, XpubAnswer, XpubQuery
 from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent, AuditRecord, WitnessStatus
 from proto.errors import ErrorCode, LantauError, printable
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReceipts, HsmReply
-from proto.keys import KeyRecord
+from proto.keys import KeyRecord, SealedKey
 from proto.orders import Order
 from proto.requests import Request
 from proto.results import Result
@@ -100,9 +100,12 @@ HSM_REPLY = Decoder[HsmReply](HsmReply, "hsm reply")
 HEALTH_BEAT = Decoder[HealthBeat](HealthBeat, "health beat")
 HSM_RECEIPTS = Decoder[HsmReceipts](HsmReceipts, "hsm receipts")
 KEY_RECORD = Decoder[KeyRecord](KeyRecord, "key record")
+SEALED_KEY = Decoder[SealedKey](SealedKey, "sealed key")
 AUDIT_INTENT = Decoder[AuditIntent](AuditIntent, "audit intent")
 AUDIT_RECORD = Decoder[AuditRecord](AuditRecord, "audit record")
 AUDIT_ENTRY = Decoder[AuditEntry](AuditEntry, "audit entry")
 WITNESS_STATUS = Decoder[WitnessStatus](WitnessStatus, "audit witness status")
 POOL_STATUS = Decoder[PoolStatus](PoolStatus, "pool status")
+XPUB_QUERY = Decoder[XpubQuery](XpubQuery, "xpub query")
+XPUB_ANSWER = Decoder[XpubAnswer](XpubAnswer, "xpub answer")
 REJECTED = Decoder[RejectedMessage](RejectedMessage, "rejected message")

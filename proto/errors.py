@@ -113,6 +113,13 @@ class ErrorCode(enum.StrEnum):
     # whose credentials were never set by `lantau backup init`.
     BACKUP_VERIFY_FAILED = "BACKUP_VERIFY_FAILED"
     BACKUP_SET_NOT_INITIALISED = "BACKUP_SET_NOT_INITIALISED"
+    # New key types end to end (HD, ML-DSA, LMS/HSS through the hsm-node): a type this
+    # node or this operation cannot serve; an HD child public key nobody can derive yet
+    # without an HSM (export an ancestor's xpub); an HSS key whose index ledger is gone
+    # (fence it from the audit log before it signs again).
+    KEY_TYPE_UNSUPPORTED = "KEY_TYPE_UNSUPPORTED"
+    XPUB_NOT_EXPORTED = "XPUB_NOT_EXPORTED"
+    INDEX_LEDGER_MISSING = "INDEX_LEDGER_MISSING"
 
 
 def printable(text: str, limit: int = 200) -> str:

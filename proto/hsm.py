@@ -8,7 +8,15 @@ from proto.approvals import ApprovalVote
 from proto.audit import AuditCheckpoint
 from proto.authorization import CloneAuthorization, CreateKeyAuthorization, SignAuthorization
 from proto.base import Message
-from proto.common import Curve, KeyId, NodeId, TimestampMs
+from proto.common import (
+    Curve,
+    DerivationPath,
+    ExtendedPublic,
+    KeyId,
+    NodeId,
+    Protection,
+    TimestampMs,
+)
 
 
 class HsmGenerate(Message, tag="hsm_generate", frozen=True, kw_only=True):
@@ -25,6 +33,8 @@ class HsmGenerate(Message, tag="hsm_generate", frozen=True, kw_only=True):
 
 class HsmPublicKey(Message, tag="hsm_public_key", frozen=True, kw_only=True):
     key_id: KeyId
+    # HD keys: the extended public key at this path (the node derives it from the root).
+    path: DerivationPath | None = None
 
 
 class HsmSign(Message, tag="hsm_sign", frozen=True, kw_only=True):
@@ -108,12 +118,17 @@ class HsmKey(Message, tag="hsm_key", frozen=True, kw_only=True):
     curve: Curve
     public_key: bytes
     created: bool = False
+    protection: Protection = "hsm"
+    # HD keys: the extended public key at the path asked for (the root "m" by default).
+    hd: ExtendedPublic | None = None
 
 
 class HsmSignature(Message, tag="hsm_signature", frozen=True, kw_only=True):
     key_id: str
     # As the token returns them, one per signed byte string: r||s for ECDSA, R||S for EdDSA.
     signatures: list[bytes]
+    # The public key that signed when it is not the key's own: an HD key's derived child.
+    public_key: bytes = b""
 
 
 class HsmWrapped(Message, tag="hsm_wrapped", frozen=True, kw_only=True):
@@ -135,6 +150,11 @@ class HsmCapabilities(Message, tag="hsm_capabilities", frozen=True, kw_only=True
     key_types: list[str]
     # True if the token can wrap private keys of each type for cloning (by key type).
     wrappable: list[str] = []
+    # How each key type in key_types is kept: "hsm" (a token mechanism) or "hsm-wrapped"
+    # (sealed material: docs/keytypes.md).
+    protections: dict[str, Protection] = {}
+    # The key domain's sealing key is on this token (hsm-wrapped types need it).
+    sealing_key: bool = False
 
 
 HsmReply = HsmKey | HsmSignature | HsmWrapped | HsmCapabilities | HsmFailure
@@ -167,6 +187,10 @@ class HsmReceipt(msgspec.Struct, frozen=True, kw_only=True):
     outcome: str
     code: str = ""
     at_ms: TimestampMs
+    # lms-hss: the one-time index each signature used (op "sign"), or the range
+    # [start, end) this node leased by compare-and-set before using any of it (op "lease").
+    indices: list[int] = []
+    lease: list[int] = []
 
 
 class HsmReceipts(Message, tag="hsm_receipts", frozen=True, kw_only=True):

@@ -1,4 +1,5 @@
-"""The key directory: one record per key in the ``lantau_keys`` KV bucket."""
+"""The key directory: one record per key in the ``lantau_keys`` KV bucket; and the
+sealed material of key types the token has no mechanism for (``lantau_sealed``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from typing import Literal
 
 from proto.authorization import CreateKeyAuthorization
 from proto.base import Message
-from proto.common import Curve, TimestampMs
+from proto.common import Curve, ExtendedPublic, HssShape, KeyId, NodeId, Protection, TimestampMs
 
 
 class KeyRecord(Message, tag="key_record", frozen=True, kw_only=True):
@@ -16,6 +17,7 @@ class KeyRecord(Message, tag="key_record", frozen=True, kw_only=True):
     # "active": generated, public_key set. Reserving first means one key id can
     # never end up as two different keys on two HSMs.
     status: Literal["pending", "active"] = "active"
+    # HD keys: the root's (master) public key; every signature is by a derived child.
     public_key: bytes = b""
     region: str | None = None
     owner: str
@@ -29,3 +31,31 @@ class KeyRecord(Message, tag="key_record", frozen=True, kw_only=True):
     # Offline backup sets ([[backup_sets]]) holding a verified copy, added by
     # `lantau backup run` by compare-and-set: the key's offline copies.
     backup_sets: list[str] = []
+    # "hsm": a token object; "hsm-wrapped": sealed material (docs/keytypes.md).
+    protection: Protection = "hsm"
+    # lms-hss: the tree shape (its one-time index ledger is in lantau_hss_ledger).
+    hss: HssShape | None = None
+    # HD keys: extended public keys exported so far, the root ("m") first; policy and
+    # signers derive children below them (non-hardened steps) without asking an HSM.
+    xpubs: list[ExtendedPublic] = []
+
+
+class SealedKey(Message, tag="sealed_key", frozen=True, kw_only=True):
+    """Key material that exists only sealed (AES-GCM) under the key domain's sealing key.
+
+    Ciphertext: every hsm-node of the domain may read it, and opens it only for a key
+    whose creation record puts the key in the node's region. The GCM associated data
+    binds the blob to this key id, key type (and HSS shape) and creation record: a blob
+    moved to another record does not open.
+    """
+
+    key_id: KeyId
+    key_type: Curve
+    blob: bytes
+    # As computed from the material when it was sealed (nodes recompute it).
+    public_key: bytes
+    hss: HssShape | None = None
+    # Policy's creation authorization (its region); None for platform keys.
+    created: CreateKeyAuthorization | None = None
+    sealed_by: NodeId
+    sealed_at_ms: TimestampMs

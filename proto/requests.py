@@ -15,12 +15,15 @@ import msgspec
 from proto.base import Message
 from proto.common import (
     Curve,
+    DerivationPath,
+    HssShape,
     Identity,
     KeyId,
     Payload,
     PayloadKind,
     RequestId,
     TimestampMs,
+    canonical_json,
     whole,
 )
 
@@ -62,6 +65,10 @@ class SignRequest(Message, tag="sign_request", frozen=True, kw_only=True):
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
+    # HD keys (bip32-secp256k1, slip10-ed25519): the child key that signs, derived from
+    # the wallet's root in the hsm-node for this one signature. Required for HD keys,
+    # absent for every other key type.
+    path: DerivationPath | None = None
 
 
 class CreateKeyRequest(Message, tag="create_key_request", frozen=True, kw_only=True):
@@ -74,17 +81,23 @@ class CreateKeyRequest(Message, tag="create_key_request", frozen=True, kw_only=T
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
     signature: bytes = b""
+    # lms-hss only: the tree shape (policy fills in the default when absent).
+    hss: HssShape | None = None
 
 
 Request = SignRequest | CreateKeyRequest
 
 _PREFIX = b"lantau/request/v1\n"
+# Fields added after the first version: left out of the signed bytes while None, so a
+# request without them is signed exactly as before they existed.
+_LATE_FIELDS = ("path", "hss")
 
 
 def signing_bytes(request: Request) -> bytes:
-    """Canonical bytes the requester signs: every field but ``signature``, sorted-key JSON."""
+    """Canonical bytes the requester signs: every field but ``signature``, sorted-key JSON
+    (``path`` and ``hss`` only when set)."""
     unsigned = msgspec.structs.replace(request, signature=b"")
-    return _PREFIX + msgspec.json.encode(unsigned, order="sorted")
+    return _PREFIX + canonical_json(unsigned, late_fields=_LATE_FIELDS)
 
 
 _ENVELOPE = {"signature": b"", "created_at_ms": 0, "expires_at_ms": 0}
@@ -106,5 +119,5 @@ def request_hash(request: Request) -> str:
     """
     content = msgspec.structs.replace(request, **_ENVELOPE)
     return hashlib.sha256(
-        b"lantau/request-content/v1\n" + msgspec.json.encode(content, order="sorted")
+        b"lantau/request-content/v1\n" + canonical_json(content, late_fields=_LATE_FIELDS)
     ).hexdigest()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from proto.base import Message
-from proto.common import Curve, ErrorInfo, TimestampMs
+from proto.common import Curve, DerivationPath, ErrorInfo, Protection, TimestampMs
 
 SignStatus = Literal["signed", "rejected", "expired", "failed"]
 KeyStatus = Literal["created", "rejected", "expired", "failed"]
@@ -29,11 +29,14 @@ class SignResult(Message, tag="sign_result", frozen=True, kw_only=True):
     # For a decoded transaction: what a wallet broadcasts (the signed EVM transaction,
     # the PSBT with its signatures in place, the signed Solana transaction).
     signed_payload: bytes | None = None
-    # secp256k1: 33-byte compressed point; Ed25519: 32 raw bytes.
+    # secp256k1: 33-byte compressed point; Ed25519: 32 raw bytes. HD keys: the derived
+    # child's (at ``path``), which the signature verifies under.
     public_key: bytes | None = None
     node: str | None = None
     error: ErrorInfo | None = None
     completed_at_ms: TimestampMs = 0
+    # HD keys: the derivation path of the child key that signed.
+    path: DerivationPath | None = None
 
 
 class KeyResult(Message, tag="key_result", frozen=True, kw_only=True):
@@ -46,6 +49,9 @@ class KeyResult(Message, tag="key_result", frozen=True, kw_only=True):
     node: str | None = None
     error: ErrorInfo | None = None
     completed_at_ms: TimestampMs = 0
+    protection: Protection | None = None
+    # bip32-secp256k1: the root's xpub (Base58Check), for watch-only derivation.
+    xpub: str | None = None
 
 
 Result = SignResult | KeyResult

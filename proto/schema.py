@@ -13,12 +13,12 @@ from typing import Any
 
 import msgspec
 
-from proto.admin import PoolStatus
+from proto.admin import PoolStatus, XpubAnswer, XpubQuery
 from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReceipts, HsmReply
-from proto.keys import KeyRecord
+from proto.keys import KeyRecord, SealedKey
 from proto.orders import Order
 from proto.requests import Request
 from proto.results import Result
@@ -37,9 +37,12 @@ FAMILIES: dict[str, Any] = {
     "health_beat": HealthBeat,
     "hsm_receipts": HsmReceipts,
     "key_record": KeyRecord,
+    "sealed_key": SealedKey,
     "audit_intent": AuditIntent,
     "audit_entry": AuditEntry,
     "pool_status": PoolStatus,
+    "xpub_query": XpubQuery,
+    "xpub_answer": XpubAnswer,
     "approval_vote": ApprovalVote,
     "pending_approval": PendingApproval,
 }

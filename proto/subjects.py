@@ -83,6 +83,8 @@ HSM_SERVICE_NAME = "lantau-hsm-node"
 RECEIPT_PREFIX = f"{PREFIX}.receipt"
 # Scatter-gather: every signer replica answers with its view of the pool.
 ADMIN_POOL_STATUS = f"{PREFIX}.admin.pool"
+# One signer replica (a queue group) derives and records an HD key's xpub at a path.
+ADMIN_XPUB = f"{PREFIX}.admin.xpub"
 SIGNER_SERVICE_NAME = "lantau-signer"
 
 
@@ -178,7 +180,19 @@ VELOCITY_BUCKET = "lantau_velocity"
 AUDIT_STATE_BUCKET = "lantau_audit_state"
 AUDIT_STATE_WRITER = "writer"
 AUDIT_STATE_WITNESS = "witness"
-ALL_BUCKETS = (KEYS_BUCKET, REQUESTS_BUCKET, APPROVALS_BUCKET, VELOCITY_BUCKET, AUDIT_STATE_BUCKET)
+# Sealed key material (SealedKey, ciphertext; written once by the generating hsm-node)
+# and the one-time index ledger of each stateful (lms-hss) key, changed only by CAS.
+SEALED_BUCKET = "lantau_sealed"
+HSS_LEDGER_BUCKET = "lantau_hss_ledger"
+ALL_BUCKETS = (
+    KEYS_BUCKET,
+    REQUESTS_BUCKET,
+    APPROVALS_BUCKET,
+    VELOCITY_BUCKET,
+    AUDIT_STATE_BUCKET,
+    SEALED_BUCKET,
+    HSS_LEDGER_BUCKET,
+)
 
 # Headers.
 HDR_MSG_ID = "Nats-Msg-Id"

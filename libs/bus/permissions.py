@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from libs.config import Config, ConfigError
 from proto.subjects import (
     ADMIN_POOL_STATUS,
+    ADMIN_XPUB,
     ALL_BUCKETS,
     ALL_STREAMS,
     APPROVALS_BUCKET,
@@ -43,6 +44,7 @@ from proto.subjects import (
     HSM_BEAT_PREFIX,
     HSM_RPC_PREFIX,
     HSM_SERVICE_NAME,
+    HSS_LEDGER_BUCKET,
     JS_API,
     KEYS_BUCKET,
     MICRO_PREFIX,
@@ -52,6 +54,7 @@ from proto.subjects import (
     REQUESTS_BUCKET,
     RESULT_PREFIX,
     RESULTS,
+    SEALED_BUCKET,
     SIGN_ORDER,
     SIGNER_ORDERS,
     SIGNER_SERVICE_NAME,
@@ -228,8 +231,9 @@ SERVICE_GRANTS: dict[str, Grant] = {
         kv_write(KEYS_BUCKET),
         # Signing waits while the audit trail is not witnessed (libs/audit/gate.py).
         kv_read(AUDIT_STATE_BUCKET, AUDIT_STATE_WITNESS),
-        # `lantau hsm status` asks every replica for its view of the pool.
-        sub(ADMIN_POOL_STATUS),
+        # `lantau hsm status` asks every replica for its view of the pool; `lantau keys
+        # xpub` asks one replica for an HD key's xpub (derived by a node, then recorded).
+        sub(ADMIN_POOL_STATUS, ADMIN_XPUB),
         micro_endpoints(SIGNER_SERVICE_NAME),
         replies_to(OPERATOR),
     ),
@@ -273,7 +277,7 @@ SERVICE_GRANTS: dict[str, Grant] = {
 def operator_grant() -> Grant:
     """Read-only views of everything (streams, buckets, the audit log, the signers' pool
     views, micro discovery) and the ceremony records (AdminAction on lantau.event.admin)."""
-    parts = [pub(ADMIN_POOL_STATUS, EVENT_ADMIN, f"{MICRO_PREFIX}.>")]
+    parts = [pub(ADMIN_POOL_STATUS, ADMIN_XPUB, EVENT_ADMIN, f"{MICRO_PREFIX}.>")]
     # `lantau keys list` asks each node what it can wrap (why a key has no offline copy).
     parts.append(hsm_calls(("capabilities",)))
     for stream in ALL_STREAMS:
@@ -285,8 +289,10 @@ def operator_grant() -> Grant:
 
 
 def provisioner_grant() -> Grant:
-    """Creates and updates streams, consumers and buckets: a one-shot job's identity."""
-    return pub(f"{JS_API}.>")
+    """Creates and updates streams, consumers and buckets: a one-shot job's identity. Also
+    the one writer of an HSS key's ledger besides the nodes: the fence after a lost ledger
+    (`lantau keys hss-fence`), which can already delete the whole bucket anyway."""
+    return pub(f"{JS_API}.>") + kv_write(HSS_LEDGER_BUCKET)
 
 
 def hsm_node_grant(node_id: str, callers: Sequence[str] = ()) -> Grant:
@@ -297,6 +303,12 @@ def hsm_node_grant(node_id: str, callers: Sequence[str] = ()) -> Grant:
         # Its beats, and the receipts of what it did (a JetStream stream, audited).
         pub(hsm_beat_subject(node_id), receipt_subject(node_id)),
         replies_to(*HSM_CALLERS, *callers),
+        # Sealed key material (ciphertext, created once by the generating node) and the
+        # HSS one-time index ledgers, leased by compare-and-set (docs/keytypes.md).
+        kv_read(SEALED_BUCKET),
+        kv_write(SEALED_BUCKET),
+        kv_read(HSS_LEDGER_BUCKET),
+        kv_write(HSS_LEDGER_BUCKET),
     )
 
 

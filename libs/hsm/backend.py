@@ -19,6 +19,7 @@ from proto.hsm import (
     HsmGenerate,
     HsmKey,
     HsmSign,
+    HsmSignature,
     HsmSignCheckpoint,
     HsmUnwrap,
     HsmWrap,
@@ -37,11 +38,18 @@ class HsmBackend(Protocol):
         """Create a key pair inside the HSM (idempotent: an existing key is returned)."""
         ...
 
-    async def public_key(self, key_id: str) -> HsmKey: ...
+    async def public_key(self, key_id: str, path: str | None = None) -> HsmKey:
+        """The key's public key; an HD key's extended public key at ``path``."""
+        ...
 
     async def sign(self, cmd: HsmSign) -> list[bytes]:
         """Raw signatures as the token returns them (r||s, or the EdDSA signature), one
         per byte string the evidence allows; a repeat returns the same signatures."""
+        ...
+
+    async def sign_reply(self, cmd: HsmSign) -> HsmSignature:
+        """The same signatures with the public key that made them when it is not the
+        key's own (an HD key's child at the request's path)."""
         ...
 
     async def sign_checkpoint(self, cmd: HsmSignCheckpoint) -> bytes: ...

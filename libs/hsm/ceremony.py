@@ -10,6 +10,13 @@ Admitting an HSM moves the KEK without it existing in plaintext outside an HSM:
 2. a member's SO imports the transport public key as trusted and wraps the KEK (RSA-OAEP);
 3. the new HSM's SO unwraps it as a trusted KEK and destroys the transport pair.
 These functions never go over the bus: SO PINs stay with the administrator.
+
+The domain also has a sealing key (AES-256, encrypt/decrypt only, sensitive,
+extractable only wrapped under the trusted KEK): key types the tokens have no mechanism
+for are kept as material sealed under it (docs/keytypes.md), and a sealed blob must open
+on every HSM of the domain. It is created with the domain and carried to each admitted
+HSM wrapped under the KEK, once the KEK is there. It is a private object, made in a
+user session (the node's user PIN), so the token keeps its value encrypted at rest.
 """
 
 from __future__ import annotations
@@ -22,9 +29,11 @@ import pkcs11
 from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11.attributes import AttributeMapper
 
+from libs.keytypes.sealed import DOMAIN_SEALING_TEMPLATE, find_sealing_key
 from proto.errors import ErrorCode, LantauError
 
 TRANSPORT_LABEL = "lantau-transport"
+SEALING_SUFFIX = "-sealing"
 # SoftHSM wraps with RSA-OAEP only over SHA-1 (its MGF1 too); OAEP-SHA1 remains sound
 # for key transport (no collision resistance needed) and the key lives minutes.
 _OAEP = (Mechanism.SHA_1, MGF.SHA1, None)
@@ -119,6 +128,11 @@ class CeremonyError(LantauError):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.CEREMONY_FAILED, message)
+
+
+def sealing_label(kek_label: str) -> str:
+    """The label of the domain sealing key that goes with the domain KEK ``kek_label``."""
+    return kek_label + SEALING_SUFFIX
 
 
 def _so_session(module: str, token_label: str, so_pin: str) -> Any:
@@ -289,3 +303,104 @@ def _token(module: str, token_label: str) -> Any:
         return pkcs11.lib(module).get_token(token_label=token_label)
     except pkcs11.NoSuchToken:
         raise CeremonyError(f"no token labelled {token_label!r}") from None
+
+
+# -- the domain sealing key ----------------------------------------------------------
+
+
+# The sealing key arrives with the same rights it was made with, unchangeable (the KEK's
+# own unwrap template insists on that; SoftHSM takes CKA_MODIFIABLE only as the last
+# attribute); find_sealing_key checks the rest (no WRAP, no UNWRAP) at every use.
+# RFC 5649 key wrap of a 32-byte key: the key plus one 8-byte block.
+_WRAPPED_AES256_LEN = 40
+_SEALING_UNWRAP_TEMPLATE = DOMAIN_SEALING_TEMPLATE
+
+
+def _user_session(module: str, token_label: str, pin: str) -> Any:
+    try:
+        token = pkcs11.lib(module).get_token(token_label=token_label)
+        return token.open(rw=True, user_pin=pin)
+    except pkcs11.NoSuchToken:
+        raise CeremonyError(f"no token labelled {token_label!r}") from None
+    except pkcs11.PinIncorrect:
+        raise CeremonyError(f"token {token_label!r} refused the user PIN") from None
+
+
+def has_sealing_key(module: str, token_label: str, pin: str, kek_label: str) -> bool:
+    with _user_session(module, token_label, pin) as s:
+        return _find(s, ObjectClass.SECRET_KEY, sealing_label(kek_label)) is not None
+
+
+def init_sealing_key(module: str, token_label: str, pin: str, kek_label: str) -> bool:
+    """Create the domain sealing key on the domain's first HSM; False if it has one."""
+    label = sealing_label(kek_label)
+    with _user_session(module, token_label, pin) as s:
+        if _find(s, ObjectClass.SECRET_KEY, label) is not None:
+            return False
+        if _find(s, ObjectClass.SECRET_KEY, kek_label) is None:
+            raise CeremonyError(f"token {token_label!r} has no domain key {kek_label!r} yet")
+        s.generate_key(
+            KeyType.AES,
+            256,
+            label=label,
+            id=label.encode(),
+            store=True,
+            template=DOMAIN_SEALING_TEMPLATE,
+        )
+        find_sealing_key(s, label)  # refuses a key with other rights than the template's
+        return True
+
+
+def export_sealing_key(module: str, token_label: str, pin: str, kek_label: str) -> bytes:
+    """On a member: the sealing key wrapped under the domain KEK (AES key wrap, padded)."""
+    label = sealing_label(kek_label)
+    with _user_session(module, token_label, pin) as s:
+        kek = _find(s, ObjectClass.SECRET_KEY, kek_label)
+        if kek is None:
+            raise CeremonyError(f"token {token_label!r} is not a member of domain {kek_label!r}")
+        sealing = _find(s, ObjectClass.SECRET_KEY, label)
+        if sealing is None:
+            raise CeremonyError(
+                f"token {token_label!r} has no sealing key {label!r}: run domain-init on it"
+            )
+        return bytes(kek.wrap_key(sealing, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+
+
+def import_sealing_key(
+    module: str, token_label: str, pin: str, kek_label: str, wrapped: bytes
+) -> None:
+    """On the new HSM, after its KEK arrived: unwrap the sealing key with the domain's rights."""
+    label = sealing_label(kek_label)
+    with _user_session(module, token_label, pin) as s:
+        if _find(s, ObjectClass.SECRET_KEY, label) is not None:
+            raise CeremonyError(f"token {token_label!r} already holds a sealing key {label!r}")
+        kek = _find(s, ObjectClass.SECRET_KEY, kek_label)
+        if kek is None:
+            raise CeremonyError(f"token {token_label!r} has no domain key {kek_label!r}: admit it")
+        if len(wrapped) != _WRAPPED_AES256_LEN:
+            raise CeremonyError(
+                f"the wrapped sealing key is {len(wrapped)} bytes, not an AES-256 key "
+                f"({_WRAPPED_AES256_LEN})"
+            )
+        try:
+            kek.unwrap_key(
+                ObjectClass.SECRET_KEY,
+                KeyType.AES,
+                wrapped,
+                label=label,
+                id=label.encode(),
+                store=True,
+                mechanism=Mechanism.AES_KEY_WRAP_PAD,
+                template=_SEALING_UNWRAP_TEMPLATE,
+            )
+        except pkcs11.PKCS11Error as e:
+            raise CeremonyError(
+                f"token {token_label!r} could not unwrap the sealing key: {type(e).__name__}"
+            ) from None
+        imported = _find(s, ObjectClass.SECRET_KEY, label)
+        if imported is None:
+            raise CeremonyError(f"token {token_label!r} did not keep the sealing key")
+        mismatched = [a.name for a, want in _SEALING_UNWRAP_TEMPLATE.items() if imported[a] != want]
+        if mismatched:
+            imported.destroy()
+            raise CeremonyError(f"the imported sealing key differs in {', '.join(mismatched)}")

@@ -95,11 +95,16 @@ class RemoteHsm:
     async def generate(self, cmd: HsmGenerate) -> HsmKey:
         return _expect(await self.call("generate", cmd), HsmKey)
 
-    async def public_key(self, key_id: str) -> HsmKey:
-        return _expect(await self.call("public_key", HsmPublicKey(key_id=key_id)), HsmKey)
+    async def public_key(self, key_id: str, path: str | None = None) -> HsmKey:
+        return _expect(
+            await self.call("public_key", HsmPublicKey(key_id=key_id, path=path)), HsmKey
+        )
 
     async def sign(self, cmd: HsmSign) -> list[bytes]:
-        return _expect(await self.call("sign", cmd), HsmSignature).signatures
+        return (await self.sign_reply(cmd)).signatures
+
+    async def sign_reply(self, cmd: HsmSign) -> HsmSignature:
+        return _expect(await self.call("sign", cmd), HsmSignature)
 
     async def sign_checkpoint(self, cmd: HsmSignCheckpoint) -> bytes:
         return _one(_expect(await self.call("sign_checkpoint", cmd), HsmSignature))

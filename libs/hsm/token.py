@@ -157,7 +157,7 @@ class Pkcs11Token:
             except LantauError as e:
                 if e.code != ErrorCode.UNKNOWN_KEY:
                     raise
-            key_type, oid, mechanism, _ = _CURVE_PARAMS[curve]
+            key_type, oid, mechanism, _ = _params(curve)
             session = self._session()
             params = session.create_domain_parameters(
                 key_type, {Attribute.EC_PARAMS: encode_named_curve_parameters(oid)}, local=True
@@ -179,7 +179,7 @@ class Pkcs11Token:
 
     def _sign(self, key_id: str, curve: Curve, data: bytes) -> bytes:
         key = self._private_key(key_id)
-        mechanism = _CURVE_PARAMS[curve][3]
+        mechanism = _params(curve)[3]
         try:
             return bytes(key.sign(data, mechanism=mechanism))
         except pkcs11.KeyTypeInconsistent:
@@ -216,7 +216,7 @@ class Pkcs11Token:
                 return existing
             session = self._session()
             kek = _find_secret(session, kek_label)
-            key_type, oid, _, _ = _CURVE_PARAMS[curve]
+            key_type, oid, _, _ = _params(curve)
             params = encode_named_curve_parameters(oid)
             priv = kek.unwrap_key(
                 ObjectClass.PRIVATE_KEY,
@@ -254,6 +254,11 @@ class Pkcs11Token:
     async def key_ids(self) -> list[str]:
         """The ids of every signing key the token holds (what a backup set contains)."""
         return await self._run(self._key_ids)
+
+    async def run_with_session(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(session)`` on this token's worker thread, with that thread's session
+        (how sealed key material is drawn, sealed and opened: libs/hsm/sealed_keys.py)."""
+        return await self._run(lambda: fn(self._session()))
 
     async def wrap(self, key_id: str, kek_label: str) -> bytes:
         return await self._run(self._wrap, key_id, kek_label)
@@ -327,6 +332,15 @@ class Pkcs11Token:
                 _quietly(session.close)
             self._sessions.clear()
         _quietly(self._login_session.close)
+
+
+def _params(curve: str) -> tuple[Any, str, Any, Any]:
+    try:
+        return _CURVE_PARAMS[curve]
+    except KeyError:
+        raise LantauError(
+            ErrorCode.KEY_TYPE_UNSUPPORTED, f"{curve} keys are not token objects here"
+        ) from None
 
 
 def _find(session: Any, object_class: ObjectClass, key_id: str) -> Any:

@@ -20,6 +20,7 @@ from libs.keys.directory import KeyDirectory
 from proto.authorization import CreateKeyAuthorization
 from proto.common import Curve
 from proto.errors import ErrorCode, LantauError, TransientError
+from proto.hsm import HsmKey
 from proto.keys import KeyRecord
 
 log = logging.getLogger("lantau.keys")
@@ -75,11 +76,14 @@ async def create(
     owner: str,
     region: str | None,
     choose_node: Callable[[], str],
-    generate: Callable[[str], Awaitable[bytes]],
+    generate: Callable[[str], Awaitable[bytes | HsmKey]],
     authorization: CreateKeyAuthorization | None = None,
 ) -> KeyRecord:
     """Run the protocol to its end: the active record, a LantauError for a refusal, or a
-    TransientError to retry later (the reservation kept or released as planned)."""
+    TransientError to retry later (the reservation kept or released as planned).
+
+    ``generate`` gives the new key's public key, or the node's whole answer (its
+    protection and an HD root's xpub go into the record)."""
     reserved_now = False
     for _ in range(3):
         record, revision = await directory.get(key_id, fresh=True)
@@ -104,7 +108,7 @@ async def create(
             continue  # re-read: ours, or someone else's reservation
         assert record is not None
         try:
-            public_key = await generate(step.node)
+            made = await generate(step.node)
         except TransientError as e:
             plan = after_failed_generate(reserved_now=reserved_now, delivered=e.delivered)
             if plan == "release":
@@ -116,7 +120,7 @@ async def create(
                     "released" if released else "kept (changed meanwhile)",
                 )
             raise
-        active = await directory.activate(record, revision, public_key)
+        active = await directory.activate(record, revision, made)
         log.info("key %s (%s) created on %s", key_id, curve, step.node)
         return active
     raise TransientError(ErrorCode.INTERNAL, f"key {key_id} reservation kept changing")

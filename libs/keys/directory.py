@@ -9,6 +9,7 @@ node, then activate, or release a reservation that certainly made no key.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.js import JetStreamContext
@@ -16,7 +17,9 @@ from nats.js.kv import KeyValue
 
 from libs.bus import kv
 from proto import codec
+from proto.common import ExtendedPublic
 from proto.errors import ErrorCode, TransientError
+from proto.hsm import HsmKey
 from proto.keys import KeyRecord
 from proto.subjects import KEYS_BUCKET
 
@@ -52,9 +55,20 @@ class KeyDirectory:
         """Store a new ``pending`` record; False if the key id is already taken."""
         return await self._put(record, 0)
 
-    async def activate(self, reserved: KeyRecord, revision: int, public_key: bytes) -> KeyRecord:
-        """Turn the reservation into the active key; raises if it changed meanwhile."""
-        active = msgspec.structs.replace(reserved, status="active", public_key=public_key)
+    async def activate(self, reserved: KeyRecord, revision: int, made: bytes | HsmKey) -> KeyRecord:
+        """Turn the reservation into the active key (its public key, and what the node
+        says of it: protection, an HD root's xpub); raises if it changed meanwhile."""
+        if isinstance(made, HsmKey):
+            active = msgspec.structs.replace(
+                reserved,
+                status="active",
+                public_key=made.public_key,
+                protection=made.protection,
+                hss=reserved.authorization.hss if reserved.authorization else None,
+                xpubs=[made.hd] if made.hd is not None else [],
+            )
+        else:
+            active = msgspec.structs.replace(reserved, status="active", public_key=made)
         if not await self._put(active, revision):
             raise TransientError(
                 ErrorCode.INTERNAL, f"key {reserved.key_id} changed while it was created"
@@ -68,24 +82,47 @@ class KeyDirectory:
 
     async def add_node(self, key_id: str, node: str) -> KeyRecord | None:
         """Record that ``node`` now holds the key (a verified clone); None if the key is gone."""
-        for _ in range(_CAS_ATTEMPTS):
-            current, revision = await self.get(key_id, fresh=True)
-            if current is None or node in current.nodes:
-                return current
-            updated = msgspec.structs.replace(current, nodes=[*current.nodes, node])
-            if await self._put(updated, revision):
-                return updated
-        raise TransientError(ErrorCode.INTERNAL, f"key directory entry {key_id} kept changing")
+        return await self._update(
+            key_id,
+            lambda r: (
+                None if node in r.nodes else msgspec.structs.replace(r, nodes=[*r.nodes, node])
+            ),
+        )
 
     async def add_backup_set(self, key_id: str, backup_set: str) -> KeyRecord | None:
         """Record that an offline backup set holds a verified copy; None if the key is gone."""
+        return await self._update(
+            key_id,
+            lambda r: (
+                None
+                if backup_set in r.backup_sets
+                else msgspec.structs.replace(r, backup_sets=[*r.backup_sets, backup_set])
+            ),
+        )
+
+    async def add_xpub(self, key_id: str, extended: ExtendedPublic) -> KeyRecord | None:
+        """Record an HD key's extended public key at one more path (a node derived it);
+        None if the key is gone. Policy and signers derive non-hardened children below."""
+
+        def add(r: KeyRecord) -> KeyRecord | None:
+            if any(x.path == extended.path for x in r.xpubs):
+                return None
+            xpubs = sorted([*r.xpubs, extended], key=lambda x: (x.depth, x.path))
+            return msgspec.structs.replace(r, xpubs=xpubs)
+
+        return await self._update(key_id, add)
+
+    async def _update(
+        self, key_id: str, change: Callable[[KeyRecord], KeyRecord | None]
+    ) -> KeyRecord | None:
+        """Compare-and-set ``change`` (None: nothing to change) onto the freshest record."""
         for _ in range(_CAS_ATTEMPTS):
             current, revision = await self.get(key_id, fresh=True)
-            if current is None or backup_set in current.backup_sets:
+            if current is None:
+                return None
+            updated = change(current)
+            if updated is None:
                 return current
-            updated = msgspec.structs.replace(
-                current, backup_sets=[*current.backup_sets, backup_set]
-            )
             if await self._put(updated, revision):
                 return updated
         raise TransientError(ErrorCode.INTERNAL, f"key directory entry {key_id} kept changing")

@@ -223,6 +223,27 @@ def signature_leaves(signature: bytes) -> list[int]:
     return [s.q for s in parsed.sig] + [parsed.lms_sig.q]
 
 
+def signature_index(params: HssParameters, signature: bytes) -> int:
+    """The global one-time index a signature used (its leaves, top first, as one number)."""
+    index = 0
+    for leaf in signature_leaves(signature):
+        index = (index << params.height) | leaf
+    return index
+
+
+def one_time_keys(public: bytes, signature: bytes) -> list[tuple[bytes, int, bytes]]:
+    """Each one-time key a signature used, as (tree identifier I, leaf q, the LM-OTS
+    signature it made), top level first: a one-time key must never make two different
+    LM-OTS signatures, whichever node, copy or restart made them."""
+    top = pyhsslms.HssPublicKey.deserialize(public).pub
+    parsed = pyhsslms.HssSignature.deserialize(signature)
+    identities = [top.I] + [p.I for p in parsed.pub]
+    return [
+        (bytes(ident), int(s.q), bytes(pyhsslms.LmotsSignature.serialize(s.lmots_sig)))
+        for ident, s in zip(identities, [*parsed.sig, parsed.lms_sig], strict=True)
+    ]
+
+
 def _advance(tree: Any, leaf: int) -> None:
     """Move a tree's next leaf forward to ``leaf``; never backwards."""
     if leaf < tree.q:

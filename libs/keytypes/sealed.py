@@ -42,14 +42,14 @@ _TAG_LEN = 16
 _MAX_RANDOM = 4096
 _AAD_DOMAIN = b"lantau/keytypes/sealed\x00"
 
-# Generated on the token, never extractable, sensitive, usable only to encrypt and
-# decrypt (not to wrap other keys out, not to sign), and not modifiable afterwards.
+# A token-local sealing key (tests, a single HSM): generated on the token, never
+# extractable, sensitive, usable only to encrypt and decrypt (not to wrap other keys
+# out, not to sign), and not modifiable afterwards.
 _SEALING_TEMPLATE = {
     Attribute.TOKEN: True,
     Attribute.PRIVATE: True,
     Attribute.SENSITIVE: True,
     Attribute.EXTRACTABLE: False,
-    Attribute.MODIFIABLE: False,
     Attribute.ENCRYPT: True,
     Attribute.DECRYPT: True,
     Attribute.WRAP: False,
@@ -57,6 +57,21 @@ _SEALING_TEMPLATE = {
     Attribute.SIGN: False,
     Attribute.VERIFY: False,
     Attribute.DERIVE: False,
+    Attribute.COPYABLE: False,
+    # Last: SoftHSM applies attributes in order and refuses any after this one.
+    Attribute.MODIFIABLE: False,
+}
+
+# The key domain's sealing key (what hsm-nodes use): the same rights, but extractable
+# ONLY wrapped under a trusted key (the domain KEK, set by the Security Officer), like
+# every private key Lantau stores, so the admit ceremony can carry it to each HSM of the
+# domain and a sealed blob opens on every node of its domain. A private object: the
+# token stores its value encrypted under the user PIN.
+DOMAIN_SEALING_TEMPLATE = {
+    **{a: v for a, v in _SEALING_TEMPLATE.items() if a != Attribute.MODIFIABLE},
+    Attribute.EXTRACTABLE: True,
+    Attribute.WRAP_WITH_TRUSTED: True,
+    Attribute.MODIFIABLE: False,
 }
 
 # SoftHSM 2.6.1 answers a GCM tag that does not verify with CKR_GENERAL_ERROR
@@ -81,7 +96,8 @@ def material_aad(key_id: str, key_type: str) -> bytes:
 
 
 def find_sealing_key(session: Any, label: str) -> Any:
-    """The token's sealing key with this label; refuses a key that could leave the token."""
+    """The token's sealing key with this label; refuses a key that could leave the token
+    other than wrapped under a trusted key."""
     try:
         key = session.get_key(
             object_class=ObjectClass.SECRET_KEY, key_type=KeyType.AES, label=label
@@ -121,11 +137,21 @@ def ensure_sealing_key(session: Any, label: str) -> Any:
 
 
 def _check_sealing_key(key: Any, label: str) -> None:
+    extractable = key[Attribute.EXTRACTABLE] is not False
     rules = (
-        (key[Attribute.EXTRACTABLE] is False, "it is extractable"),
+        (
+            not extractable or key[Attribute.WRAP_WITH_TRUSTED] is True,
+            "it is extractable other than wrapped under a trusted key",
+        ),
         (key[Attribute.SENSITIVE] is True, "it is not sensitive"),
-        (key[Attribute.VALUE_LEN] == 32, "it is not AES-256"),
+        # SoftHSM 2.6.1 leaves CKA_VALUE_LEN at 0 on a key it unwrapped (measured); the
+        # admit ceremony checks the wrapped length (AES-256) before it unwraps.
+        (key[Attribute.VALUE_LEN] in (0, 32), "it is not AES-256"),
         (key[Attribute.ENCRYPT] and key[Attribute.DECRYPT], "it cannot encrypt and decrypt"),
+        (
+            key[Attribute.WRAP] is False and key[Attribute.UNWRAP] is False,
+            "it can wrap or unwrap other keys",
+        ),
     )
     for ok, why in rules:
         if not ok:

@@ -5,6 +5,12 @@ missing node, prove the clone (same public key, a test signature verified in
 software), then add the node to the key directory by compare-and-set and publish
 KeyReplicated. Key-creation events trigger it at once; a periodic sweep catches up
 nodes that were down, and keys created while the backup service was down.
+
+Key types kept as sealed material travel the same way, key-type-agnostic: "wrap" gives
+the sealed record (ciphertext under the domain sealing key), "unwrap" has the target
+open it (its region must be the key's) and take it. A stateful key (lms-hss) is proved
+by its public key only: a test signature would spend a one-time key, and a copy never
+signs but from a range it leases afresh.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from libs.hsm.guard import clone_check_bytes
 from libs.hsm.pool import HsmPool
 from libs.keys.directory import KeyDirectory
 from libs.keys.residency import fully_replicated, plan
+from libs.keytypes import kinds
 from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.authorization import CloneAuthorization, signing_bytes
@@ -144,6 +151,8 @@ class Backup:
                 raise TransientError(
                     ErrorCode.HSM_ERROR, f"clone of {record.key_id} on {target} differs"
                 )
+            if kinds.is_stateful(record.curve):
+                return  # the target opened the blob bound to this public key: enough
             raw = await backend.clone_check(HsmCloneCheck(key_id=record.key_id, curve=record.curve))
             data = clone_check_bytes(record.curve, record.key_id, target)
             # Raises if the clone's signature does not verify under the original public key.

@@ -30,8 +30,10 @@ from libs.clock import now_ms
 from libs.config import Config, HsmNodeConfig
 from libs.hsm import ceremony
 from libs.hsm.remote import RemoteHsm
+from libs.hsm.sealed_store import KvIndexLedger
 from libs.keys.directory import KeyDirectory
 from libs.keys.residency import fully_replicated
+from libs.keytypes.lms_state import IndexState, leased_outstanding, signatures_left
 from proto import codec
 from proto.admin import PoolStatus
 from proto.errors import LantauError, TransientError
@@ -79,6 +81,20 @@ def run_step(cfg: Config, node_id: str, step: str, so_pin_file: str, data: bytes
         return ceremony.export_domain_key(node.module, node.token_label, pin, kek, transport)
     if step == "import":
         ceremony.import_domain_key(node.module, node.token_label, pin, kek, data)
+        return b"imported"
+    # The sealing key is a private object: these steps open a user session with the
+    # node's own PIN (the SO PIN file only proves the administrator runs the ceremony).
+    user_pin = config_mod.read_pin(node)
+    if step == "seal-init":
+        created = ceremony.init_sealing_key(node.module, node.token_label, user_pin, kek)
+        return b"created" if created else b"exists"
+    if step == "seal-has":
+        has = ceremony.has_sealing_key(node.module, node.token_label, user_pin, kek)
+        return b"yes" if has else b"no"
+    if step == "seal-export":
+        return ceremony.export_sealing_key(node.module, node.token_label, user_pin, kek)
+    if step == "seal-import":
+        ceremony.import_sealing_key(node.module, node.token_label, user_pin, kek, data)
         return b"imported"
     raise ceremony.CeremonyError(f"unknown ceremony step {step!r}")
 
@@ -154,18 +170,24 @@ def audited(config_path: str, command: str, node: str) -> Iterator[list[str]]:
 
 
 def domain_init(config_path: str, node_id: str, so_pin_file: str) -> str:
+    """The domain KEK, then the domain sealing key, on the first HSM (each kept if there)."""
     with audited(config_path, "hsm domain-init", node_id):
-        return ceremony_step(config_path, node_id, "init", so_pin_file).decode()
+        kek = ceremony_step(config_path, node_id, "init", so_pin_file).decode()
+        sealing = ceremony_step(config_path, node_id, "seal-init", so_pin_file).decode()
+        return f"{kek}; sealing key: {sealing}"
 
 
 def admit(config_path: str, new: str, member: str, new_so_pin: str, member_so_pin: str) -> None:
-    """Give HSM ``new`` the domain key held by ``member``, never in plaintext outside an HSM."""
+    """Give HSM ``new`` the domain key held by ``member``, then the domain sealing key
+    wrapped under it: neither ever in plaintext outside an HSM."""
     with audited(config_path, f"hsm admit --member {member}", new):
-        if ceremony_step(config_path, new, "has", new_so_pin) == b"yes":
-            return
-        transport = ceremony_step(config_path, new, "transport", new_so_pin)
-        wrapped = ceremony_step(config_path, member, "export", member_so_pin, transport)
-        ceremony_step(config_path, new, "import", new_so_pin, wrapped)
+        if ceremony_step(config_path, new, "has", new_so_pin) != b"yes":
+            transport = ceremony_step(config_path, new, "transport", new_so_pin)
+            wrapped = ceremony_step(config_path, member, "export", member_so_pin, transport)
+            ceremony_step(config_path, new, "import", new_so_pin, wrapped)
+        if ceremony_step(config_path, new, "seal-has", new_so_pin) != b"yes":
+            sealing = ceremony_step(config_path, member, "seal-export", member_so_pin)
+            ceremony_step(config_path, new, "seal-import", new_so_pin, sealing)
 
 
 def cmd_ceremony_step(args: argparse.Namespace) -> int:
@@ -183,7 +205,10 @@ def cmd_domain_init(args: argparse.Namespace) -> int:
 
 def cmd_admit(args: argparse.Namespace) -> int:
     admit(args.config, args.node, args.member, args.so_pin_file, args.member_so_pin_file)
-    print(f"{args.node} admitted to the key domain (domain key received from {args.member})")
+    print(
+        f"{args.node} admitted to the key domain (domain key and sealing key received "
+        f"from {args.member})"
+    )
     return 0
 
 
@@ -203,7 +228,20 @@ def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=cmd_admit)
 
     p = hsm.add_parser("ceremony-step", help=argparse.SUPPRESS)
-    p.add_argument("step", choices=["init", "has", "transport", "export", "import"])
+    p.add_argument(
+        "step",
+        choices=[
+            "init",
+            "has",
+            "transport",
+            "export",
+            "import",
+            "seal-init",
+            "seal-has",
+            "seal-export",
+            "seal-import",
+        ],
+    )
     p.add_argument("--config", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--so-pin-file", required=True)
@@ -262,24 +300,32 @@ class KeyRow(msgspec.Struct, frozen=True, kw_only=True):
     record: KeyRecord
     replicated: bool
     offline: OfflineStatus
+    # lms-hss: the key's one-time index ledger (None: missing, or another key type).
+    ledger: IndexState | None = None
 
 
 async def key_list(cfg: Config, *, config_path: str | None = None) -> list[KeyRow]:
     nc = await connect_cli(cfg, OPERATOR, config_path=config_path)
     try:
-        directory = await KeyDirectory.open(nc.jetstream())
+        js = nc.jetstream()
+        directory = await KeyDirectory.open(js)
         records = await directory.all()
         wrappable = await _wrappable(cfg, nc)
+        ledger = KvIndexLedger(js)
+        rows = []
+        for r in sorted(records, key=lambda r: r.key_id):
+            state = (await ledger.read(r.key_id))[0] if r.curve == "lms-hss" else None
+            rows.append(
+                KeyRow(
+                    record=r,
+                    replicated=fully_replicated(r, cfg.hsm_nodes),
+                    offline=offline_status(r, cfg.backup_sets, wrappable),
+                    ledger=state,
+                )
+            )
     finally:
         await nc.close()
-    return [
-        KeyRow(
-            record=r,
-            replicated=fully_replicated(r, cfg.hsm_nodes),
-            offline=offline_status(r, cfg.backup_sets, wrappable),
-        )
-        for r in sorted(records, key=lambda r: r.key_id)
-    ]
+    return rows
 
 
 async def _wrappable(cfg: Config, nc: Client) -> dict[str, frozenset[str] | None]:
@@ -300,22 +346,37 @@ def render_keys(rows: list[KeyRow]) -> str:
     if not rows:
         return "no keys"
     lines = [
-        f"{'key':<20} {'curve':<10} {'status':<8} {'region':<7} {'replicated':<10} "
-        "online nodes / offline copies / public key"
+        f"{'key':<20} {'type':<16} {'protection':<12} {'status':<8} {'region':<7} "
+        f"{'replicated':<10} online nodes / offline copies / public key"
     ]
     missing = 0
     for row in rows:
         r = row.record
         lines.append(
-            f"{r.key_id:<20} {r.curve:<10} {r.status:<8} {r.region or '-':<7} "
-            f"{'yes' if row.replicated else 'NO':<10} {','.join(r.nodes)}"
+            f"{r.key_id:<20} {r.curve:<16} {r.protection:<12} {r.status:<8} "
+            f"{r.region or '-':<7} {'yes' if row.replicated else 'NO':<10} {','.join(r.nodes)}"
         )
         if row.offline.copies:
             lines.append(f"{'':<20} offline: {', '.join(row.offline.copies)}")
         else:
             missing += r.status == "active"
             lines.append(f"{'':<20} offline: not backed up: {row.offline.reason}")
-        lines.append(f"{'':<20} {r.public_key.hex()}")
+        public = r.public_key.hex()
+        if len(r.public_key) > 64:
+            public = f"{public[:64]}... ({len(r.public_key)} bytes)"
+        lines.append(f"{'':<20} {public}")
+        if r.curve == "lms-hss":
+            ledger = row.ledger
+            if ledger is None:
+                lines.append(f"{'':<20} signatures left: UNKNOWN (no index ledger: fence it)")
+            else:
+                lines.append(
+                    f"{'':<20} signatures left: {signatures_left(ledger)} of {ledger.total} "
+                    f"(+ up to {leased_outstanding(ledger)} in live leases)"
+                )
+        for x in r.xpubs:
+            exported = x.xpub or f"public key {x.public_key.hex()} chain code {x.chain_code.hex()}"
+            lines.append(f"{'':<20} {x.path}: {exported}")
     lines.append(f"{len(rows)} key(s); {missing} without an offline copy")
     return "\n".join(lines)
 
@@ -338,7 +399,9 @@ def add_view_parsers(hsm: argparse._SubParsersAction, keys: argparse._SubParsers
     p.add_argument("--config")
     p.set_defaults(fn=cmd_status)
     p = keys.add_parser(
-        "list", help="keys, curves, public keys and where every copy lives (online, offline)"
+        "list",
+        help="keys, types, protection, where every copy lives (online, offline), "
+        "HSS signatures left",
     )
     p.add_argument("--config")
     p.set_defaults(fn=cmd_keys_list)

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import nats.errors
@@ -22,10 +22,12 @@ from libs.config import NatsConfig
 from libs.secret_files import write_secret
 from libs.service import Runtime, ServiceEntry
 from libs.service import run as run_service
+from proto.common import Curve, HssShape
 from proto.errors import ErrorCode, LantauError
 from services.cli import payloads
 from services.cli.usage import UsageError
 
+KEY_TYPES = get_args(Curve)
 DEFAULT_RUN_DIR = Path(os.environ.get("LANTAU_RUN_DIR", ".lantau/run"))
 
 
@@ -164,6 +166,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
             transfer=transfer,
             request_id=args.request_id,
             timeout=args.timeout,
+            path=args.path,
         )
         _print(result)
         return 0 if result.status == "signed" else 1
@@ -179,11 +182,25 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             region=args.region,
             request_id=args.request_id,
             timeout=args.timeout,
+            hss=_hss_shape(args.hss),
         )
         _print(result)
         return 0 if result.status == "created" else 1
 
     return asyncio.run(_with_client(args, go))
+
+
+def _hss_shape(text: str | None) -> HssShape | None:
+    """``LEVELS/HEIGHT/W`` (e.g. 2/10/4) as an HSS shape."""
+    if text is None:
+        return None
+    try:
+        levels, height, w = (int(part) for part in text.split("/"))
+        return msgspec.convert({"levels": levels, "height": height, "winternitz": w}, HssShape)
+    except (ValueError, msgspec.ValidationError):
+        raise UsageError(
+            f"--hss {text!r}: write LEVELS/HEIGHT/W, levels 1..8, height 5/10/15/20/25, W 1/2/4/8"
+        ) from None
 
 
 def cmd_result(args: argparse.Namespace) -> int:
@@ -249,14 +266,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--transfer", metavar="ASSET:AMOUNT:DEST", help="declare what it moves (minor units)"
     )
+    p.add_argument("--path", help="HD keys: the derivation path of the child that signs")
     _client_args(p)
     p.set_defaults(fn=cmd_sign)
 
     keys = sub.add_parser("keys", help="keys").add_subparsers(dest="keys", required=True)
     p = keys.add_parser("create", help="create a key inside the HSMs")
     p.add_argument("key_id")
-    p.add_argument("--curve", choices=["secp256k1", "ed25519"], required=True)
+    p.add_argument(
+        "--curve",
+        "--type",
+        dest="curve",
+        choices=list(KEY_TYPES),
+        required=True,
+        help="key type (docs/keytypes.md)",
+    )
     p.add_argument("--region")
+    p.add_argument("--hss", metavar="LEVELS/HEIGHT/W", help="lms-hss: the tree shape")
     _client_args(p)
     p.set_defaults(fn=cmd_keys_create)
 
@@ -272,6 +298,9 @@ def parser() -> argparse.ArgumentParser:
 
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
+    from services.cli import keys_cmd
+
+    keys_cmd.add_parsers(keys)
 
     from services.cli import approvals_cmd, audit_cmd, authority_cmd, backup_cmd, bus_cmd
 

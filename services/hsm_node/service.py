@@ -26,8 +26,11 @@ from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
 from libs.config import ConfigError, HsmNodeConfig, read_pin
 from libs.evidence import Pins, pins_from
+from libs.hsm.ceremony import sealing_label
 from libs.hsm.guard import Guard
 from libs.hsm.replay import ReplayLog
+from libs.hsm.sealed_keys import SealedKeys
+from libs.hsm.sealed_store import KvIndexLedger, KvSealedStore
 from libs.hsm.token import Pkcs11Token
 from libs.policy_store import PolicyStore
 from libs.service import Runtime, ServiceEntry
@@ -134,7 +137,7 @@ class HsmNode:
             )
         g = self.guard
         if isinstance(command, HsmSign):
-            return HsmSignature(key_id=command.key_id, signatures=await g.sign(command))
+            return await g.sign_reply(command)
         if isinstance(command, HsmSignCheckpoint):
             signature = await g.sign_checkpoint(command)
             return HsmSignature(key_id=command.key_id, signatures=[signature])
@@ -153,7 +156,7 @@ class HsmNode:
         if isinstance(command, HsmCapabilitiesQuery):
             return await g.capabilities()
         assert isinstance(command, HsmPublicKey)
-        return await g.public_key(command.key_id)
+        return await g.public_key(command.key_id, command.path)
 
     async def publish_receipts_forever(self) -> None:
         """Receipts go out in small batches, each one durable write on the bus; a batch
@@ -223,13 +226,22 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     token = await asyncio.to_thread(
         Pkcs11Token, node.module, node.token_label, read_pin(node), sessions=node.sessions
     )
-    hsm = HsmNode(
-        rt,
-        node,
-        lambda n: Guard(
-            token, node_id=node.id, pins=pins, replays=replays, on_receipt=n.on_receipt
-        ),
-    )
+
+    def make_guard(n: HsmNode) -> Guard:
+        guard = Guard(token, node_id=node.id, pins=pins, replays=replays, on_receipt=n.on_receipt)
+        # Key types the token has no mechanism for: sealed under the domain's sealing
+        # key, the blobs and HSS index ledgers shared with every node through JetStream KV.
+        guard.sealed = SealedKeys(
+            token,
+            node_id=node.id,
+            sealing_label=sealing_label(rt.config.backup.kek_label),
+            store=KvSealedStore(rt.js),
+            ledger=KvIndexLedger(rt.js),
+            on_lease=guard.on_lease,
+        )
+        return guard
+
+    hsm = HsmNode(rt, node, make_guard)
     service = await micro.add_service(
         rt.nc,
         name=HSM_SERVICE_NAME,

@@ -77,3 +77,15 @@ def check_access(request: Request, requester: RequesterConfig) -> str:
         ErrorCode.ACCESS_DENIED,
         f"requester {requester.name} has no access to key {request.key_id}",
     )
+
+
+def check_path(request: SignRequest, requester: RequesterConfig) -> None:
+    """Need-to-know below an HD root: a requester configured with ``paths`` (fnmatch)
+    signs only at matching derivation paths; without them, at any path of its keys."""
+    if request.path is None or not requester.paths:
+        return
+    if not any(fnmatch.fnmatchcase(request.path, p) for p in requester.paths):
+        raise LantauError(
+            ErrorCode.ACCESS_DENIED,
+            f"requester {requester.name} may not sign at path {request.path} of {request.key_id}",
+        )

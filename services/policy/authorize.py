@@ -11,6 +11,7 @@ from typing import TypeVar
 import msgspec
 
 from libs.hsm.authority import AuthorityKey
+from libs.keytypes import kinds
 from proto import codec
 from proto.approvals import ApprovalVote
 from proto.approvals import signing_bytes as vote_bytes
@@ -69,6 +70,7 @@ class Authorizer:
                 issued_at_ms=issued_at_ms,
                 not_after_ms=deadline_ms,
                 signed_by=self.key.public_hex,
+                path=request.path,
             )
         )
         return SignOrder(
@@ -87,6 +89,8 @@ class Authorizer:
     async def create_order(
         self, request: CreateKeyRequest, *, decision: Decision, issued_at_ms: int, deadline_ms: int
     ) -> CreateKeyOrder:
+        """The order to create a key: policy's word on its id, type, region and (HSS)
+        shape, the default shape filled in, so the node makes exactly what was decided."""
         authorization = await self._sign(
             CreateKeyAuthorization(
                 requester=request.requester,
@@ -100,6 +104,7 @@ class Authorizer:
                 issued_at_ms=issued_at_ms,
                 not_after_ms=deadline_ms,
                 signed_by=self.key.public_hex,
+                hss=kinds.effective_hss(request.curve, request.hss),
             )
         )
         return CreateKeyOrder(

@@ -31,6 +31,9 @@ class Facts:
     unknown: bool
     summary: tuple[str, ...]
     view_sha256: str = ""
+    # The key: how it is kept ("hsm" or "hsm-wrapped") and, for HD keys, the path.
+    protection: str = "hsm"
+    path: str | None = None
 
     def total(self, assets: list[str] | None = None) -> int:
         return sum(m.amount for m in self.movements if not assets or among(m.asset, assets))
@@ -57,8 +60,9 @@ def is_blind(kind: str) -> bool:
     return kind not in TX_KINDS
 
 
-def facts_of(request: SignRequest, parsed: ParsedTx | None) -> Facts:
-    """The facts of a request; ``parsed`` is required for a transaction kind."""
+def facts_of(request: SignRequest, parsed: ParsedTx | None, *, protection: str = "hsm") -> Facts:
+    """The facts of a request; ``parsed`` is required for a transaction kind;
+    ``protection``: how the request's key is kept."""
     if parsed is None:
         if not is_blind(request.payload_kind):
             raise LantauError(ErrorCode.INTERNAL, "a transaction must be parsed before judged")
@@ -77,6 +81,8 @@ def facts_of(request: SignRequest, parsed: ParsedTx | None) -> Facts:
             calls=(),
             unknown=False,
             summary=(summary,),
+            protection=protection,
+            path=request.path,
         )
     declared = request.transfer
     if declared is not None:
@@ -106,4 +112,6 @@ def facts_of(request: SignRequest, parsed: ParsedTx | None) -> Facts:
         unknown=parsed.unknown,
         summary=tuple(parsed.summary),
         view_sha256=view_digest(parsed),
+        protection=protection,
+        path=request.path,
     )

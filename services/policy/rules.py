@@ -105,6 +105,12 @@ def _static_match(
         return "kind"
     if rule.blind is not None and rule.blind != facts.blind:
         return "blind"
+    if rule.protection and facts.protection not in rule.protection:
+        return "protection"
+    if rule.paths and (
+        request.path is None or not any(fnmatch.fnmatchcase(request.path, p) for p in rule.paths)
+    ):
+        return "path"
     if rule.unknown is not None and rule.unknown != facts.unknown:
         return "unknown"
     # What nobody decoded is denied by default: only a deny rule may match it without
@@ -163,6 +169,10 @@ def matches(
         reasons.append(_moved(facts))
     if facts.unknown and rule.unknown:
         reasons.append("the transaction has parts nobody decoded: " + ", ".join(facts.calls))
+    if rule.protection:
+        reasons.append(f"key kept {facts.protection}")
+    if rule.paths:
+        reasons.append(f"path {request.path}")
     if rule.fee_above is not None:
         reasons.append(f"fee {facts.fee} > {rule.fee_above}")
     if rule.within_hours is not None:

@@ -24,6 +24,8 @@ from libs.evidence import PLATFORM_KEY_PREFIX
 from libs.headers import safe_for_log
 from libs.hsm import authority
 from libs.keys.directory import KeyDirectory
+from libs.keys.signing import required_public, signing_public
+from libs.keytypes import kinds
 from libs.logs import request_id_var
 from libs.policy_store import PolicyStore
 from libs.service import Runtime, ServiceEntry
@@ -32,6 +34,7 @@ from proto.approvals import ApprovalVote
 from proto.authorization import digest_of
 from proto.common import TX_KINDS
 from proto.errors import ErrorCode, LantauError
+from proto.keys import KeyRecord
 from proto.orders import Decision
 from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
 from proto.subjects import (
@@ -98,6 +101,7 @@ class PolicyService:
             )
         deadline = now + self.cfg.order_deadline_ms
         if isinstance(request, CreateKeyRequest):
+            kinds.effective_hss(request.curve, request.hss)  # a shape only for lms-hss
             decision = Decision(
                 policy_version="config",
                 rule="need-to-know",
@@ -112,7 +116,7 @@ class PolicyService:
         record, _ = await self.keys.get(request.key_id)
         if record is None or record.status != "active":
             raise LantauError(ErrorCode.UNKNOWN_KEY, f"key {request.key_id} does not exist")
-        judged = self._judge(request, requester, record.curve, record.public_key)
+        judged = self._judge(request, requester, record)
         policy = self.policies.current
         rules.check_facts(policy, judged.facts)
         verdict = await self.velocity.decide(
@@ -145,24 +149,29 @@ class PolicyService:
             )
             await publish_order(self.rt.js, order)
 
-    def _judge(
-        self, request: SignRequest, requester: RequesterConfig, curve: str, public_key: bytes
-    ) -> Judged:
+    def _judge(self, request: SignRequest, requester: RequesterConfig, record: KeyRecord) -> Judged:
         """The facts policy judges, and the exact bytes an HSM would sign for them."""
+        curve = record.curve
+        kinds.check_path(curve, request.path)
+        auth.check_path(request, requester)
         if request.payload_kind in TX_KINDS:
-            if curve != chains.curve_for(request.payload_kind):
+            if kinds.scheme(curve) != chains.curve_for(request.payload_kind):
                 raise LantauError(
                     ErrorCode.CURVE_MISMATCH,
                     f"a {request.payload_kind} payload is not signed by a {curve} key",
                 )
+            # An HD key's transaction is decoded with the child key that signs it.
+            public_key = required_public(record, request.path)
             parsed = chains.parse(
                 request.payload_kind, request.payload, public_key, chain_hint=request.chain
             )
-            facts = facts_of(request, parsed)
+            facts = facts_of(request, parsed, protection=record.protection)
         else:
-            curves.check_payload(curve, request.payload_kind, request.payload)  # type: ignore[arg-type]
+            curves.check_payload(curve, request.payload_kind, request.payload)
             auth.check_blind(request, requester)
-            facts = facts_of(request, None)
+            # A raw payload's bytes do not depend on the key that signs it.
+            public_key = signing_public(record, request.path) or b""
+            facts = facts_of(request, None, protection=record.protection)
         data = evidence.bytes_to_sign(request, public_key)
         return Judged(facts, [digest_of(d) for d in data], curve, public_key)
 

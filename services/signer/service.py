@@ -25,19 +25,23 @@ from libs.hsm.backend import HsmBackend
 from libs.hsm.pool import HsmPool
 from libs.keys import creation
 from libs.keys.directory import KeyDirectory
+from libs.keys.signing import signing_public
+from libs.keytypes import kinds
 from libs.logs import request_id_var
 from libs.service import Runtime, ServiceEntry
 from proto import codec
+from proto.admin import XpubAnswer
 from proto.audit import AuditIntent
-from proto.common import TX_KINDS
+from proto.common import TX_KINDS, ErrorInfo
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.events import KeyCreated
-from proto.hsm import HsmGenerate, HsmSign
+from proto.hsm import HsmGenerate, HsmKey, HsmSign
 from proto.orders import CreateKeyOrder, Order, SignOrder, order_subject
 from proto.requests import SignRequest
 from proto.results import KeyResult, SignResult, unsuccessful
 from proto.subjects import (
     ADMIN_POOL_STATUS,
+    ADMIN_XPUB,
     EVENT_KEY_CREATED,
     RESULTS,
     SIGNER_ORDERS,
@@ -45,6 +49,7 @@ from proto.subjects import (
     result_subject,
 )
 from services.signer.intents import EarlierAttempt, IntentLog
+from services.signer.xpub import answer as xpub_answer
 
 log = logging.getLogger("lantau.signer")
 
@@ -135,8 +140,20 @@ class Signer:
             )
             return
         curve = record.curve
+        # The key that signs: an HD key's child at the request's path. Known here when an
+        # exported xpub leads to it; else (a blind payload only: policy refused anything
+        # else) the node says which child signed and its signature must verify under it.
+        expected = signing_public(record, request.path)
+        if expected is None and request.payload_kind in TX_KINDS:
+            await self._finish(
+                order,
+                "failed",
+                ErrorCode.XPUB_NOT_EXPORTED,
+                f"the public key of {record.key_id} at {request.path} is not known",
+            )
+            return
         # What the node will sign, from the request itself; the node computes it again.
-        data = evidence.bytes_to_sign(request, record.public_key)
+        data = evidence.bytes_to_sign(request, expected or b"")
         payload_sha256 = hashlib.sha256(request.payload).hexdigest()
         queued_s = max(0.0, (now_ms() - order.requested_at_ms) / 1000)
         metrics.STAGE_DURATION.labels("queue").observe(queued_s)
@@ -149,7 +166,7 @@ class Signer:
             approvals=order.approvals,
         )
 
-        async def attempt(remote: HsmBackend, _n: int) -> list[curves.FinalSignature]:
+        async def attempt(remote: HsmBackend, _n: int) -> tuple[list[curves.FinalSignature], bytes]:
             t0 = time.perf_counter()
             if not intents.covers(remote.name):
                 # Fail closed: this attempt's intent is durable before the HSM is asked.
@@ -167,13 +184,15 @@ class Signer:
                     )
                 )
             t1 = time.perf_counter()
-            raws = await remote.sign(command)
+            reply = await remote.sign_reply(command)
+            raws = reply.signatures
             t2 = time.perf_counter()
             try:
                 if len(raws) != len(data):
                     raise LantauError(ErrorCode.SIGNATURE_VERIFICATION_FAILED, "wrong count")
+                signer_key = _signer_key(record.curve, expected, reply.public_key)
                 finals = [
-                    curves.finalize(curve, record.public_key, d, raw)
+                    curves.finalize(curve, signer_key, d, raw)
                     for d, raw in zip(data, raws, strict=True)
                 ]
             except LantauError as e:
@@ -182,12 +201,12 @@ class Signer:
             metrics.STAGE_DURATION.labels("audit_intent").observe(t1 - t0)
             metrics.STAGE_DURATION.labels("hsm").observe(t2 - t1)
             metrics.STAGE_DURATION.labels("verify").observe(time.perf_counter() - t2)
-            return finals
+            return finals, signer_key
 
         holders = [n for n in record.nodes if n in self.signing_nodes]
         for _ in range(3):
             try:
-                finals, node = await self.pool.run(
+                (finals, signer_key), node = await self.pool.run(
                     "sign", holders, attempt, max_attempts=self.max_attempts, prefer=intents.nodes
                 )
                 break
@@ -204,7 +223,7 @@ class Signer:
             signed_payload = chains.assemble(
                 request.payload_kind,
                 request.payload,
-                record.public_key,
+                signer_key,
                 [(f.signature, f.recovery_id) for f in finals],
                 chain_hint=request.chain,
             )
@@ -219,9 +238,10 @@ class Signer:
             recovery_id=finals[0].recovery_id,
             signatures=[f.signature for f in finals],
             signed_payload=signed_payload,
-            public_key=record.public_key,
+            public_key=signer_key,
             node=node,
             completed_at_ms=now_ms(),
+            path=request.path,
         )
         await self._publish_result(order, result)
         metrics.STAGE_DURATION.labels("publish").observe(time.perf_counter() - t0)
@@ -229,7 +249,7 @@ class Signer:
     # -- key creation --------------------------------------------------------
 
     async def _create_key(self, order: CreateKeyOrder) -> None:
-        async def generate(node: str) -> bytes:
+        async def generate(node: str) -> HsmKey:
             command = HsmGenerate(
                 key_id=order.key_id,
                 curve=order.curve,
@@ -237,12 +257,17 @@ class Signer:
                 authorization=order.authorization,
             )
 
-            async def on_node(backend: HsmBackend, _n: int) -> bytes:
-                return (await backend.generate(command)).public_key
+            async def on_node(backend: HsmBackend, _n: int) -> HsmKey:
+                made = await backend.generate(command)
+                if made.curve != order.curve:
+                    raise TransientError(
+                        ErrorCode.HSM_ERROR, f"{backend.name} made a {made.curve} key"
+                    )
+                return made
 
             # On the reserved node only: never two different keys under one id.
-            public_key, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
-            return public_key
+            made, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
+            return made
 
         try:
             record = await creation.create(
@@ -279,6 +304,8 @@ class Signer:
             public_key=record.public_key,
             node=record.nodes[0],
             completed_at_ms=now_ms(),
+            protection=record.protection,
+            xpub=next((x.xpub for x in record.xpubs if x.path == "m" and x.xpub), None),
         )
         await self._publish_result(order, result)
 
@@ -331,6 +358,25 @@ class Signer:
             log.info("result for %s already published; keeping the first", order.request_id)
 
 
+def _signer_key(key_type: str, expected: bytes | None, reported: bytes) -> bytes:
+    """The key a node's signatures must verify under: the key's own, or an HD child's
+    (cross-checked with the one derived from the exported xpubs when that is known)."""
+    if not kinds.is_hd(key_type):
+        if expected is None:
+            raise LantauError(ErrorCode.INTERNAL, "a key without its public key")
+        return expected
+    if expected is not None and reported != expected:
+        raise LantauError(
+            ErrorCode.SIGNATURE_VERIFICATION_FAILED,
+            "the node signed with another child key than the exported xpub derives",
+        )
+    if not reported:
+        raise LantauError(
+            ErrorCode.SIGNATURE_VERIFICATION_FAILED, "the node did not say which child signed"
+        )
+    return reported
+
+
 async def serve(rt: Runtime) -> None:
     cfg = rt.config.signer
     pool = HsmPool.of_nodes(
@@ -366,6 +412,24 @@ async def serve(rt: Runtime) -> None:
         subject=ADMIN_POOL_STATUS,
         queue_group=f"signer-{uuid.uuid4().hex}",
         handler=pool_status,
+    )
+
+    async def xpub(req: Request) -> None:
+        try:
+            query = codec.XPUB_QUERY.decode(req.data)
+        except LantauError as e:
+            await req.respond(
+                codec.encode(
+                    XpubAnswer(key_id="", error=ErrorInfo(code=str(e.code), message=e.message))
+                )
+            )
+            return
+        reply = await xpub_answer(pool, signer.keys, signer.signing_nodes, query)
+        await req.respond(codec.encode(reply))
+
+    # One queue group: one replica derives and records each xpub.
+    await admin.add_endpoint(
+        name="xpub", subject=ADMIN_XPUB, queue_group="signer-xpub", handler=xpub
     )
     rt.set_ready("startup", True)
     await consumer.run(rt.stopping)

@@ -16,7 +16,7 @@ from proto.subjects import RESULTS, result_subject
 def verify_independently(result: SignResult, payload: bytes) -> None:
     """OpenSSL (via cryptography), not the libraries the signer used; raises if invalid."""
     assert result.signature is not None and result.public_key is not None
-    if result.curve == "secp256k1":
+    if result.curve in ("secp256k1", "bip32-secp256k1"):  # an HD child: its own public key
         r = int.from_bytes(result.signature[:32], "big")
         s = int.from_bytes(result.signature[32:], "big")
         pub = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), result.public_key)
