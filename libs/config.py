@@ -161,6 +161,15 @@ class AuthorityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     softhsm_conf: str | None = None
 
 
+class ApprovalFloor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Keys the hsm-nodes sign with only after ``quorum`` approvals of ``group``, whatever
+    policy's authorization says: a stolen policy key alone cannot waive them."""
+
+    keys: list[str]  # fnmatch patterns of key ids
+    group: Name
+    quorum: Positive
+
+
 class EvidenceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What every hsm-node trusts (the signer checks orders against it too). Changed only
     by a Security Officer ceremony: see docs/security.md."""
@@ -175,6 +184,8 @@ class EvidenceConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # init` printed it: only that key, which only a quorum of the set's custodians can
     # rebuild, authorizes a copy into or out of the set.
     backup_set_keys: dict[str, HexKey] = {}
+    # Approvals the nodes require for some keys even when policy says none are needed.
+    approval_floors: list[ApprovalFloor] = []
     # How far an authorization's issue time may run ahead of the node's clock.
     clock_skew_ms: Positive = 30_000
 

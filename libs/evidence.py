@@ -9,6 +9,7 @@ get a signature the others did not authorize.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ class Pins:
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
     # Where each HSM node and backup set may hold keys: residency is checked against it.
     regions: Mapping[str, str | None] = field(default_factory=dict)
+    # (key id patterns, group, quorum): approvals required whatever policy says.
+    floors: tuple[tuple[tuple[str, ...], str, int], ...] = ()
     skew_ms: int = 30_000
 
 
@@ -178,9 +181,22 @@ def check_sign_parties(
         kinds.check_path(a.curve, request.path)
     except LantauError as e:
         raise _refuse(ErrorCode.AUTHORIZATION_MISMATCH, e.message) from None
+    _check_floor(a, pins)
     if a.quorum:
         _check_approvals(request, a, approvals, pins)
     return request
+
+
+def _check_floor(a: SignAuthorization, pins: Pins) -> None:
+    """The node's own minimum: policy's key can grant, never waive, these approvals."""
+    for patterns, group, quorum in pins.floors:
+        if any(fnmatch.fnmatchcase(a.key_id, p) for p in patterns) and (
+            a.group != group or a.quorum < quorum
+        ):
+            raise _refuse(
+                ErrorCode.APPROVALS_MISSING,
+                f"key {a.key_id} needs {quorum} approvals of group {group!r} on this node",
+            )
 
 
 def check_sign_bytes(
@@ -368,5 +384,6 @@ def pins_from(cfg: Config, policy: Policy | None) -> Pins:
             for name, g in (policy.file.groups if policy else {}).items()
         },
         regions=regions,
+        floors=tuple((tuple(f.keys), f.group, f.quorum) for f in ev.approval_floors),
         skew_ms=ev.clock_skew_ms,
     )

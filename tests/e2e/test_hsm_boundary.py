@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devkit import forge
 from devkit.chaos import wait_replicated
 from libs.bus.permissions import POLICY, PROVISIONER, SIGNER
+from libs.config import ApprovalFloor
 from libs.hsm.remote import RemoteHsm
 from proto import codec
 from proto.errors import ErrorCode, LantauError
@@ -32,12 +33,16 @@ STOLEN_POLICY = nacl.signing.SigningKey.generate()
 # What a signer that forges authorizations would sign with: never pinned.
 ROGUE = nacl.signing.SigningKey.generate()
 KEY = "desk-a-boundary"
+FLOORED = "desk-a-vault"
 
 
 def tweak(cfg):
     cfg = fast_redelivery(cfg)
     evidence = msgspec.structs.replace(
-        cfg.evidence, policy_keys=[STOLEN_POLICY.verify_key.encode().hex()]
+        cfg.evidence,
+        policy_keys=[STOLEN_POLICY.verify_key.encode().hex()],
+        # The nodes' own floor for one key: two treasury approvals, whatever policy says.
+        approval_floors=[ApprovalFloor(keys=[FLOORED], group="treasury", quorum=2)],
     )
     # Short-lived authorizations, so that one can expire within the test.
     policy = msgspec.structs.replace(cfg.policy, order_deadline_ms=3000)
@@ -232,6 +237,20 @@ async def test_a_stolen_policy_key_with_a_genuine_request_is_caught_afterwards(
             break
         await asyncio.sleep(0.1)
     assert unmatched(platform, "sign") == before + 1
+
+
+async def test_a_nodes_approval_floor_holds_against_a_stolen_policy_key(
+    platform, client, nc, trader_key
+):
+    """The same side door, shut: for a key the nodes set a floor for, policy's key cannot
+    waive the approvals. The platform's own path is unchanged for keys without a floor."""
+    created = await client.create_key(FLOORED, "secp256k1")
+    assert created.status == "created", created.error
+    await wait_replicated(client, platform, FLOORED)
+    real = forge.signed_request(trader_key, "desk-a", FLOORED, hashlib.sha256(b"vault").digest())
+    auth = forge.authorization(STOLEN_POLICY, real, created.public_key)
+    for node in ("hsm-1", "hsm-2"):
+        await refused(nc, command(real, auth), ErrorCode.APPROVALS_MISSING, node)
 
 
 async def test_the_checkpoint_key_signs_checkpoints_only(platform, client, nc, trader_key):

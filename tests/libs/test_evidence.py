@@ -3,6 +3,7 @@ way a compromised process might try to get a signature it was not given."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import msgspec
@@ -155,6 +156,29 @@ def test_approvals_needed_means_m_distinct_pinned_members_for_this_payload():
     refused(ErrorCode.APPROVALS_MISSING, sign, req, ok, [a, rejected])
     unknown_group = forge.authorization(POLICY, req, b"", group="nobody", quorum=1, votes=[a])
     refused(ErrorCode.APPROVALS_MISSING, sign, req, unknown_group, [a])
+
+
+def test_a_nodes_approval_floor_cannot_be_waived_by_policys_key():
+    """The one gap a stolen policy key leaves (a genuine request under a rule that needs
+    no approvals) is closed for the keys a node sets a floor for."""
+    floored = dataclasses.replace(PINS, floors=((("desk-*",), "treasury", 2),))
+    req = request()
+    a, b = forge.vote(ALICE, "alice", req), forge.vote(BOB, "bob", req)
+    # Policy says none are needed, or too few, or another group's: refused.
+    for auth in (
+        forge.authorization(POLICY, req, b""),
+        forge.authorization(POLICY, req, b"", group="treasury", quorum=1, votes=[a]),
+        forge.authorization(POLICY, req, b"", group="ops", quorum=2, votes=[a, b]),
+    ):
+        message = refused(ErrorCode.APPROVALS_MISSING, sign, req, auth, [a, b], pins=floored)
+        assert "needs 2 approvals of group 'treasury'" in message
+    ok = forge.authorization(POLICY, req, b"", group="treasury", quorum=2, votes=[a, b])
+    assert sign(req, ok, [a, b], pins=floored) == [DIGEST]
+    # The votes are still checked: a floor met on paper with one vote is refused.
+    refused(ErrorCode.APPROVALS_MISSING, sign, req, ok, [a], pins=floored)
+    # Keys the floor does not name sign as policy says.
+    other = forge.signed_request(DESK, "desk", "ops-btc", DIGEST)
+    assert sign(other, forge.authorization(POLICY, other, b""), key_id="ops-btc", pins=floored)
 
 
 def test_the_votes_counted_must_be_the_ones_policy_named():
