@@ -10,6 +10,7 @@ from typing import TypeVar
 import msgspec
 import nacl.signing
 
+from libs import chains
 from libs.clock import now_ms
 from libs.evidence import bytes_to_sign
 from proto import codec
@@ -65,11 +66,21 @@ def authorization(
     group: str = "",
     quorum: int = 0,
     votes: list[ApprovalVote] | None = None,
-    view_sha256: str = "",
+    view_sha256: str | None = None,
     **changes: object,
 ) -> SignAuthorization:
     """Policy's statement over ``request``, correct unless told otherwise."""
     now = now_ms()
+    if view_sha256 is None:
+        view_sha256 = (
+            chains.view_digest(
+                chains.parse(
+                    request.payload_kind, request.payload, public_key, chain_hint=request.chain
+                )
+            )
+            if request.payload_kind in TX_KINDS
+            else ""
+        )
     unsigned = SignAuthorization(
         requester=request.requester,
         request_id=request.request_id,

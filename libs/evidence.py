@@ -203,8 +203,16 @@ def check_sign_bytes(
     request: SignRequest, authorization: SignAuthorization, public_key: bytes
 ) -> list[bytes]:
     """The bytes to sign, recomputed from the request with the key that signs (an HD
-    key's derived child), must be the authorized ones."""
-    data = bytes_to_sign(request, public_key)
+    key's derived child), must be the authorized ones; for a transaction, so must the
+    view the approvers were shown (their votes name it): the node decodes it too."""
+    if request.payload_kind in TX_KINDS:
+        parsed, data = chains.parse_for_signing(
+            request.payload_kind, request.payload, public_key, chain_hint=request.chain
+        )
+        if authorization.view_sha256 != chains.view_digest(parsed):
+            raise _mismatch("transaction view")
+    else:
+        data = [request.payload]
     if authorization.digests != [digest_of(d) for d in data]:
         raise _mismatch("bytes to sign")
     return data

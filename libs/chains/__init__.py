@@ -4,7 +4,14 @@ Pure functions, no I/O. See docs/chains.md for what each payload kind parses,
 signs, returns and refuses.
 """
 
-from libs.chains.dispatch import address_of, assemble, curve_for, parse, signing_inputs
+from libs.chains.dispatch import (
+    address_of,
+    assemble,
+    curve_for,
+    parse,
+    parse_for_signing,
+    signing_inputs,
+)
 from libs.chains.model import TX_KINDS, Movement, ParsedTx, view_digest
 
 __all__ = [
@@ -15,6 +22,7 @@ __all__ = [
     "assemble",
     "curve_for",
     "parse",
+    "parse_for_signing",
     "signing_inputs",
     "view_digest",
 ]

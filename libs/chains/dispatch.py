@@ -43,7 +43,18 @@ def signing_inputs(
     kind: str, payload: bytes, public_key: bytes, *, chain_hint: str | None = None
 ) -> list[bytes]:
     """Exactly what the HSM signs: 32-byte hashes for secp256k1, the message for Ed25519."""
+    return _inputs(_decode(kind, payload, public_key, chain_hint))
+
+
+def parse_for_signing(
+    kind: str, payload: bytes, public_key: bytes, *, chain_hint: str | None = None
+) -> tuple[ParsedTx, list[bytes]]:
+    """What the transaction does and what the HSM signs for it, from one decoding."""
     d = _decode(kind, payload, public_key, chain_hint)
+    return d.parsed, _inputs(d)
+
+
+def _inputs(d: _Decoded) -> list[bytes]:
     if isinstance(d, evm.Decoded | eip712.Decoded):
         return [d.signing_hash]
     if isinstance(d, btc.Decoded):

@@ -67,7 +67,7 @@ _SEALING_TEMPLATE = {
 # every private key Lantau stores, so the admit ceremony can carry it to each HSM of the
 # domain and a sealed blob opens on every node of its domain. A private object: the
 # token stores its value encrypted under the user PIN.
-DOMAIN_SEALING_TEMPLATE = {
+DOMAIN_SEALING_TEMPLATE: dict[Attribute, object] = {
     **{a: v for a, v in _SEALING_TEMPLATE.items() if a != Attribute.MODIFIABLE},
     Attribute.EXTRACTABLE: True,
     Attribute.WRAP_WITH_TRUSTED: True,

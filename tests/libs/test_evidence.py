@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
+import coincurve
 import msgspec
 import nacl.signing
 import pytest
 
-from devkit import forge
+from devkit import forge, txs
 from libs.clock import now_ms
 from libs.evidence import Pins, check_clone, check_create, check_sign
 from proto import codec
@@ -127,6 +128,30 @@ def test_a_blind_payload_cannot_pass_for_a_decoded_one():
         sign,
         req,
         forge.authorization(POLICY, req, b"", blind=False),
+    )
+
+
+def test_a_transaction_view_other_than_the_nodes_own_decoding_is_refused():
+    """Approvers vote on a view; a policy (or its key) that showed them another one than
+    the transaction's cannot get it signed: the node decodes the transaction itself."""
+    public = coincurve.PrivateKey(b"\x01" * 32).public_key.format(compressed=True)
+    tx = txs.eth_transfer("0x" + "11" * 20, 10**15)
+    req = request(payload=tx, kind="evm_tx")
+    ok = forge.authorization(POLICY, req, public)
+    assert len(sign_with(req, ok, public)) == 1
+    shown = forge.authorization(POLICY, req, public, view_sha256="ab" * 32)
+    assert "view" in refused(ErrorCode.AUTHORIZATION_MISMATCH, sign_with, req, shown, public)
+
+
+def sign_with(req, auth, public_key: bytes):
+    return check_sign(
+        codec.encode(req),
+        auth,
+        [],
+        key_id="desk-btc",
+        public_key=public_key,
+        pins=PINS,
+        now_ms=now_ms(),
     )
 
 
