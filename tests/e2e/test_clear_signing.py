@@ -498,9 +498,17 @@ def approver_key(platform, approver: str) -> nacl.signing.SigningKey:
 # -- and nothing was signed for any refused request ---------------------------------------
 
 
-async def test_no_hsm_node_signed_anything_for_a_refused_request(client, keys, nc):
+async def test_no_hsm_node_signed_anything_for_a_refused_request(platform, client, keys):
     assert len(REFUSED) > 30
-    js = nc.jetstream()
+    # The receipts are read through an ordered consumer: the provisioner's right.
+    inspector = await platform.connect_as(PROVISIONER)
+    try:
+        await _nothing_signed_for_the_refused(client, inspector.jetstream())
+    finally:
+        await inspector.close()
+
+
+async def _nothing_signed_for_the_refused(client, js) -> None:
     # A signature made after every refusal: once its receipt is on the record, every
     # receipt of an earlier request is too.
     marker = await client.sign(BLIND, hashlib.sha256(b"marker").digest())
