@@ -41,6 +41,7 @@ from libs.config import (
     AuthorityConfig,
     BackupConfig,
     Config,
+    ConsoleConfig,
     HsmNodeConfig,
     NatsConfig,
     PolicyConfig,
@@ -65,6 +66,11 @@ class DevStack:
     pki: DevPki | None = None
     procs: ProcessGroup = field(default_factory=ProcessGroup)
     ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def console_url(self) -> str:
+        """Where approvers open the console (a secure context: http://localhost)."""
+        return self.config.console.web_origin
 
     @property
     def nkeys_dir(self) -> Path:
@@ -233,6 +239,7 @@ class DevStack:
             f"NATS            {self.nats.url} (monitoring {self.nats.monitor_url})",
             f"identities      {self.nkeys_dir}/<identity>.seed (0600); TLS CA "
             f"{self.pki.ca if self.pki else '-'}",
+            f"console         {self.console_url}/ (approvers: sign in with a security key)",
             f"{'process':<16}{'pid':>8}  {'metrics / health':<34} log",
         ]
         for name, proc in self.procs.processes.items():
@@ -301,6 +308,7 @@ async def start_platform(
                 audit=nkey(permissions.AUDIT_ROLE),
                 operator=nkey(permissions.OPERATOR),
                 provisioner=nkey(permissions.PROVISIONER),
+                console=nkey(permissions.CONSOLE),
             ),
         ),
         hsm_nodes=[
@@ -339,6 +347,8 @@ async def start_platform(
         backup=BackupConfig(
             metrics_port=free_port(), authority=AuthorityConfig(seed_file=str(backup_seed))
         ),
+        # http://localhost is a secure context: browsers allow WebAuthn there without TLS.
+        console=ConsoleConfig(metrics_port=free_port(), http_port=free_port(), rp_id="localhost"),
     )
     if tweak is not None:
         cfg = tweak(cfg)
@@ -394,6 +404,9 @@ async def start_platform(
         )
         stack.start_service(
             "backup", ["serve", "backup"], cfg.backup.metrics_port, identity=permissions.BACKUP
+        )
+        stack.start_service(
+            "console", ["serve", "console"], cfg.console.metrics_port, identity=permissions.CONSOLE
         )
         await stack.wait_ready()
     except BaseException:

@@ -108,6 +108,18 @@ class ErrorCode(enum.StrEnum):
     # identity, or a request arrived on a subject that names someone else.
     PERMISSION_DENIED = "PERMISSION_DENIED"
     SUBJECT_MISMATCH = "SUBJECT_MISMATCH"
+    # Second factors and the approvers' console (proto/credentials.py, libs/webauthn_check,
+    # services/console): a security key's assertion or registration that does not verify,
+    # a credential that is not (or no longer) enrolled, a missing or wrong second factor,
+    # an enrolment without its quorum, a console session that is not signed in.
+    ASSERTION_INVALID = "ASSERTION_INVALID"
+    REGISTRATION_INVALID = "REGISTRATION_INVALID"
+    UNKNOWN_CREDENTIAL = "UNKNOWN_CREDENTIAL"
+    CREDENTIAL_REVOKED = "CREDENTIAL_REVOKED"
+    SECOND_FACTOR_REQUIRED = "SECOND_FACTOR_REQUIRED"
+    SECOND_FACTOR_INVALID = "SECOND_FACTOR_INVALID"
+    ENDORSEMENT_INVALID = "ENDORSEMENT_INVALID"
+    NOT_SIGNED_IN = "NOT_SIGNED_IN"
 
 
 def printable(text: str, limit: int = 200) -> str:

@@ -26,6 +26,7 @@ from proto.subjects import (
     ADMIN_POOL_STATUS,
     ALL_BUCKETS,
     ALL_STREAMS,
+    APPROVAL_VOTE,
     APPROVALS_BUCKET,
     AUDIT,
     AUDIT_CHAIN,
@@ -35,8 +36,11 @@ from proto.subjects import (
     AUDIT_STATE_WITNESS,
     BACKUP_KEY_EVENTS,
     CREATE_KEY_ORDER,
+    CREDENTIALS_BUCKET,
     EVENT_ADMIN,
     EVENT_APPROVAL_PREFIX,
+    EVENT_CONSOLE,
+    EVENT_CREDENTIAL_PREFIX,
     EVENT_KEY_CREATED,
     EVENT_KEY_REPLICATED,
     EVENT_NODE_STATE,
@@ -55,12 +59,14 @@ from proto.subjects import (
     SIGN_ORDER,
     SIGNER_ORDERS,
     SIGNER_SERVICE_NAME,
+    TOTP_REPLY_PREFIX,
     VELOCITY_BUCKET,
     ConsumerSpec,
     StreamSpec,
     approval_events_of,
     approval_vote_subject,
     create_key_request_subject,
+    credential_request_subject,
     dead_letter_subject,
     hsm_beat_subject,
     hsm_rpc_all,
@@ -75,12 +81,14 @@ from proto.subjects import (
     receipt_subject,
     results_of,
     sign_request_subject,
+    totp_reply_subject,
 )
 
 # Identity names of the roles; per-instance identities are built by the functions below.
 POLICY, SIGNER, BACKUP, AUDIT_ROLE = "policy", "signer", "backup", "audit"
+CONSOLE = "console"
 OPERATOR, PROVISIONER = "operator", "provisioner"
-SERVICE_ROLES = (POLICY, SIGNER, BACKUP, AUDIT_ROLE)
+SERVICE_ROLES = (POLICY, SIGNER, BACKUP, AUDIT_ROLE, CONSOLE)
 
 
 def node_identity(node_id: str) -> str:
@@ -205,6 +213,11 @@ SERVICE_GRANTS: dict[str, Grant] = {
         kv_read(VELOCITY_BUCKET),
         kv_write(VELOCITY_BUCKET),
         kv_read(KEYS_BUCKET),
+        # Second factors: the one writer of the credentials bucket; a new TOTP secret goes
+        # once to the command that asked, on core NATS (no stream keeps lantau.reply.>).
+        kv_read(CREDENTIALS_BUCKET),
+        kv_write(CREDENTIALS_BUCKET),
+        pub(f"{EVENT_CREDENTIAL_PREFIX}.>", f"{TOTP_REPLY_PREFIX}.>"),
     ),
     SIGNER: grants(
         pull(SIGNER_ORDERS),
@@ -255,6 +268,17 @@ SERVICE_GRANTS: dict[str, Grant] = {
         kv_read(KEYS_BUCKET),
         kv_write(KEYS_BUCKET),
     ),
+    # The approvers' console: it reads held requests and enrolled credentials, and sends
+    # votes under any approver's name. A vote counts only with that approver's security
+    # key's assertion over it (the console holds no approver key), so the subject is not
+    # what authenticates a console vote. It proposes credentials (powerless until a
+    # quorum endorses them) and records what it refuses itself on lantau.event.console.
+    CONSOLE: grants(
+        pub(f"{APPROVAL_VOTE}.*", credential_request_subject(CONSOLE), EVENT_CONSOLE),
+        kv_read(APPROVALS_BUCKET),
+        kv_read(CREDENTIALS_BUCKET),
+        sub(f"{EVENT_APPROVAL_PREFIX}.>", f"{EVENT_CREDENTIAL_PREFIX}.>"),
+    ),
 }
 
 
@@ -278,6 +302,9 @@ def provisioner_grant() -> Grant:
 def hsm_node_grant(node_id: str) -> Grant:
     return grants(
         sub(hsm_rpc_all(node_id)),
+        # The approvers' security keys, read (and their quorums recounted) every second:
+        # an assertion vote counts only with a key enrolled and not revoked.
+        kv_read(CREDENTIALS_BUCKET),
         micro_endpoints(HSM_SERVICE_NAME),
         # Its beats, and the receipts of what it did (a JetStream stream, audited).
         pub(hsm_beat_subject(node_id), receipt_subject(node_id)),
@@ -302,6 +329,12 @@ def approver_grant(name: str, approves_for: Sequence[str]) -> Grant:
     parts = [
         pub(approval_vote_subject(name)),
         stream_info(kv_stream(APPROVALS_BUCKET)),
+        # Second factors: endorse, revoke, ask for a TOTP authenticator (its secret comes
+        # back once on its own reply subject); read every enrolled credential (public
+        # keys and fingerprints, no secret: TOTP secrets are sealed) and their outcomes.
+        pub(credential_request_subject(name)),
+        kv_read(CREDENTIALS_BUCKET),
+        sub(f"{EVENT_CREDENTIAL_PREFIX}.>", totp_reply_subject(name)),
     ]
     for requester in approves_for:
         parts.append(

@@ -62,6 +62,12 @@ def _audit() -> ServiceEntry:
     return ENTRY
 
 
+def _console() -> ServiceEntry:
+    from services.console.service import ENTRY
+
+    return ENTRY
+
+
 # Every service `lantau serve` runs; each imported only when it is the one served.
 SERVICES: dict[str, Callable[[], ServiceEntry]] = {
     "policy": _policy,
@@ -69,6 +75,7 @@ SERVICES: dict[str, Callable[[], ServiceEntry]] = {
     "hsm-node": _hsm_node,
     "backup": _backup,
     "audit": _audit,
+    "console": _console,
 }
 
 
@@ -273,9 +280,10 @@ def parser() -> argparse.ArgumentParser:
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
 
-    from services.cli import approvals_cmd, audit_cmd, authority_cmd, bus_cmd
+    from services.cli import approvals_cmd, audit_cmd, authority_cmd, bus_cmd, credentials_cmd
 
     audit_cmd.add_parsers(sub)
+    credentials_cmd.add_parsers(sub)
     authority_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
     bus_cmd.add_parsers(sub)
