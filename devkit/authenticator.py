@@ -17,7 +17,7 @@ from typing import Any
 
 import cbor2
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 UP, UV, AT = 0x01, 0x04, 0x40
 
@@ -35,7 +35,10 @@ class SoftAuthenticator:
     origin: str
     # Clear to make an assertion without user verification (a key without its PIN).
     verifies_user: bool = True
-    keys: dict[bytes, ec.EllipticCurvePrivateKey] = field(default_factory=dict)
+    # P-256 keys it made; Ed25519 keys may be loaded (a browser's virtual key exported).
+    keys: dict[bytes, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey] = field(
+        default_factory=dict
+    )
     counter: int = 0
 
     def _flags(self) -> int:
@@ -96,9 +99,12 @@ class SoftAuthenticator:
             + struct.pack(">I", self.counter)
         )
         client_data = self._client_data("webauthn.get", options["challenge"])
-        signature = self.keys[credential_id].sign(
-            auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256())
-        )
+        key = self.keys[credential_id]
+        signed = auth_data + hashlib.sha256(client_data).digest()
+        if isinstance(key, ed25519.Ed25519PrivateKey):
+            signature = key.sign(signed)
+        else:
+            signature = key.sign(signed, ec.ECDSA(hashes.SHA256()))
         return {
             "id": b64url(credential_id),
             "rawId": b64url(credential_id),

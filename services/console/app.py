@@ -171,6 +171,30 @@ class Console:
     ) -> tuple[CredentialStatement, ...]:
         return creds.active(records, self.policies.current.file, "webauthn").get(person, ())
 
+    def _why_none(self, records: list[CredentialRecord], person: str) -> tuple[ErrorCode, str]:
+        """Why ``person`` has no security key to sign in with, in words."""
+        theirs = [
+            creds.standing(r, self.policies.current.file)
+            for r in records
+            if r.statement.person == person and r.statement.kind == "webauthn"
+        ]
+        revoked = [s for s in theirs if s.state == "revoked"]
+        if revoked:
+            return (
+                ErrorCode.CREDENTIAL_REVOKED,
+                f"{person}'s security key was {revoked[-1].why}; enrol a new one",
+            )
+        proposed = [s for s in theirs if s.state == "proposed"]
+        if proposed:
+            return (
+                ErrorCode.UNKNOWN_CREDENTIAL,
+                f"{person}'s security key is not enrolled yet: {proposed[-1].why}",
+            )
+        return (
+            ErrorCode.UNKNOWN_CREDENTIAL,
+            f"{person} has no enrolled security key (enrol one, then ask for endorsements)",
+        )
+
     def _reviewed(self, p: PendingApproval) -> Review:
         return review(p, p.public_key or None)
 
@@ -229,18 +253,19 @@ class Console:
     async def signin_begin(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         person = _person(body.get("person"))
-        mine = self._webauthn_ones(await self.bus.records(), person)
+        records = await self.bus.records()
+        mine = self._webauthn_ones(records, person)
         if not mine:
-            why = f"{person} has no enrolled security key (enrol one, then ask for endorsements)"
+            code, why = self._why_none(records, person)
             await self.bus.record(
                 person,
                 "signin",
                 accepted=False,
-                code=str(ErrorCode.UNKNOWN_CREDENTIAL),
+                code=str(code),
                 message=why,
                 remote=request.remote or "",
             )
-            raise LantauError(ErrorCode.UNKNOWN_CREDENTIAL, why)
+            raise LantauError(code, why)
         challenge = secrets.token_bytes(32)
         ceremony = self.sessions.begin("signin", person, challenge, now_ms())
         return self._options(ceremony.id, self._request_options(challenge, mine))
@@ -312,6 +337,23 @@ class Console:
                 remote=request.remote or "",
             )
             raise LantauError(ErrorCode.WRONG_GROUP, why)
+        records = await self.bus.records()
+        mine = self._webauthn_ones(records, session.person)
+        if not mine:
+            # Revoked (or no longer counting) since sign-in: policy would refuse the vote;
+            # say why now, sign the person out, and keep it on the record.
+            code, why = self._why_none(records, session.person)
+            self.sessions.close_person(session.person)
+            await self.bus.record(
+                session.person,
+                "vote",
+                accepted=False,
+                code=str(code),
+                message=why,
+                request=request_key(requester, request_id),
+                remote=request.remote or "",
+            )
+            raise LantauError(code, why)
         now = now_ms()
         vote = views.unsigned_vote(
             p, session.person, verb, self._reviewed(p), now, self.cfg.vote_window_s * 1000
@@ -320,7 +362,6 @@ class Console:
         ceremony = self.sessions.begin(
             "vote", session.person, challenge, now, session=session.token, vote=vote
         )
-        mine = self._webauthn_ones(await self.bus.records(), session.person)
         return self._options(ceremony.id, self._request_options(challenge, mine))
 
     async def vote_finish(self, request: web.Request) -> web.StreamResponse:
