@@ -127,7 +127,9 @@ class Console:
         except LantauError as e:
             if request.path.startswith("/api/"):
                 return web.json_response({"ok": False, "code": str(e.code), "message": e.message})
-            return self._page("message.html", request, None, title="Refused", text=e.message)
+            return self._page(
+                "message.html", request, self._session(request), title="Refused", text=e.message
+            )
         # Nothing of ours may be framed or read by another origin.
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Content-Security-Policy"] = (
