@@ -141,8 +141,25 @@ class CredentialRevocation(Message, tag="credential_revocation", frozen=True, kw
     revocation: Revocation
 
 
+class SecondFactorCheck(Message, tag="second_factor_check", frozen=True, kw_only=True):
+    """A ceremony asks policy whether ``person`` gave a good TOTP code just now (policy
+    holds the sealed secrets). The answer is a CredentialOutcome whose proposal_id is the
+    check_id; both are on the record with the ceremony they are for (``purpose``). The
+    code is spent by the check (a step is never accepted twice)."""
+
+    check_id: RequestId
+    person: Identity
+    purpose: Annotated[str, msgspec.Meta(max_length=200)]
+    totp_code: Annotated[str, msgspec.Meta(pattern=whole("[0-9]{6,8}"))]
+    created_at_ms: TimestampMs
+
+
 CredentialRequest = (
-    CredentialProposal | TotpEnrolment | CredentialEndorsement | CredentialRevocation
+    CredentialProposal
+    | TotpEnrolment
+    | CredentialEndorsement
+    | CredentialRevocation
+    | SecondFactorCheck
 )
 
 

@@ -284,8 +284,15 @@ SERVICE_GRANTS: dict[str, Grant] = {
 
 def operator_grant() -> Grant:
     """Read-only views of everything (streams, buckets, the audit log, the signers' pool
-    views, micro discovery) and the ceremony records (AdminAction on lantau.event.admin)."""
-    parts = [pub(ADMIN_POOL_STATUS, EVENT_ADMIN, f"{MICRO_PREFIX}.>")]
+    views, micro discovery), the ceremony records (AdminAction on lantau.event.admin) and
+    the ceremonies' second-factor checks."""
+    parts = [
+        pub(ADMIN_POOL_STATUS, EVENT_ADMIN, f"{MICRO_PREFIX}.>"),
+        # Ceremonies ask policy to check their officer's second factor (a TOTP code), and
+        # read its answer (services/cli/second_factor.py).
+        pub(credential_request_subject(OPERATOR)),
+        sub(f"{EVENT_CREDENTIAL_PREFIX}.>"),
+    ]
     for stream in ALL_STREAMS:
         parts.append(pub(js_stream_info(stream.name), js_msg_get(stream.name)))
         parts.append(pub(js_direct_get(stream.name), js_direct_get(stream.name, ">")))

@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from libs import credentials as creds
 from libs import totp
 from libs.bus import kv
+from libs.bus.permissions import OPERATOR
 from libs.bus.publish import publish
 from libs.clock import now_ms
 from libs.credentials import records_from
@@ -39,6 +40,7 @@ from proto.credentials import (
     CredentialRequest,
     CredentialRevocation,
     CredentialStatement,
+    SecondFactorCheck,
     TotpDelivery,
     TotpEnrolment,
     credential_key,
@@ -54,11 +56,19 @@ log = logging.getLogger("lantau.policy")
 
 SEALING_KEY_LABEL = "lantau-second-factor-seal-1"
 _CAS_ATTEMPTS = 20
+# Wrong TOTP codes a person may give in a window before every code is refused for the
+# rest of it: a six-digit code must not be guessable by asking policy a million times.
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 300.0
 
 
 def sender_problem(message: CredentialRequest, sender: str) -> str:
     """Each credential request comes from the identity it names (proposals carry no power
-    and may come from the console)."""
+    and may come from the console; a ceremony's check from the operator's command)."""
+    if isinstance(message, SecondFactorCheck):
+        if sender not in (OPERATOR, message.person):
+            return f"only the operator's ceremonies or {message.person} may check their codes"
+        return ""
     named = {
         TotpEnrolment: lambda m: m.person,
         CredentialEndorsement: lambda m: m.endorser,
@@ -74,6 +84,8 @@ class SecondFactors:
         self.rt = rt
         self.kv = bucket
         self.authority = authority
+        # Per person: when their last wrong codes came (this replica's memory).
+        self._failures: dict[str, list[float]] = {}
 
     async def records(self) -> list[CredentialRecord]:
         """Every record, read now: a revocation counts from the next vote on."""
@@ -103,6 +115,24 @@ class SecondFactors:
             raise LantauError(
                 ErrorCode.SECOND_FACTOR_REQUIRED, "a TOTP code must come with this vote"
             )
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(person, []) if now - t < FAILURE_WINDOW_S]
+        self._failures[person] = recent
+        if len(recent) >= MAX_FAILURES:
+            raise LantauError(
+                ErrorCode.SECOND_FACTOR_INVALID,
+                f"too many wrong TOTP codes for {person}: try again in a few minutes",
+            )
+        try:
+            await self._accept_any(person, code, mine)
+        except LantauError as e:
+            if e.code == ErrorCode.SECOND_FACTOR_INVALID:
+                self._failures[person].append(now)
+            raise
+
+    async def _accept_any(
+        self, person: str, code: str, mine: tuple[CredentialStatement, ...]
+    ) -> None:
         for statement in mine:
             key = credential_key(statement.credential_id) + creds.USED_SUFFIX
             used_key = record_key(person, key)
@@ -152,6 +182,19 @@ class SecondFactors:
             await self._create(record, "proposed", "console", message.proposal_id)
         elif isinstance(message, TotpEnrolment):
             await self._enrol_totp(message, policy, now)
+        elif isinstance(message, SecondFactorCheck):
+            await self._check_totp(message.person, message.totp_code, await self.records(), policy)
+            log.info("second factor of %s accepted for %s", message.person, message.purpose)
+            outcome = CredentialOutcome(
+                person=message.person,
+                action="second_factor",
+                by=message.person,
+                accepted=True,
+                message=f"second factor of {message.person} accepted for {message.purpose}",
+                proposal_id=message.check_id,
+                at_ms=now,
+            )
+            await publish(self.rt.js, credential_event_subject(message.person), outcome)
         elif isinstance(message, CredentialEndorsement):
             await self._change(
                 message.person,
@@ -272,7 +315,7 @@ class SecondFactors:
             accepted=False,
             code=str(error.code),
             message=error.message,
-            proposal_id=getattr(message, "proposal_id", ""),
+            proposal_id=getattr(message, "proposal_id", getattr(message, "check_id", "")),
             at_ms=now_ms(),
         )
         await publish(self.rt.js, credential_event_subject(person), outcome)
@@ -301,7 +344,7 @@ def _names(message: CredentialRequest) -> tuple[str, str, str]:
     if isinstance(message, CredentialProposal):
         s = message.statement
         return s.person, credential_key(s.credential_id), "console"
-    if isinstance(message, TotpEnrolment):
+    if isinstance(message, TotpEnrolment | SecondFactorCheck):
         return message.person, "", message.person
     if isinstance(message, CredentialEndorsement):
         return message.person, message.credential, message.endorser

@@ -36,6 +36,7 @@ from proto.credentials import (
     CredentialEndorsement,
     CredentialProposal,
     CredentialRevocation,
+    SecondFactorCheck,
     TotpEnrolment,
 )
 from proto.errors import ErrorCode, LantauError
@@ -235,6 +236,7 @@ _CREDENTIAL_REQUESTS = (
     TotpEnrolment,
     CredentialEndorsement,
     CredentialRevocation,
+    SecondFactorCheck,
 )
 
 
