@@ -50,6 +50,12 @@ class HeldView:
     declared: str
 
     @property
+    def headline(self) -> str:
+        """The line a list shows: what moves (the first "send" line), else the first."""
+        sends = [line for line in self.lines if line.lstrip().startswith("send ")]
+        return (sends or list(self.lines) or [self.kind])[0]
+
+    @property
     def path(self) -> str:
         return f"/requests/{self.requester}/{self.request_id}"
 
