@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-from devkit import demo_chains
+from devkit import demo_chains, demo_console
 from libs.client import CustodyClient
 from libs.config import RequesterConfig
 from libs.secret_files import write_secret
@@ -80,6 +80,7 @@ async def run_demo(stack: Any, key_file: Path, out: Any = print) -> bool:
         ok = await blind_demo(client, out) and ok
         ok = await demo_chains.sanctioned(client, keys, out) and ok
         ok = await demo_chains.approval(stack, client, keys, out, _lantau) and ok
+        ok = await demo_console.console_approval(stack, client, keys, out, _lantau) and ok
     return ok
 
 

@@ -70,6 +70,13 @@ sol_programs = [
 approvers = [{names}]
 approves_for = [{requesters}]
 
+# Second factors (docs/console.md): a security key (the console) or a TOTP code (the
+# CLI) is enrolled once two treasury approvers other than its owner endorse it.
+[second_factor]
+required = false
+enrol_group = "treasury"
+enrol_quorum = 2
+
 # Deny first: any movement to a sanctioned address, parsed or (blind) declared.
 [[rules]]
 name = "no-sanctioned-destinations"
@@ -216,7 +223,7 @@ def _fill(match: re.Match[str]) -> str:
 TEMPLATE = re.sub(r"@([A-Z_]+)@", _fill, _TEXT)
 
 
-def write(run_dir: Path, requesters: Sequence[str]) -> Path:
+def write(run_dir: Path, requesters: Sequence[str], *, second_factor: bool = False) -> Path:
     """Make approver keys (``approvers/<name>.key``) and ``policy.toml``; return its path."""
     keys_dir = run_dir / "approvers"
     keys_dir.mkdir(parents=True, exist_ok=True)
@@ -237,6 +244,6 @@ def write(run_dir: Path, requesters: Sequence[str]) -> Path:
             names=", ".join(f'"{n}"' for n in APPROVERS),
             requesters=", ".join(f'"{r}"' for r in requesters),
             large=LARGE,
-        )
+        ).replace("required = false", f"required = {'true' if second_factor else 'false'}")
     )
     return policy

@@ -42,6 +42,7 @@ from libs.config import (
     AuthorityConfig,
     BackupConfig,
     Config,
+    ConsoleConfig,
     HsmNodeConfig,
     NatsConfig,
     PolicyConfig,
@@ -68,6 +69,11 @@ class DevStack:
     ports: dict[str, int] = field(default_factory=dict)
     # Offline backup sets made by `lantau backup init` (start_platform(backup_sets=...)).
     backup_sets: dict[str, DevBackupSet] = field(default_factory=dict)
+
+    @property
+    def console_url(self) -> str:
+        """Where approvers open the console (a secure context: http://localhost)."""
+        return self.config.console.web_origin
 
     @property
     def nkeys_dir(self) -> Path:
@@ -236,6 +242,7 @@ class DevStack:
             f"NATS            {self.nats.url} (monitoring {self.nats.monitor_url})",
             f"identities      {self.nkeys_dir}/<identity>.seed (0600); TLS CA "
             f"{self.pki.ca if self.pki else '-'}",
+            f"console         {self.console_url}/ (approvers: sign in with a security key)",
             f"{'process':<16}{'pid':>8}  {'metrics / health':<34} log",
         ]
         for name, proc in self.procs.processes.items():
@@ -306,6 +313,7 @@ async def start_platform(
                 audit=nkey(permissions.AUDIT_ROLE),
                 operator=nkey(permissions.OPERATOR),
                 provisioner=nkey(permissions.PROVISIONER),
+                console=nkey(permissions.CONSOLE),
             ),
         ),
         hsm_nodes=[
@@ -344,6 +352,8 @@ async def start_platform(
         backup=BackupConfig(
             metrics_port=free_port(), authority=AuthorityConfig(seed_file=str(backup_seed))
         ),
+        # http://localhost is a secure context: browsers allow WebAuthn there without TLS.
+        console=ConsoleConfig(metrics_port=free_port(), http_port=free_port(), rp_id="localhost"),
     )
     if tweak is not None:
         cfg = tweak(cfg)
@@ -411,6 +421,9 @@ async def start_platform(
         )
         stack.start_service(
             "backup", ["serve", "backup"], cfg.backup.metrics_port, identity=permissions.BACKUP
+        )
+        stack.start_service(
+            "console", ["serve", "console"], cfg.console.metrics_port, identity=permissions.CONSOLE
         )
         await stack.wait_ready()
     except BaseException:

@@ -50,6 +50,8 @@ class ServiceNkeys(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # `lantau provision`: the one identity that may create or change streams, consumers
     # and buckets. A one-shot job, never a running service.
     provisioner: Nkey | None = None
+    # The approvers' web console (`lantau serve console`).
+    console: Nkey | None = None
 
 
 class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -245,6 +247,29 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     append_retry_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
 
+class ConsoleConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The approvers' web console (docs/console.md): sign-in and votes with security keys."""
+
+    id: str = "console"
+    metrics_port: Port = 0
+    # Where people open it. Browsers allow WebAuthn only in a secure context: https, or
+    # http on localhost (dev). Put TLS in front of it anywhere else.
+    host: str = "127.0.0.1"
+    http_port: Port = 8080
+    # The WebAuthn relying party: a domain the origin belongs to, and the origin itself
+    # (scheme://host[:port] as the browser shows it; default http://<rp_id>:<http_port>).
+    # Both are written into each enrolled credential, and every checker pins them.
+    rp_id: str = "localhost"
+    origin: str = ""
+    # A signed-in session lasts this long; a vote must be signed within vote_window_s.
+    session_ttl_s: Annotated[int, msgspec.Meta(ge=60, le=86400)] = 900
+    vote_window_s: Annotated[int, msgspec.Meta(ge=10, le=3600)] = 120
+
+    @property
+    def web_origin(self) -> str:
+        return self.origin or f"http://{self.rp_id}:{self.http_port}"
+
+
 class BackupConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     id: str = "backup"
     kek_label: str = "lantau-domain-kek"
@@ -304,6 +329,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     audit: AuditConfig = AuditConfig()
     backup: BackupConfig = BackupConfig()
     backup_sets: list[BackupSetConfig] = []
+    console: ConsoleConfig = ConsoleConfig()
 
     def backup_set(self, set_id: str) -> BackupSetConfig:
         for backup_set in self.backup_sets:

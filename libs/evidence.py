@@ -18,6 +18,7 @@ import nacl.signing
 
 from libs import chains
 from libs.config import Config
+from libs.credentials import vote_signer_problem
 from libs.keytypes import kinds
 from libs.policy_file import Policy
 from proto import codec
@@ -31,6 +32,7 @@ from proto.authorization import (
     signing_bytes,
 )
 from proto.common import TX_KINDS
+from proto.credentials import CredentialStatement
 from proto.errors import ErrorCode, LantauError
 from proto.keys import SealedKey
 from proto.requests import CreateKeyRequest, SignRequest, request_hash
@@ -61,6 +63,12 @@ class Pins:
     # (key id patterns, group, quorum): approvals required whatever policy says.
     floors: tuple[tuple[tuple[str, ...], str, int], ...] = ()
     skew_ms: int = 30_000
+    # Each approver's security keys that count now (the node recounts their enrolment
+    # quorum from the lantau_credentials bucket); an assertion vote needs one of them.
+    credentials: Mapping[str, tuple[CredentialStatement, ...]] = field(default_factory=dict)
+    # The policy file's [second_factor] required: an Ed25519 vote must carry a TOTP code
+    # (policy checked it: the node cannot, it holds no TOTP secret).
+    second_factor_required: bool = False
 
 
 def _refuse(code: ErrorCode, message: str) -> LantauError:
@@ -228,16 +236,20 @@ def _check_approvals(
     counted: set[str] = set()
     hashes = set()
     for v in votes:
-        key = pins.approvers.get(v.approver)
         if (
-            key is None
+            v.approver not in pins.approvers
             or v.approver not in members
             or v.approver == request.requester
             or v.vote != "approve"
             or (v.requester, v.request_id) != (request.requester, request.request_id)
             or v.payload_sha256 != payload_sha256
             or (a.view_sha256 and v.view_sha256 != a.view_sha256)
-            or not signed_by(key, vote_bytes(v), v.signature)
+            or vote_signer_problem(
+                v,
+                pins.approvers.get(v.approver),
+                pins.credentials,
+                second_factor_required=pins.second_factor_required,
+            )
         ):
             continue
         counted.add(v.approver)
@@ -370,10 +382,14 @@ def clone_check_message(key_id: str, node: str) -> bytes:
     return CLONE_CHECK_DOMAIN + key_id.encode() + b"\n" + node.encode()
 
 
-def pins_from(cfg: Config, policy: Policy | None) -> Pins:
+def pins_from(
+    cfg: Config,
+    policy: Policy | None,
+    credentials: Mapping[str, tuple[CredentialStatement, ...]] | None = None,
+) -> Pins:
     """What a node trusts: the config's evidence keys, requesters, node and backup set
-    regions, and the policy file's approvers and groups (None: no approvals can be
-    honoured)."""
+    regions, the policy file's approvers and groups (None: no approvals can be
+    honoured), and the approvers' security keys that count (libs/credentials.active)."""
     ev = cfg.evidence
     regions: dict[str, str | None] = {n.id: n.region for n in cfg.hsm_nodes}
     regions.update((b.id, b.region) for b in cfg.backup_sets)
@@ -394,4 +410,6 @@ def pins_from(cfg: Config, policy: Policy | None) -> Pins:
         regions=regions,
         floors=tuple((tuple(f.keys), f.group, f.quorum) for f in ev.approval_floors),
         skew_ms=ev.clock_skew_ms,
+        credentials=dict(credentials or {}),
+        second_factor_required=bool(policy and policy.file.second_factor.required),
     )

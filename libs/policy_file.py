@@ -160,6 +160,22 @@ class Group(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     approves_for: list[str]
 
 
+class SecondFactor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Second factors of the people in this file (docs/console.md)."""
+
+    # Every vote needs one: a security key's assertion (the console) or, on a vote signed
+    # with the Ed25519 key file (lantau approve), a TOTP code policy checks.
+    required: bool = False
+    # Who enrols a security key or a TOTP authenticator: this many members of this group,
+    # never the person it is for. Without a group nobody can enrol one.
+    enrol_group: str | None = None
+    enrol_quorum: Annotated[int, msgspec.Meta(ge=1)] = 2
+    # How long a proposed credential waits for its quorum.
+    proposal_window_s: Annotated[int, msgspec.Meta(ge=60, le=7 * 86400)] = 86400
+    # HSM ceremonies (domain-init, admit, backups) ask their officer for a second factor.
+    ceremonies: bool = False
+
+
 class Asset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What an asset can hold: no transfer is judged (or counted) beyond its supply."""
 
@@ -188,6 +204,7 @@ class PolicyFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     address_lists: dict[str, list[str]] = {}
     approvers: dict[str, Approver] = {}
     groups: dict[str, Group] = {}
+    second_factor: SecondFactor = SecondFactor()
     rules: list[Rule] = []
 
 
@@ -294,6 +311,17 @@ def _check(policy: Policy, lines: list[int]) -> None:
         for approver in group.approvers:
             if approver not in f.approvers:
                 raise PolicyFileError(f"group {name!r} names unknown approver {approver!r}")
+    sf = f.second_factor
+    if sf.enrol_group is not None:
+        if sf.enrol_group not in f.groups:
+            raise PolicyFileError(f"[second_factor] enrol_group: no group {sf.enrol_group!r}")
+        # The person enrolled never endorses their own key: the quorum needs others.
+        size = len(f.groups[sf.enrol_group].approvers)
+        if sf.enrol_quorum > size - 1:
+            raise PolicyFileError(
+                f"[second_factor] enrol_quorum {sf.enrol_quorum} needs more members than "
+                f"group {sf.enrol_group!r} has besides the person enrolled ({size - 1})"
+            )
     seen: set[str] = set()
     for i, rule in enumerate(f.rules):
         at = f"{_at(lines, i)} (rule {rule.name!r})"

@@ -1,22 +1,42 @@
 """Human approvals: the signed vote an approver sends, the outcome policy announces,
 and the state of a request held for approval (kept in the ``lantau_approvals`` bucket).
 
-An approver signs ``signing_bytes(vote)`` with Ed25519: sorted-key JSON of every field
-but ``signature``, behind a domain prefix, like requests. The vote names what will be
-signed (``payload_sha256``), so an approval cannot be moved to other content.
+A vote is signed one of two ways, over the same bytes (``signing_bytes``: sorted-key JSON
+of every field but the signatures, behind a domain prefix, like requests):
+
+- the CLI (``lantau approve``): Ed25519 with the approver's key file, in ``signature``;
+- the console: the approver's security key. Its WebAuthn assertion (``assertion``) signs
+  a challenge that is ``vote_challenge(vote)``, the SHA-256 of those bytes, so one
+  assertion binds the request, the payload hash, the decoded view's digest, the vote, the
+  approver and the expiry. The console holds no approver key: the credential is the
+  vote key, pinned by a quorum (proto/credentials.py).
+
+The vote names what will be signed (``payload_sha256``), so an approval cannot be moved
+to other content.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from proto.base import Message
-from proto.common import Identity, KeyId, RequestId, TimestampMs
+from proto.common import Identity, KeyId, RequestId, TimestampMs, whole
 
 Vote = Literal["approve", "reject"]
+
+
+class WebAuthnAssertion(msgspec.Struct, frozen=True, kw_only=True):
+    """What navigator.credentials.get() returned, as the authenticator made it: the
+    signature is over ``authenticator_data || SHA-256(client_data_json)``, and the client
+    data names the challenge (the vote's digest) and the origin."""
+
+    credential_id: Annotated[bytes, msgspec.Meta(min_length=1, max_length=1023)]
+    authenticator_data: Annotated[bytes, msgspec.Meta(min_length=37, max_length=4096)]
+    client_data_json: Annotated[bytes, msgspec.Meta(max_length=4096)]
+    signature: Annotated[bytes, msgspec.Meta(max_length=1024)]
 
 
 class ApprovalVote(Message, tag="approval_vote", frozen=True, kw_only=True):
@@ -32,16 +52,32 @@ class ApprovalVote(Message, tag="approval_vote", frozen=True, kw_only=True):
     view_sha256: str = ""
     created_at_ms: TimestampMs
     expires_at_ms: TimestampMs
+    # The CLI's second factor: a TOTP code (RFC 6238) from the approver's enrolled
+    # authenticator app, inside the signed bytes; policy checks it. Empty otherwise.
+    totp_code: Annotated[str, msgspec.Meta(pattern=whole("([0-9]{6,8})?"))] = ""
+    # Ed25519 over signing_bytes (the CLI), or empty when ``assertion`` signs the vote.
     signature: bytes = b""
+    # The console's vote: a security key's assertion over vote_challenge(vote).
+    assertion: WebAuthnAssertion | None = None
 
 
 _PREFIX = b"lantau/approval/v1\n"
 
 
 def signing_bytes(vote: ApprovalVote) -> bytes:
-    return _PREFIX + msgspec.json.encode(
-        msgspec.structs.replace(vote, signature=b""), order="sorted"
-    )
+    """What a vote's signature covers: every field but ``signature`` (left empty) and
+    ``assertion``. ``totp_code`` is left out when empty, so votes signed before it
+    existed still verify."""
+    fields = msgspec.to_builtins(msgspec.structs.replace(vote, signature=b"", assertion=None))
+    del fields["assertion"]
+    if not vote.totp_code:
+        del fields["totp_code"]
+    return _PREFIX + msgspec.json.encode(fields, order="sorted")
+
+
+def vote_challenge(vote: ApprovalVote) -> bytes:
+    """The WebAuthn challenge that signs this vote: SHA-256 of its signing bytes."""
+    return hashlib.sha256(signing_bytes(vote)).digest()
 
 
 def payload_sha256(payload: bytes) -> str:

@@ -10,6 +10,7 @@ from proto import SCHEMA_VERSION
 from proto.admin import PoolStatus, XpubAnswer, XpubQuery
 from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent, AuditRecord, WitnessStatus
+from proto.credentials import CredentialRecord, CredentialRequest, TotpDelivery
 from proto.errors import ErrorCode, LantauError, printable
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReceipts, HsmReply
@@ -89,8 +90,12 @@ class Decoder(Generic[T]):
 
 
 REQUEST = Decoder[Request](Request, "request")
-# What the policy consumer reads from the requests stream: requests and approvers' votes.
-POLICY_INPUT = Decoder[Request | ApprovalVote](Request | ApprovalVote, "request")
+# What the policy consumer reads from the requests stream: requests, approvers' votes and
+# second-factor requests (enrolment, endorsement, revocation).
+PolicyInput = Request | ApprovalVote | CredentialRequest
+POLICY_INPUT = Decoder[PolicyInput](PolicyInput, "request")
+CREDENTIAL_RECORD = Decoder[CredentialRecord](CredentialRecord, "credential record")
+TOTP_DELIVERY = Decoder[TotpDelivery](TotpDelivery, "totp delivery")
 PENDING_APPROVAL = Decoder[PendingApproval](PendingApproval, "pending approval")
 ORDER = Decoder[Order](Order, "order")
 RESULT = Decoder[Result](Result, "result")

@@ -120,6 +120,18 @@ class ErrorCode(enum.StrEnum):
     KEY_TYPE_UNSUPPORTED = "KEY_TYPE_UNSUPPORTED"
     XPUB_NOT_EXPORTED = "XPUB_NOT_EXPORTED"
     INDEX_LEDGER_MISSING = "INDEX_LEDGER_MISSING"
+    # Second factors and the approvers' console (proto/credentials.py, libs/webauthn_check,
+    # services/console): a security key's assertion or registration that does not verify,
+    # a credential that is not (or no longer) enrolled, a missing or wrong second factor,
+    # an enrolment without its quorum, a console session that is not signed in.
+    ASSERTION_INVALID = "ASSERTION_INVALID"
+    REGISTRATION_INVALID = "REGISTRATION_INVALID"
+    UNKNOWN_CREDENTIAL = "UNKNOWN_CREDENTIAL"
+    CREDENTIAL_REVOKED = "CREDENTIAL_REVOKED"
+    SECOND_FACTOR_REQUIRED = "SECOND_FACTOR_REQUIRED"
+    SECOND_FACTOR_INVALID = "SECOND_FACTOR_INVALID"
+    ENDORSEMENT_INVALID = "ENDORSEMENT_INVALID"
+    NOT_SIGNED_IN = "NOT_SIGNED_IN"
 
 
 def printable(text: str, limit: int = 200) -> str:

@@ -9,6 +9,7 @@ import msgspec
 from proto.approvals import ApprovalOutcome
 from proto.base import Message
 from proto.common import Curve, TimestampMs
+from proto.credentials import CredentialOutcome
 
 
 class KeyCreated(Message, tag="key_created", frozen=True, kw_only=True):
@@ -81,6 +82,21 @@ class BackupManifest(Message, tag="backup_manifest", frozen=True, kw_only=True):
     signature: bytes = b""
 
 
+class ConsoleEvent(Message, tag="console_event", frozen=True, kw_only=True):
+    """Something the approvers' console refused (or a person did there) that policy never
+    saw: a sign-in with an unknown or revoked key, a vote outside the person's groups."""
+
+    person: str
+    action: str
+    accepted: bool
+    code: str = ""
+    message: str
+    # The held request concerned, when there is one (<requester>.<request id>).
+    request: str = ""
+    remote: str = ""
+    at_ms: TimestampMs
+
+
 class RejectedMessage(Message, tag="rejected_message", frozen=True, kw_only=True):
     """A message a consumer could not process, kept on the dead-letter stream."""
 
@@ -96,5 +112,12 @@ class RejectedMessage(Message, tag="rejected_message", frozen=True, kw_only=True
 
 
 Event = (
-    KeyCreated | KeyReplicated | NodeStateChanged | AdminAction | ApprovalOutcome | BackupManifest
+    KeyCreated
+    | KeyReplicated
+    | NodeStateChanged
+    | AdminAction
+    | ApprovalOutcome
+    | BackupManifest
+    | CredentialOutcome
+    | ConsoleEvent
 )

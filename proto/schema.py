@@ -16,6 +16,7 @@ import msgspec
 from proto.admin import PoolStatus, XpubAnswer, XpubQuery
 from proto.approvals import ApprovalVote, PendingApproval
 from proto.audit import AuditEntry, AuditIntent
+from proto.credentials import CredentialRecord, CredentialRequest
 from proto.events import Event, RejectedMessage
 from proto.hsm import HealthBeat, HsmCommand, HsmReceipts, HsmReply
 from proto.keys import KeyRecord, SealedKey
@@ -45,6 +46,8 @@ FAMILIES: dict[str, Any] = {
     "xpub_answer": XpubAnswer,
     "approval_vote": ApprovalVote,
     "pending_approval": PendingApproval,
+    "credential_request": CredentialRequest,
+    "credential_record": CredentialRecord,
 }
 
 

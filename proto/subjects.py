@@ -13,6 +13,9 @@ PREFIX = "lantau"
 SIGN_REQUEST = f"{PREFIX}.request.sign"
 CREATE_KEY_REQUEST = f"{PREFIX}.request.create_key"
 APPROVAL_VOTE = f"{PREFIX}.request.approval"
+# Second factors (proto/credentials.py): lantau.request.credential.<sender>, where the
+# sender is an approver (endorsements, revocations, TOTP enrolment) or the console.
+CREDENTIAL_REQUEST = f"{PREFIX}.request.credential"
 
 
 def sign_request_subject(requester: str) -> str:
@@ -25,6 +28,10 @@ def create_key_request_subject(requester: str) -> str:
 
 def approval_vote_subject(approver: str) -> str:
     return f"{APPROVAL_VOTE}.{approver}"
+
+
+def credential_request_subject(sender: str) -> str:
+    return f"{CREDENTIAL_REQUEST}.{sender}"
 
 
 def sender_of(subject: str) -> str:
@@ -45,6 +52,21 @@ EVENT_ADMIN = f"{PREFIX}.event.admin"
 EVENT_APPROVAL_PREFIX = f"{PREFIX}.event.approval"
 # Signed manifests of offline backup ceremonies: lantau.event.backup.<backup set>.
 EVENT_BACKUP_PREFIX = f"{PREFIX}.event.backup"
+# What became of a credential request: lantau.event.credential.<person>.
+EVENT_CREDENTIAL_PREFIX = f"{PREFIX}.event.credential"
+# What the approvers' console refused itself (a sign-in, a vote outside a person's groups).
+EVENT_CONSOLE = f"{PREFIX}.event.console"
+# Core NATS only (no stream captures lantau.reply.>): a new TOTP secret, once, to the
+# command that asked for it.
+TOTP_REPLY_PREFIX = f"{PREFIX}.reply.totp"
+
+
+def credential_event_subject(person: str) -> str:
+    return f"{EVENT_CREDENTIAL_PREFIX}.{person}"
+
+
+def totp_reply_subject(person: str) -> str:
+    return f"{TOTP_REPLY_PREFIX}.{person}"
 
 
 def request_key(requester: str, request_id: str) -> str:
@@ -184,6 +206,9 @@ AUDIT_STATE_WITNESS = "witness"
 # and the one-time index ledger of each stateful (lms-hss) key, changed only by CAS.
 SEALED_BUCKET = "lantau_sealed"
 HSS_LEDGER_BUCKET = "lantau_hss_ledger"
+# Approvers' second factors (proto/credentials.py), written by policy only; read by policy,
+# the console and the hsm-nodes, which recheck every record's quorum.
+CREDENTIALS_BUCKET = "lantau_credentials"
 ALL_BUCKETS = (
     KEYS_BUCKET,
     REQUESTS_BUCKET,
@@ -192,6 +217,7 @@ ALL_BUCKETS = (
     AUDIT_STATE_BUCKET,
     SEALED_BUCKET,
     HSS_LEDGER_BUCKET,
+    CREDENTIALS_BUCKET,
 )
 
 # Headers.

@@ -27,6 +27,7 @@ from proto.subjects import (
     ADMIN_XPUB,
     ALL_BUCKETS,
     ALL_STREAMS,
+    APPROVAL_VOTE,
     APPROVALS_BUCKET,
     AUDIT,
     AUDIT_CHAIN,
@@ -36,8 +37,11 @@ from proto.subjects import (
     AUDIT_STATE_WITNESS,
     BACKUP_KEY_EVENTS,
     CREATE_KEY_ORDER,
+    CREDENTIALS_BUCKET,
     EVENT_ADMIN,
     EVENT_APPROVAL_PREFIX,
+    EVENT_CONSOLE,
+    EVENT_CREDENTIAL_PREFIX,
     EVENT_KEY_CREATED,
     EVENT_KEY_REPLICATED,
     EVENT_NODE_STATE,
@@ -58,6 +62,7 @@ from proto.subjects import (
     SIGN_ORDER,
     SIGNER_ORDERS,
     SIGNER_SERVICE_NAME,
+    TOTP_REPLY_PREFIX,
     VELOCITY_BUCKET,
     ConsumerSpec,
     StreamSpec,
@@ -65,6 +70,7 @@ from proto.subjects import (
     approval_vote_subject,
     backup_event_subject,
     create_key_request_subject,
+    credential_request_subject,
     dead_letter_subject,
     hsm_beat_subject,
     hsm_rpc_all,
@@ -79,12 +85,14 @@ from proto.subjects import (
     receipt_subject,
     results_of,
     sign_request_subject,
+    totp_reply_subject,
 )
 
 # Identity names of the roles; per-instance identities are built by the functions below.
 POLICY, SIGNER, BACKUP, AUDIT_ROLE = "policy", "signer", "backup", "audit"
+CONSOLE = "console"
 OPERATOR, PROVISIONER = "operator", "provisioner"
-SERVICE_ROLES = (POLICY, SIGNER, BACKUP, AUDIT_ROLE)
+SERVICE_ROLES = (POLICY, SIGNER, BACKUP, AUDIT_ROLE, CONSOLE)
 
 
 def node_identity(node_id: str) -> str:
@@ -218,6 +226,11 @@ SERVICE_GRANTS: dict[str, Grant] = {
         kv_read(VELOCITY_BUCKET),
         kv_write(VELOCITY_BUCKET),
         kv_read(KEYS_BUCKET),
+        # Second factors: the one writer of the credentials bucket; a new TOTP secret goes
+        # once to the command that asked, on core NATS (no stream keeps lantau.reply.>).
+        kv_read(CREDENTIALS_BUCKET),
+        kv_write(CREDENTIALS_BUCKET),
+        pub(f"{EVENT_CREDENTIAL_PREFIX}.>", f"{TOTP_REPLY_PREFIX}.>"),
     ),
     SIGNER: grants(
         pull(SIGNER_ORDERS),
@@ -271,15 +284,33 @@ SERVICE_GRANTS: dict[str, Grant] = {
         kv_read(KEYS_BUCKET),
         kv_write(KEYS_BUCKET),
     ),
+    # The approvers' console: it reads held requests and enrolled credentials, and sends
+    # votes under any approver's name. A vote counts only with that approver's security
+    # key's assertion over it (the console holds no approver key), so the subject is not
+    # what authenticates a console vote. It proposes credentials (powerless until a
+    # quorum endorses them) and records what it refuses itself on lantau.event.console.
+    CONSOLE: grants(
+        pub(f"{APPROVAL_VOTE}.*", credential_request_subject(CONSOLE), EVENT_CONSOLE),
+        kv_read(APPROVALS_BUCKET),
+        kv_read(CREDENTIALS_BUCKET),
+        sub(f"{EVENT_APPROVAL_PREFIX}.>", f"{EVENT_CREDENTIAL_PREFIX}.>"),
+    ),
 }
 
 
 def operator_grant() -> Grant:
     """Read-only views of everything (streams, buckets, the audit log, the signers' pool
-    views, micro discovery) and the ceremony records (AdminAction on lantau.event.admin)."""
-    parts = [pub(ADMIN_POOL_STATUS, ADMIN_XPUB, EVENT_ADMIN, f"{MICRO_PREFIX}.>")]
-    # `lantau keys list` asks each node what it can wrap (why a key has no offline copy).
-    parts.append(hsm_calls(("capabilities",)))
+    views, micro discovery), the ceremony records (AdminAction on lantau.event.admin) and
+    the ceremonies' second-factor checks."""
+    parts = [
+        pub(ADMIN_POOL_STATUS, ADMIN_XPUB, EVENT_ADMIN, f"{MICRO_PREFIX}.>"),
+        # `lantau keys list` asks each node what it can wrap (why a key has no offline copy).
+        hsm_calls(("capabilities",)),
+        # Ceremonies ask policy to check their officer's second factor (a TOTP code), and
+        # read its answer (services/cli/second_factor.py).
+        pub(credential_request_subject(OPERATOR)),
+        sub(f"{EVENT_CREDENTIAL_PREFIX}.>"),
+    ]
     for stream in ALL_STREAMS:
         parts.append(pub(js_stream_info(stream.name), js_msg_get(stream.name)))
         parts.append(pub(js_direct_get(stream.name), js_direct_get(stream.name, ">")))
@@ -299,6 +330,9 @@ def hsm_node_grant(node_id: str, callers: Sequence[str] = ()) -> Grant:
     """``callers``: identities beyond HSM_CALLERS it answers (backup set ceremonies)."""
     return grants(
         sub(hsm_rpc_all(node_id)),
+        # The approvers' security keys, read (and their quorums recounted) every second:
+        # an assertion vote counts only with a key enrolled and not revoked.
+        kv_read(CREDENTIALS_BUCKET),
         micro_endpoints(HSM_SERVICE_NAME),
         # Its beats, and the receipts of what it did (a JetStream stream, audited).
         pub(hsm_beat_subject(node_id), receipt_subject(node_id)),
@@ -340,6 +374,12 @@ def approver_grant(name: str, approves_for: Sequence[str]) -> Grant:
     parts = [
         pub(approval_vote_subject(name)),
         stream_info(kv_stream(APPROVALS_BUCKET)),
+        # Second factors: endorse, revoke, ask for a TOTP authenticator (its secret comes
+        # back once on its own reply subject); read every enrolled credential (public
+        # keys and fingerprints, no secret: TOTP secrets are sealed) and their outcomes.
+        pub(credential_request_subject(name)),
+        kv_read(CREDENTIALS_BUCKET),
+        sub(f"{EVENT_CREDENTIAL_PREFIX}.>", totp_reply_subject(name)),
     ]
     for requester in approves_for:
         parts.append(

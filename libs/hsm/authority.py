@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import nacl.signing
 import pkcs11
@@ -20,6 +21,7 @@ from libs.config import AuthorityConfig, ConfigError
 from libs.curves import public_key_from_ec_point
 
 _ED25519_OID = "1.3.101.112"
+T = TypeVar("T")
 
 
 class AuthorityKey(Protocol):
@@ -57,7 +59,9 @@ class TokenAuthority:
         pin = _read_pin(cfg)
         try:
             token = pkcs11.lib(cfg.module).get_token(token_label=cfg.token_label)
-            self._session = token.open(user_pin=pin)
+            # Read-write: policy also keeps its second-factor sealing key in this token
+            # (made on first use: services/policy/second_factors.py).
+            self._session = token.open(rw=True, user_pin=pin)
             self._private: Any = self._session.get_key(
                 object_class=ObjectClass.PRIVATE_KEY, label=cfg.key_label
             )
@@ -76,6 +80,11 @@ class TokenAuthority:
 
     def _sign(self, data: bytes) -> bytes:
         return bytes(self._private.sign(data, mechanism=Mechanism.EDDSA))
+
+    async def in_token(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(session)`` on the one worker thread that owns the token's session."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, self._session)
 
     async def close(self) -> None:
         self._pool.shutdown(wait=True)

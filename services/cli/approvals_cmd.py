@@ -12,52 +12,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import uuid
-from dataclasses import dataclass
 
 import msgspec
 import nacl.signing
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from libs import config as config_mod
-from libs.bus import kv
+from libs.approvals_view import (
+    OUTCOME_WAIT_S,
+    Review,
+    held_requests,
+    review,
+    send_vote,
+)
 from libs.bus.permissions import OPERATOR, approver_identity
-from libs.bus.publish import publish
-from libs.bus.violations import subscribe_checked
 from libs.client import load_signing_key
 from libs.clock import now_ms
 from proto import codec
 from proto.approvals import (
-    ApprovalOutcome,
     ApprovalVote,
     PendingApproval,
     approvers,
-    payload_sha256,
     signing_bytes,
 )
 from proto.common import TX_KINDS
 from proto.errors import LantauError
 from proto.requests import SignRequest
-from proto.subjects import APPROVALS_BUCKET, approval_event_subject, approval_vote_subject
 from services.cli.identity import connect_cli
 from services.cli.usage import UsageError
 
 VOTE_TTL_MS = 300_000
 
-OUTCOME_WAIT_S = 15.0
-
-
-async def held_requests(nc: Client, scope: list[str] | None = None) -> list[PendingApproval]:
-    """Held requests, oldest first: all of them (operator), or those of the requesters in
-    ``scope`` (an approver may read no others)."""
-    bucket = await nc.jetstream().key_value(APPROVALS_BUCKET)
-    found = []
-    for under in [None] if scope is None else scope:
-        found += await kv.values(bucket, under)
-    held = [codec.PENDING_APPROVAL.decode(value) for _, value, _ in found]
-    return sorted(held, key=lambda p: p.created_at_ms)
+__all__ = ["Review", "held_requests", "review", "send_vote"]
 
 
 def _scope(cfg: config_mod.Config, approver: str | None) -> list[str] | None:
@@ -89,51 +78,6 @@ def find(held: list[PendingApproval], wanted: str) -> PendingApproval | None:
     if len(found) > 1:
         raise UsageError(f"{wanted} names several held requests: use REQUESTER/ID")
     return found[0] if found else None
-
-
-@dataclass(frozen=True)
-class Review:
-    """The held request as this command decodes it itself, and what disagrees with the
-    record policy keeps ("" when nothing does)."""
-
-    view: list[str]
-    view_sha256: str
-    problem: str = ""
-
-
-def review(p: PendingApproval, public_key: bytes | None) -> Review:
-    """Decode the held request again from its own bytes: the view an approver reads is
-    then this command's, not only policy's word."""
-    try:
-        request = codec.REQUEST.decode(p.request)
-    except LantauError as e:
-        return Review(p.view, p.view_sha256, f"the held request does not decode ({e.code})")
-    if not isinstance(request, SignRequest) or payload_sha256(request.payload) != p.payload_sha256:
-        return Review(p.view, p.view_sha256, "the held request is not the payload it names")
-    if request.payload_kind not in TX_KINDS:
-        problem = "a blind request with a decoded view" if p.view_sha256 else ""
-        return Review(p.view, p.view_sha256, problem)
-    if public_key is None:
-        return Review(p.view, p.view_sha256, f"key {p.key_id} is not in the key directory")
-    # Imported here: the chains' libraries take most of a second to load, which every
-    # other `lantau` command (and a vote on a blind request) would pay for nothing.
-    from libs import chains
-
-    try:
-        parsed = chains.parse(
-            request.payload_kind, request.payload, public_key, chain_hint=request.chain
-        )
-    except LantauError as e:
-        return Review(p.view, p.view_sha256, f"the held transaction does not decode ({e.code})")
-    mine = Review(parsed.summary, chains.view_digest(parsed))
-    if (mine.view, mine.view_sha256) != (p.view, p.view_sha256):
-        return Review(
-            mine.view,
-            mine.view_sha256,
-            f"policy shows view {p.view_sha256[:16] or 'none'}..., the transaction decodes to "
-            f"{mine.view_sha256[:16]}...",
-        )
-    return mine
 
 
 def describe(p: PendingApproval, now_ms: int, seen: Review | None = None) -> str:
@@ -206,8 +150,10 @@ def signed_vote(
     key: nacl.signing.SigningKey,
     *,
     view_sha256: str | None = None,
+    totp_code: str = "",
 ) -> ApprovalVote:
-    """A vote on the held request, naming its payload and view digests, signed by ``key``."""
+    """A vote on the held request, naming its payload and view digests (and the second
+    factor's TOTP code, when given), signed by ``key``."""
     now = now_ms()
     unsigned = ApprovalVote(
         vote_id=uuid.uuid4().hex,
@@ -219,40 +165,27 @@ def signed_vote(
         view_sha256=pending.view_sha256 if view_sha256 is None else view_sha256,
         created_at_ms=now,
         expires_at_ms=now + VOTE_TTL_MS,
+        totp_code=totp_code,
     )
     return msgspec.structs.replace(unsigned, signature=key.sign(signing_bytes(unsigned)).signature)
 
 
-async def send_vote(nc: Client, signed: ApprovalVote) -> ApprovalOutcome | None:
-    """Publish a vote and wait for policy's word on it (None if none came in time)."""
-    outcome: asyncio.Future[ApprovalOutcome] = asyncio.get_running_loop().create_future()
+def _totp_code(cfg: config_mod.Config, given: str | None) -> str:
+    """The second factor for a vote signed with a key file: --totp-code, else asked for
+    on the terminal when the policy requires one (never echoed, never logged)."""
+    if given is not None:
+        code = given.strip()
+    else:
+        from services.policy.service import second_factor_required
 
-    async def on_outcome(msg: Msg) -> None:
-        try:
-            event = codec.EVENT.decode(msg.data)
-        except LantauError:
-            return
-        if (
-            isinstance(event, ApprovalOutcome)
-            and event.vote_id == signed.vote_id
-            and not outcome.done()
-        ):
-            outcome.set_result(event)
-
-    subject = approval_event_subject(signed.requester, signed.request_id)
-    sub = await subscribe_checked(nc, subject, cb=on_outcome)
-    await publish(
-        nc.jetstream(),
-        approval_vote_subject(signed.approver),
-        signed,
-        msg_id=f"vote:{signed.vote_id}",
-    )
-    try:
-        return await asyncio.wait_for(outcome, timeout=OUTCOME_WAIT_S)
-    except TimeoutError:
-        return None
-    finally:
-        await sub.unsubscribe()
+        if not second_factor_required(cfg):
+            return ""
+        if not sys.stdin.isatty():
+            raise UsageError("the policy requires a second factor: pass --totp-code CODE")
+        code = getpass.getpass("TOTP code from your authenticator app: ").strip()
+    if not (code.isascii() and code.isdigit() and 6 <= len(code) <= 8):
+        raise UsageError("a TOTP code is 6 to 8 digits")
+    return code
 
 
 def _refuse(text: str) -> int:
@@ -281,7 +214,9 @@ async def _vote(args: argparse.Namespace, vote: str) -> int:
         [seen] = _reviewed([pending])
         if seen.problem and vote == "approve":
             return _refuse(f"not approving: {seen.problem}")
-        signed = signed_vote(pending, args.approver, vote, key)
+        signed = signed_vote(
+            pending, args.approver, vote, key, totp_code=_totp_code(cfg, args.totp_code)
+        )
         result = await send_vote(nc, signed)
     finally:
         await nc.close()
@@ -328,6 +263,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--payload-sha256", help="refuse unless the held request signs exactly this")
         p.add_argument(
             "--view-sha256", help="refuse unless the held request's decoded view is exactly this"
+        )
+        p.add_argument(
+            "--totp-code",
+            help="second factor: a code from your enrolled authenticator app (asked for when "
+            "the policy requires one and this is left out)",
         )
         p.add_argument("--seed-file", help="your NATS identity seed (default: beside the config)")
         p.add_argument("--config")

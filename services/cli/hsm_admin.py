@@ -40,6 +40,7 @@ from proto.errors import LantauError, TransientError
 from proto.events import AdminAction
 from proto.keys import KeyRecord
 from proto.subjects import ADMIN_POOL_STATUS, EVENT_ADMIN
+from services.cli import second_factor
 from services.cli.identity import connect_cli
 
 
@@ -169,17 +170,36 @@ def audited(config_path: str, command: str, node: str) -> Iterator[list[str]]:
     asyncio.run(_record(cfg, command, node, "completed", "; ".join(details), config_path))
 
 
-def domain_init(config_path: str, node_id: str, so_pin_file: str) -> str:
+def domain_init(
+    config_path: str,
+    node_id: str,
+    so_pin_file: str,
+    *,
+    officer: str | None = None,
+    totp_code: str | None = None,
+) -> str:
     """The domain KEK, then the domain sealing key, on the first HSM (each kept if there)."""
+    second_factor.require(config_path, officer, f"hsm domain-init {node_id}", code=totp_code)
     with audited(config_path, "hsm domain-init", node_id):
         kek = ceremony_step(config_path, node_id, "init", so_pin_file).decode()
         sealing = ceremony_step(config_path, node_id, "seal-init", so_pin_file).decode()
         return f"{kek}; sealing key: {sealing}"
 
 
-def admit(config_path: str, new: str, member: str, new_so_pin: str, member_so_pin: str) -> None:
+def admit(
+    config_path: str,
+    new: str,
+    member: str,
+    new_so_pin: str,
+    member_so_pin: str,
+    *,
+    officer: str | None = None,
+    totp_code: str | None = None,
+) -> None:
     """Give HSM ``new`` the domain key held by ``member``, then the domain sealing key
     wrapped under it: neither ever in plaintext outside an HSM."""
+    purpose = f"hsm admit {new} --member {member}"
+    second_factor.require(config_path, officer, purpose, code=totp_code)
     with audited(config_path, f"hsm admit --member {member}", new):
         if ceremony_step(config_path, new, "has", new_so_pin) != b"yes":
             transport = ceremony_step(config_path, new, "transport", new_so_pin)
@@ -198,13 +218,23 @@ def cmd_ceremony_step(args: argparse.Namespace) -> int:
 
 
 def cmd_domain_init(args: argparse.Namespace) -> int:
-    outcome = domain_init(args.config, args.node, args.so_pin_file)
+    outcome = domain_init(
+        args.config, args.node, args.so_pin_file, officer=args.officer, totp_code=args.totp_code
+    )
     print(f"domain key on {args.node}: {outcome}")
     return 0
 
 
 def cmd_admit(args: argparse.Namespace) -> int:
-    admit(args.config, args.node, args.member, args.so_pin_file, args.member_so_pin_file)
+    admit(
+        args.config,
+        args.node,
+        args.member,
+        args.so_pin_file,
+        args.member_so_pin_file,
+        officer=args.officer,
+        totp_code=args.totp_code,
+    )
     print(
         f"{args.node} admitted to the key domain (domain key and sealing key received "
         f"from {args.member})"
@@ -212,11 +242,17 @@ def cmd_admit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _officer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--officer", help="who runs it: their second factor is checked by policy")
+    p.add_argument("--totp-code", help="the officer's TOTP code (asked for when left out)")
+
+
 def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p = hsm.add_parser("domain-init", help="create the domain key on the first HSM (SO PIN)")
     p.add_argument("--config", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--so-pin-file", required=True)
+    _officer_args(p)
     p.set_defaults(fn=cmd_domain_init)
 
     p = hsm.add_parser("admit", help="admit an HSM to the key domain (both SO PINs)")
@@ -225,6 +261,7 @@ def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--so-pin-file", required=True, help="the new HSM's SO PIN file")
     p.add_argument("--member-so-pin-file", required=True)
+    _officer_args(p)
     p.set_defaults(fn=cmd_admit)
 
     p = hsm.add_parser("ceremony-step", help=argparse.SUPPRESS)

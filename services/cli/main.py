@@ -64,6 +64,12 @@ def _audit() -> ServiceEntry:
     return ENTRY
 
 
+def _console() -> ServiceEntry:
+    from services.console.service import ENTRY
+
+    return ENTRY
+
+
 # Every service `lantau serve` runs; each imported only when it is the one served.
 SERVICES: dict[str, Callable[[], ServiceEntry]] = {
     "policy": _policy,
@@ -71,6 +77,7 @@ SERVICES: dict[str, Callable[[], ServiceEntry]] = {
     "hsm-node": _hsm_node,
     "backup": _backup,
     "audit": _audit,
+    "console": _console,
 }
 
 
@@ -298,14 +305,21 @@ def parser() -> argparse.ArgumentParser:
 
     hsm_admin.add_parsers(hsm)
     hsm_admin.add_view_parsers(hsm, keys)
-    from services.cli import keys_cmd
+    from services.cli import (
+        approvals_cmd,
+        audit_cmd,
+        authority_cmd,
+        backup_cmd,
+        bus_cmd,
+        credentials_cmd,
+        keys_cmd,
+    )
 
     keys_cmd.add_parsers(keys)
 
-    from services.cli import approvals_cmd, audit_cmd, authority_cmd, backup_cmd, bus_cmd
-
     backup_cmds = backup_cmd.add_parsers(sub)
     audit_cmd.add_parsers(sub)
+    credentials_cmd.add_parsers(sub)
     authority_cmd.add_parsers(sub)
     approvals_cmd.add_parsers(sub)
     bus_cmd.add_parsers(sub)

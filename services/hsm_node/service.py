@@ -22,9 +22,11 @@ from nats import micro
 from nats.micro.request import Request
 
 from libs import metrics, tracing
+from libs.bus import kv
 from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
 from libs.config import ConfigError, HsmNodeConfig, read_pin
+from libs.credentials import Registry, records_from
 from libs.evidence import Pins, pins_from
 from libs.hsm.ceremony import sealing_label
 from libs.hsm.guard import Guard
@@ -55,7 +57,13 @@ from proto.hsm import (
     HsmWrap,
     HsmWrapped,
 )
-from proto.subjects import HSM_SERVICE_NAME, hsm_beat_subject, hsm_rpc_subject, receipt_subject
+from proto.subjects import (
+    CREDENTIALS_BUCKET,
+    HSM_SERVICE_NAME,
+    hsm_beat_subject,
+    hsm_rpc_subject,
+    receipt_subject,
+)
 
 log = logging.getLogger("lantau.hsm_node")
 
@@ -218,9 +226,15 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     # approver) and is reloaded like policy reloads it.
     policies = PolicyStore(rt.config.policy.rules_file)
     policies.load()
+    # The approvers' security keys: read from the credentials bucket every reload
+    # interval, their enrolment quorums recounted here (a revocation counts within it).
+    registry = Registry()
 
     def pins() -> Pins:
-        return pins_from(rt.config, policies.current if rt.config.policy.rules_file else None)
+        if not rt.config.policy.rules_file:
+            return pins_from(rt.config, None)
+        policy = policies.current
+        return pins_from(rt.config, policy, registry.active(policy.file))
 
     replays = await asyncio.to_thread(ReplayLog, Path(node.state_dir) / "replay.sqlite")
     token = await asyncio.to_thread(
@@ -261,6 +275,7 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
         asyncio.create_task(hsm.beat_forever()),
         asyncio.create_task(policies.watch(rt.stopping, rt.config.policy.reload_interval_s)),
         asyncio.create_task(_prune_forever(rt, replays)),
+        asyncio.create_task(_read_credentials_forever(rt, registry)),
     ]
     receipts = asyncio.create_task(hsm.publish_receipts_forever())
     rt.set_ready("startup", True)
@@ -275,6 +290,19 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
         await asyncio.wait_for(receipts, timeout=5)
     await hsm.guard.close()
     replays.close()
+
+
+async def _read_credentials_forever(rt: Runtime, registry: Registry) -> None:
+    bucket = None
+    while True:
+        try:
+            if bucket is None:
+                bucket = await rt.js.key_value(CREDENTIALS_BUCKET)
+            registry.update(records_from(await kv.values(bucket)))
+        except Exception as e:  # the bus is away: keep the last view
+            log.warning("cannot read the approvers' credentials: %s", type(e).__name__)
+        if await wait_or_stop(rt.stopping, rt.config.policy.reload_interval_s):
+            return
 
 
 async def _prune_forever(rt: Runtime, replays: ReplayLog) -> None:

@@ -31,6 +31,7 @@ from services.policy import approvals, rules
 from services.policy.authorize import Authorizer
 from services.policy.facts import Judged
 from services.policy.outcomes import publish_order, publish_refusal
+from services.policy.second_factors import SecondFactors
 from services.policy.velocity_state import VelocityBook
 
 log = logging.getLogger("lantau.policy")
@@ -45,6 +46,8 @@ class Approvals:
         self.kv = bucket
         self.authorizer = authorizer
         self.velocity: VelocityBook | None = None
+        # Checks a vote's signer (security key, or key file with TOTP); set by serve().
+        self.second_factors: SecondFactors | None = None
 
     async def hold(
         self, request: SignRequest, decision: rules.Verdict, now: int, judged: Judged
@@ -81,7 +84,10 @@ class Approvals:
             await self._announce(pending, "", "", decision.explanation)
 
     async def vote(self, vote: ApprovalVote, policy: Policy) -> None:
-        approvals.check_signature(vote, policy)
+        if self.second_factors is not None:
+            await self.second_factors.check_vote(vote, policy)
+        else:
+            approvals.check_signature(vote, policy)
         key = request_key(vote.requester, vote.request_id)
         for _ in range(_CAS_ATTEMPTS):
             data, revision = await kv.read(self.kv, key)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import msgspec
 
+from libs.credentials import credential_for
 from libs.policy_file import Policy
+from libs.webauthn_check import verify_assertion
 from proto.approvals import (
     ApprovalVote,
     CastVote,
@@ -12,15 +16,28 @@ from proto.approvals import (
     PendingStatus,
     approvers,
     signing_bytes,
+    vote_challenge,
 )
+from proto.credentials import CredentialRecord
 from proto.errors import ErrorCode, LantauError
 from services.policy.auth import signed_by
 
 
-def check_signature(vote: ApprovalVote, policy: Policy) -> None:
+def check_signature(
+    vote: ApprovalVote, policy: Policy, records: Iterable[CredentialRecord] = ()
+) -> None:
+    """The vote is signed by its approver: with a security key that counts now (an
+    assertion over the vote's digest: the console), or with the approver's Ed25519 key
+    (the CLI; its TOTP code is checked by services/policy/second_factors.py)."""
     approver = policy.file.approvers.get(vote.approver)
     if approver is None:
         raise LantauError(ErrorCode.UNKNOWN_APPROVER, f"{vote.approver!r} is not an approver")
+    if vote.assertion is not None:
+        credential = credential_for(
+            records, vote.approver, vote.assertion.credential_id, policy.file
+        )
+        verify_assertion(vote.assertion, credential, vote_challenge(vote))
+        return
     if not signed_by(approver.public_key, signing_bytes(vote), vote.signature):
         raise LantauError(
             ErrorCode.BAD_SIGNATURE,

@@ -32,13 +32,22 @@ from libs.service import Runtime, ServiceEntry
 from proto import codec
 from proto.approvals import ApprovalVote
 from proto.authorization import digest_of
+from proto.codec import PolicyInput
 from proto.common import TX_KINDS
+from proto.credentials import (
+    CredentialEndorsement,
+    CredentialProposal,
+    CredentialRevocation,
+    SecondFactorCheck,
+    TotpEnrolment,
+)
 from proto.errors import ErrorCode, LantauError
 from proto.keys import KeyRecord
 from proto.orders import Decision
 from proto.requests import CreateKeyRequest, Request, SignRequest, request_hash
 from proto.subjects import (
     APPROVALS_BUCKET,
+    CREDENTIALS_BUCKET,
     POLICY_REQUESTS,
     REQUESTS_BUCKET,
     RESULTS,
@@ -52,6 +61,7 @@ from services.policy.approval_state import Approvals
 from services.policy.authorize import Authorizer
 from services.policy.facts import Judged, facts_of
 from services.policy.outcomes import publish_order, publish_refusal
+from services.policy.second_factors import SecondFactors, sender_problem
 from services.policy.velocity_state import VelocityBook
 
 log = logging.getLogger("lantau.policy")
@@ -67,6 +77,7 @@ class PolicyService:
         velocity: VelocityBook,
         policies: PolicyStore,
         authorizer: Authorizer,
+        second_factors: SecondFactors,
     ) -> None:
         self.rt = rt
         self.cfg = rt.config.policy
@@ -76,8 +87,15 @@ class PolicyService:
         self.velocity = velocity
         self.policies = policies
         self.authorizer = authorizer
+        self.second_factors = second_factors
 
-    async def handle(self, message: Request | ApprovalVote, delivery: Delivery) -> None:
+    async def handle(self, message: PolicyInput, delivery: Delivery) -> None:
+        if isinstance(message, _CREDENTIAL_REQUESTS):
+            problem = sender_problem(message, sender_of(delivery.subject))
+            if problem:
+                raise LantauError(ErrorCode.SUBJECT_MISMATCH, problem)
+            await self.second_factors.handle(message, self.policies.current)
+            return
         check_sender(message, delivery.subject)
         if isinstance(message, ApprovalVote):
             await self.held.vote(message, self.policies.current)
@@ -192,8 +210,12 @@ class PolicyService:
         return False
 
     async def on_reject(
-        self, message: Request | ApprovalVote | None, error: LantauError, delivery: Delivery
+        self, message: PolicyInput | None, error: LantauError, delivery: Delivery
     ) -> None:
+        if isinstance(message, _CREDENTIAL_REQUESTS):
+            if error.code != ErrorCode.SUBJECT_MISMATCH:
+                await self.second_factors.refused(message, error)
+            return
         if isinstance(message, ApprovalVote):
             await self.held.refused(message, error)
             return
@@ -216,6 +238,15 @@ class PolicyService:
         except LantauError:
             return False
         return True
+
+
+_CREDENTIAL_REQUESTS = (
+    CredentialProposal,
+    TotpEnrolment,
+    CredentialEndorsement,
+    CredentialRevocation,
+    SecondFactorCheck,
+)
 
 
 def check_sender(message: Request | ApprovalVote, subject: str) -> None:
@@ -243,6 +274,13 @@ def approver_scopes(cfg: Config) -> dict[str, list[str]]:
     return scopes
 
 
+def second_factor_required(cfg: Config) -> bool:
+    """The policy file's [second_factor] required (what `lantau approve` asks for)."""
+    store = PolicyStore(cfg.policy.rules_file)
+    store.load()
+    return store.current.file.second_factor.required
+
+
 def check(cfg: Config) -> None:
     """Refuse to start on a policy file that does not load (there is no old one to keep),
     or without the authority key the hsm-nodes would accept."""
@@ -262,6 +300,8 @@ async def serve(rt: Runtime) -> None:
     held = Approvals(rt, await rt.js.key_value(APPROVALS_BUCKET), authorizer)
     velocity = VelocityBook(await rt.js.key_value(VELOCITY_BUCKET))
     held.velocity = velocity
+    second_factors = SecondFactors(rt, await rt.js.key_value(CREDENTIALS_BUCKET), key)
+    held.second_factors = second_factors
     policy = PolicyService(
         rt,
         await rt.js.key_value(REQUESTS_BUCKET),
@@ -270,6 +310,7 @@ async def serve(rt: Runtime) -> None:
         velocity,
         policies,
         authorizer,
+        second_factors,
     )
     consumer = Consumer(
         rt.nc,

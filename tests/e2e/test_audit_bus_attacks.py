@@ -1,5 +1,7 @@
-"""Attacks by someone who can publish on the bus, against the live platform: each is
-detected, named by its log sequence, and alerting; the trail goes on."""
+"""Attacks by someone who can publish on the audit log's subjects (only the audit
+service's identity may: these tests hold its credentials, not its record key), against
+the live platform: each is detected, named by its log sequence, and alerting; the trail
+goes on."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from libs.audit import logread, records
 from libs.audit.trail import Keys
 from libs.audit.verify import verify
 from libs.bus import kv
-from libs.client import CustodyClient
+from libs.bus.permissions import AUDIT_ROLE
 from proto import codec
 from proto.audit import AuditCheckpoint, AuditFact, AuditRecord
 from proto.subjects import (
@@ -28,7 +30,7 @@ from proto.subjects import (
     DEAD_LETTERS,
     result_subject,
 )
-from tests.conftest import TRADER, fast_redelivery
+from tests.conftest import TRADER, connect_client, fast_redelivery
 from tests.e2e.test_audit import (
     audit_cli,
     checkpoint_key,
@@ -58,10 +60,24 @@ def platform_options():
 
 @pytest.fixture(scope="module")
 async def trader(platform, trader_key):
-    c = await CustodyClient.connect(platform.config.nats.servers, TRADER, trader_key)
+    c = await connect_client(platform, trader_key)
     await c.create_key("desk-a-bus", "secp256k1")
     yield c
     await c.close()
+
+
+@pytest.fixture(scope="module")
+async def forger(platform):
+    """The audit service's bus credentials in the wrong hands (without its record key)."""
+    conn = await platform.connect_as(AUDIT_ROLE)
+    yield conn.jetstream()
+    await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def js(nc):
+    """What an auditor reads with: the read-only operator identity."""
+    return nc.jetstream()
 
 
 async def _sign(client, n: int, tag: str, timeout_s: float = 30.0) -> list:
@@ -97,8 +113,9 @@ async def _quarantine_count(platform) -> float:
     return metric(platform, "audit", "lantau_audit_quarantined_total") or 0.0
 
 
-async def test_a_forged_record_chained_on_the_head_is_quarantined_never_certified(platform, trader):
-    js = trader.connection.jetstream()
+async def test_a_forged_record_chained_on_the_head_is_quarantined_never_certified(
+    platform, trader, js, forger
+):
     await _sign(trader, 3, "before-forgery")
     keys = await _keys(platform, js)
     before = await _quarantine_count(platform)
@@ -117,7 +134,7 @@ async def test_a_forged_record_chained_on_the_head_is_quarantined_never_certifie
     forged = records.new_record(
         seq=head.seq + 1, prev_hash=head.hash, at_ms=head.at_ms + 1, facts=[fake], key=attacker
     )
-    ack = await js.publish(AUDIT_LOG, codec.encode(forged))
+    ack = await forger.publish(AUDIT_LOG, codec.encode(forged))
     await eventually(lambda: _noted(js, keys, ack.seq))
     assert await _quarantine_count(platform) >= before + 1
     assert f"quarantined log seq {ack.seq}" in service_log(platform, "audit")
@@ -138,10 +155,11 @@ async def test_a_forged_record_chained_on_the_head_is_quarantined_never_certifie
     assert records.leaf_hash(forged) not in reports[0].trail.leaves
 
 
-async def test_sixteen_random_bytes_on_the_log_subject_are_skipped_and_named(platform, trader):
-    js = trader.connection.jetstream()
+async def test_sixteen_random_bytes_on_the_log_subject_are_skipped_and_named(
+    platform, trader, js, forger
+):
     keys = await _keys(platform, js)
-    ack = await js.publish(AUDIT_LOG, os.urandom(16))
+    ack = await forger.publish(AUDIT_LOG, os.urandom(16))
     await eventually(lambda: _noted(js, keys, ack.seq))
     # The next real facts are chained, none is dead-lettered.
     results = await _sign(trader, 3, "after-garbage")
@@ -155,13 +173,12 @@ async def test_sixteen_random_bytes_on_the_log_subject_are_skipped_and_named(pla
     assert f"log seq {ack.seq}: not an audit entry (16 bytes" in out.stdout
 
 
-async def test_a_replayed_checkpoint_is_quarantined(platform, trader):
-    js = trader.connection.jetstream()
+async def test_a_replayed_checkpoint_is_quarantined(platform, trader, js, forger):
     keys = await _keys(platform, js)
     items = await logread.read_all(js)
     old = next(i for i in items if isinstance(i.entry, AuditCheckpoint))
     raw = (await js.get_msg(AUDIT_CHAIN.name, old.log_seq)).data
-    ack = await js.publish(AUDIT_CHECKPOINT, raw)
+    ack = await forger.publish(AUDIT_CHECKPOINT, raw)
     await eventually(lambda: _noted(js, keys, ack.seq))
     out = audit_cli(platform, "verify", *pins(platform, keys.checkpoint_keys[0]))
     assert out.returncode == 0, out.stdout
@@ -174,8 +191,7 @@ async def _status(js):
     return codec.WITNESS_STATUS.decode(value) if value else None
 
 
-async def test_a_lost_witness_sink_alerts_and_signing_goes_on(platform, trader):
-    js = trader.connection.jetstream()
+async def test_a_lost_witness_sink_alerts_and_signing_goes_on(platform, trader, js, forger):
     sinks = platform.config.audit.witness_files
     lost = Path(sinks[1]).parent
     moved = lost.with_name(lost.name + ".away")
@@ -201,8 +217,9 @@ async def test_a_lost_witness_sink_alerts_and_signing_goes_on(platform, trader):
         assert out.returncode == 0, out.stdout
 
 
-async def test_losing_every_witness_sink_pauses_signing_until_one_returns(platform, trader):
-    js = trader.connection.jetstream()
+async def test_losing_every_witness_sink_pauses_signing_until_one_returns(
+    platform, trader, js, forger
+):
     dirs = [Path(s).parent for s in platform.config.audit.witness_files]
     for d in dirs:
         d.rename(d.with_name(d.name + ".away"))
@@ -225,12 +242,13 @@ async def test_losing_every_witness_sink_pauses_signing_until_one_returns(platfo
     assert metric(platform, "audit", "lantau_audit_witnessed") == 1
 
 
-async def test_proofs_from_the_command_line_check_with_lantau_and_with_the_recipe(platform, trader):
+async def test_proofs_from_the_command_line_check_with_lantau_and_with_the_recipe(
+    platform, trader, js, forger
+):
     import json
 
     from tests.audit.test_merkle_doc_recipe import recipe
 
-    js = trader.connection.jetstream()
     keys = await _keys(platform, js)
     pinned = pins(platform, keys.checkpoint_keys[0])
     saved = platform.run_dir / "auditor-saved.json"

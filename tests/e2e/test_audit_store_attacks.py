@@ -19,12 +19,13 @@ from libs.audit import checkpoint as cp
 from libs.audit import logread, merkle, records
 from libs.audit.trail import Keys
 from libs.audit.verify import missing_facts, verify
+from libs.bus.permissions import AUDIT_ROLE, PROVISIONER
 from libs.bus.provision import provision
 from libs.client import CustodyClient
 from proto import codec
 from proto.audit import AuditCheckpoint, AuditRecord
 from proto.subjects import AUDIT_CHAIN, AUDIT_SOURCE_STREAMS, DEAD_LETTERS
-from tests.conftest import TRADER, fast_redelivery
+from tests.conftest import connect_client, fast_redelivery
 from tests.e2e.test_audit import (
     audit_cli,
     checkpoint_key,
@@ -51,7 +52,7 @@ def platform_options():
 
 
 async def _traffic(stack, trader_key, n: int = 40) -> CustodyClient:
-    client = await CustodyClient.connect(stack.config.nats.servers, TRADER, trader_key)
+    client = await connect_client(stack, trader_key)
     await client.create_key("desk-a-store", "secp256k1")
     requests = [
         client.sign_request("desk-a-store", hashlib.sha256(f"s-{i}".encode()).digest())
@@ -60,6 +61,23 @@ async def _traffic(stack, trader_key, n: int = 40) -> CustodyClient:
     for r in requests:  # one at a time: many small records, many checkpoints
         assert (await client.send(r)).status == "signed"
     return client
+
+
+class Attacker:
+    """Whoever runs the NATS store: JetStream's admin API (the provisioner's identity) and
+    the audit log's subjects (the audit service's identity, not its keys)."""
+
+    def __init__(self, admin, writer) -> None:
+        self.admin, self.writer = admin, writer
+        self.js, self.publish = admin.jetstream(), writer.jetstream().publish
+
+    @classmethod
+    async def of(cls, stack) -> Attacker:
+        return cls(await stack.connect_as(PROVISIONER), await stack.connect_as(AUDIT_ROLE))
+
+    async def close(self) -> None:
+        await self.admin.close()
+        await self.writer.close()
 
 
 async def _checkpointed(js, keys: Keys, at_least: int) -> None:
@@ -83,8 +101,9 @@ async def test_the_log_stream_replaced_by_a_prefix_or_a_consistent_forgery_is_ca
 ):
     stack = fresh_platform
     client = await _traffic(stack, trader_key)
+    attacker = await Attacker.of(stack)
     try:
-        js = client.connection.jetstream()
+        js = attacker.js
         keys = Keys(frozenset({record_key(stack)}), (await checkpoint_key(js),))
         await _checkpointed(js, keys, 4)
         saved = stack.run_dir / "saved-checkpoint.json"
@@ -101,7 +120,7 @@ async def test_the_log_stream_replaced_by_a_prefix_or_a_consistent_forgery_is_ca
         await js.delete_stream(AUDIT_CHAIN.name)
         await provision(js, stack.config.nats)
         for raw in raws[:second]:
-            await js.publish(raw.subject, raw.data)
+            await attacker.publish(raw.subject, raw.data)
         alone = audit_cli(stack, "verify", *pins(stack, keys.checkpoint_keys[0]), "--no-sources")
         since = audit_cli(
             stack, "verify", *pins(stack, keys.checkpoint_keys[0]), "--since", str(saved)
@@ -141,7 +160,7 @@ async def test_the_log_stream_replaced_by_a_prefix_or_a_consistent_forgery_is_ca
                 )
                 head = r.hash
                 frontier = merkle.append(frontier, records.leaf_hash(r))
-                await js.publish("lantau.auditlog.record", codec.encode(r))
+                await attacker.publish("lantau.auditlog.record", codec.encode(r))
             elif isinstance(item.entry, AuditCheckpoint):
                 c = msgspec.structs.replace(
                     item.entry,
@@ -154,7 +173,7 @@ async def test_the_log_stream_replaced_by_a_prefix_or_a_consistent_forgery_is_ca
                 sig = attacker_cp.sign_recoverable(digest, hasher=None)[:64]
                 c = msgspec.structs.replace(c, signature=sig)
                 last_cp = c.tree_size
-                await js.publish("lantau.auditlog.checkpoint", codec.encode(c))
+                await attacker.publish("lantau.auditlog.checkpoint", codec.encode(c))
         forged = audit_cli(stack, "verify", *pins(stack, keys.checkpoint_keys[0]), "--no-sources")
         assert forged.returncode == 1 and "FAILED at log seq 1" in forged.stdout, forged.stdout
         assert "not a pinned record key" in forged.stdout
@@ -165,6 +184,7 @@ async def test_the_log_stream_replaced_by_a_prefix_or_a_consistent_forgery_is_ca
         )
         assert witnessed.returncode == 1, witnessed.stdout
     finally:
+        await attacker.close()
         await client.close()
 
 
@@ -173,7 +193,8 @@ async def test_a_block_file_cut_back_and_a_byte_edited_on_disk_are_named(
 ):
     stack = fresh_platform
     client = await _traffic(stack, trader_key)
-    js = client.connection.jetstream()
+    attacker = await Attacker.of(stack)
+    js = attacker.js
     keys = Keys(frozenset({record_key(stack)}), (await checkpoint_key(js),))
     await _checkpointed(js, keys, 4)
     saved = stack.run_dir / "saved-checkpoint.json"
@@ -191,6 +212,7 @@ async def test_a_block_file_cut_back_and_a_byte_edited_on_disk_are_named(
         if isinstance(i.entry, AuditRecord) and 3 < i.log_seq < cut_after.log_seq - 1
     )
     victim_raw = (await js.get_msg(AUDIT_CHAIN.name, victim.log_seq)).data
+    await attacker.close()
     await client.close()
 
     # 1. Stop everything; cut the block file back to the second checkpoint, as if nothing
@@ -274,8 +296,9 @@ async def test_an_append_that_keeps_failing_halts_the_service_and_drops_no_fact(
 ):
     stack = fresh_platform
     client = await _traffic(stack, trader_key, 10)
+    attacker = await Attacker.of(stack)
     try:
-        js = client.connection.jetstream()
+        js = attacker.js
         keys = Keys(frozenset({record_key(stack)}), (await checkpoint_key(js),))
         await _checkpointed(js, keys, 1)
         # The log refuses every append (a full disk, a broken stream, a wrong permission).
@@ -296,7 +319,9 @@ async def test_an_append_that_keeps_failing_halts_the_service_and_drops_no_fact(
         assert halted
         dlq = await js.stream_info(DEAD_LETTERS.name)
         assert dlq.state.messages == 0, "a fact was dead-lettered"
-        # Restarting provisions the stream back to its settings; every fact gets recorded.
+        # The runbook: provision the stream back to its settings (the provisioner's job:
+        # no service manages streams), restart the audit service; every fact gets recorded.
+        await provision(js, stack.config.nats)
         await stack.restart("audit")
         expected = []
         for spec in AUDIT_SOURCE_STREAMS:
@@ -312,6 +337,7 @@ async def test_an_append_that_keeps_failing_halts_the_service_and_drops_no_fact(
         out = audit_cli(stack, "verify", *pins(stack, keys.checkpoint_keys[0]))
         assert out.returncode == 0, out.stdout
     finally:
+        await attacker.close()
         await client.close()
 
 

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import urllib.request
 from collections.abc import AsyncIterator
 
 import msgspec
 import nacl.signing
 import pytest
 from nats.aio.client import Client
-from prometheus_client.parser import text_string_to_metric_families
 
 from devkit import forge
 from devkit.chaos import wait_replicated
@@ -25,6 +23,7 @@ from proto.errors import ErrorCode, LantauError
 from proto.hsm import HsmSign
 from proto.subjects import RECEIPTS, SIGN_ORDER, sign_order_subject
 from tests.conftest import fast_redelivery
+from tests.e2e.test_audit import metric
 from tests.e2e.test_poison import dead_letter_for
 
 # What an attacker holding policy's key would sign with: pinned by this test's stack
@@ -207,15 +206,7 @@ async def test_a_stolen_policy_key_alone_cannot_sign(
 
 
 def unmatched(platform, op: str) -> float:
-    with urllib.request.urlopen(platform.url("audit"), timeout=5) as r:
-        text = r.read().decode()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "lantau_audit_unmatched_receipts_total" and sample.labels == {
-                "op": op
-            }:
-                return sample.value
-    return 0.0
+    return metric(platform, "audit", "lantau_audit_unmatched_receipts_total", op=op) or 0.0
 
 
 async def test_a_stolen_policy_key_with_a_genuine_request_is_caught_afterwards(

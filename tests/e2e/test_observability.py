@@ -201,6 +201,7 @@ async def test_a_real_prometheus_scrapes_the_dev_stack_with_the_alert_rules(trac
         "lantau-hsm-node",
         "lantau-backup",
         "lantau-audit",
+        "lantau-console",
     }, up
     assert set(up.values()) == {"1"}, up
     rules = json.loads(scrape(f"{url}/api/v1/rules"))

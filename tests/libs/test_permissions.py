@@ -58,6 +58,7 @@ def config(**extra: object) -> Config:
                 audit=nkey(),
                 operator=nkey(),
                 provisioner=nkey(),
+                console=nkey(),
             )
         ),
         hsm_nodes=[HsmNodeConfig(id=f"hsm-{i}", token_label=f"t{i}", nkey=nkey()) for i in (1, 2)],
@@ -91,6 +92,7 @@ def test_every_configured_identity_is_a_user(found):
         "audit",
         "operator",
         "provisioner",
+        "console",
         "node-hsm-1",
         "node-hsm-2",
         "requester-desk-a",
@@ -177,6 +179,58 @@ def test_approvers_read_only_what_their_groups_approve(found):
     assert not allows(alice.subscribe, "lantau.event.approval.desk-b.r1")
     assert allows(alice.publish, "lantau.request.approval.alice")
     assert not allows(alice.publish, "lantau.request.approval.bob")
+
+
+CREDENTIAL_WRITE = "$KV.lantau_credentials.alice.0123456789abcdef0123456789abcdef"
+CREDENTIAL_READ = (
+    "$JS.API.DIRECT.GET.KV_lantau_credentials.$KV.lantau_credentials.alice."
+    "0123456789abcdef0123456789abcdef"
+)
+
+
+def test_only_policy_writes_credentials_and_their_checkers_read_them(found):
+    writers = [n for n, i in found.items() if allows(i.permissions.publish, CREDENTIAL_WRITE)]
+    assert writers == ["policy"]
+    for reader in ("policy", "console", "node-hsm-1", "approver-alice", "operator"):
+        assert allows(found[reader].permissions.publish, CREDENTIAL_READ), reader
+    for other in ("signer", "backup", "audit", "requester-desk-a"):
+        assert not allows(found[other].permissions.publish, CREDENTIAL_READ), other
+
+
+def test_the_console_votes_and_proposes_but_signs_and_writes_nothing(found):
+    console = found["console"].permissions
+    for subject in (
+        "lantau.request.approval.alice",
+        "lantau.request.approval.bob",
+        "lantau.request.credential.console",
+        "lantau.event.console",
+        "$JS.API.DIRECT.GET.KV_lantau_approvals.$KV.lantau_approvals.desk-a.r1",
+    ):
+        assert allows(console.publish, subject), subject
+    for subject in (
+        "lantau.request.sign.desk-a",
+        "lantau.request.credential.alice",  # endorsements are the approvers' own
+        "lantau.order.sign",
+        "lantau.result.desk-a.r1",
+        "lantau.event.approval.desk-a.r1",  # outcomes are policy's
+        "$KV.lantau_approvals.desk-a.r1",
+        CREDENTIAL_WRITE,
+        "lantau.hsm.rpc.hsm-1.sign",
+        "lantau.reply.totp.alice",
+    ):
+        assert not allows(console.publish, subject), subject
+    assert allows(console.subscribe, "lantau.event.approval.desk-a.r1")
+    assert not allows(console.subscribe, "lantau.reply.totp.alice")
+
+
+def test_approvers_send_their_own_credential_requests_and_read_only_their_totp(found):
+    alice = found["approver-alice"].permissions
+    assert allows(alice.publish, "lantau.request.credential.alice")
+    assert not allows(alice.publish, "lantau.request.credential.bob")
+    assert not allows(alice.publish, "lantau.request.credential.console")
+    assert allows(alice.subscribe, "lantau.reply.totp.alice")
+    assert not allows(alice.subscribe, "lantau.reply.totp.bob")
+    assert allows(found["policy"].permissions.publish, "lantau.reply.totp.alice")
 
 
 @settings(max_examples=100, deadline=None)
