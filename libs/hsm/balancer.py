@@ -140,6 +140,12 @@ class Balancer:
                 changes += self._move(n, NodeState.UP, "answered its probe; in service")
         return changes
 
+    def released(self, node_id: str) -> None:
+        """An operation ended with no verdict on the node (the bus dropped meanwhile)."""
+        n = self._nodes.get(node_id)
+        if n is not None:
+            self._finish(n)
+
     def failed(
         self, node_id: str, now_ms: int, kind: Literal["timeout", "error"]
     ) -> list[StateChange]:

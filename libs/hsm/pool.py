@@ -42,6 +42,12 @@ class NoNodeAvailable(TransientError):
     pass
 
 
+class BusInterrupted(TransientError):
+    """The bus itself dropped while a node was asked: the node may have done the work
+    and only its answer was lost. Asking another node could sign twice, and the node is
+    not at fault; the caller retries later, and the same node answers from its record."""
+
+
 class HsmPool:
     def __init__(
         self,
@@ -220,6 +226,22 @@ class HsmPool:
                 self._abandoned.add(call)
                 call.cancel()
 
+    def _bus_mark(self) -> int | None:
+        """How many times the pool's connection has reconnected (None: no bus involved)."""
+        if self._nc is None or not any(b.liveness == "beats" for b in self._backends.values()):
+            return None
+        return int(self._nc.stats.get("reconnects", 0)) if self._nc.is_connected else -1
+
+    def _raise_if_bus_broke(self, mark: int | None, op: str, node: str) -> None:
+        if mark is None or (mark >= 0 and self._bus_mark() == mark):
+            return
+        self.balancer.released(node)
+        log.warning("%s on %s: the bus dropped meanwhile; retrying, not failing over", op, node)
+        raise BusInterrupted(
+            ErrorCode.HSM_UNAVAILABLE,
+            f"the bus dropped while {node} was asked to {op}; it will be asked again",
+        )
+
     async def run(
         self,
         op: str,
@@ -242,6 +264,7 @@ class HsmPool:
         last_error: TransientError | None = None
         delivered = False  # did any attempt possibly reach a node?
         for attempt in range(1, max_attempts + 1):
+            bus_mark = self._bus_mark()
             node = self.balancer.choose(preferred, now_ms(), exclude=tried) or self.balancer.choose(
                 holders, now_ms(), exclude=tried
             )
@@ -265,6 +288,7 @@ class HsmPool:
                 if call not in self._abandoned:
                     raise  # we are being cancelled, not the node abandoned
                 self._abandoned.discard(call)
+                self._raise_if_bus_broke(bus_mark, op, node)
                 metrics.HSM_ERRORS.labels(node, "error").inc()
                 await self._report(self.balancer.failed(node, now_ms(), "error"))
                 log.warning("%s on %s abandoned: the node is gone; failing over", op, node)
@@ -275,6 +299,8 @@ class HsmPool:
                 self.balancer.succeeded(node, now_ms())
                 raise
             except TransientError as e:
+                if e.delivered:
+                    self._raise_if_bus_broke(bus_mark, op, node)
                 kind: Literal["timeout", "error"] = (
                     "timeout" if e.code == ErrorCode.DEADLINE_EXCEEDED else "error"
                 )
@@ -287,6 +313,7 @@ class HsmPool:
                     self._abandon(node)
                 continue
             except Exception as e:
+                self._raise_if_bus_broke(bus_mark, op, node)
                 delivered = True
                 metrics.HSM_ERRORS.labels(node, "error").inc()
                 await self._report(self.balancer.failed(node, now_ms(), "error"))
