@@ -13,6 +13,7 @@ from proto.results import unsuccessful
 from proto.subjects import (
     CREATE_KEY_ORDER,
     HDR_REQUEST_ID,
+    RESULTS,
     SIGN_ORDER,
     request_key,
     result_subject,
@@ -46,7 +47,7 @@ async def publish_refusal(
         completed_at_ms=now_ms(),
     )
     subject = result_subject(request.requester, request.request_id)
-    published = await publish(js, subject, result, first_on_subject=True)
+    published = await publish(js, subject, result, first_on_subject=True, stream=RESULTS.name)
     if published:
         metrics.RESULTS.labels("policy", status, code).inc()
     return published
