@@ -1,6 +1,7 @@
 """The dev stack's own certificate authority (``cryptography``): a CA, a server
-certificate for 127.0.0.1/localhost (also usable for cluster routes), and client
-certificates for mutual TLS. Private keys are written 0600 at creation."""
+certificate for 127.0.0.1/localhost, client certificates for mutual TLS, and the
+certificate of the cluster routes (an identity of its own: only it may join the cluster).
+Private keys are written 0600 at creation."""
 
 from __future__ import annotations
 
@@ -30,6 +31,22 @@ class DevPki:
     ca: Path
     server: CertFiles
     client: CertFiles
+    # Presented by every server on its cluster routes, and the only certificate a server
+    # accepts a route from (nats-server maps it to the route user: ``route_user``).
+    route: CertFiles
+
+    def route_user(self) -> str:
+        """The route certificate's subject as nats-server names it (RFC 4514), which
+        ``verify_and_map`` compares with the cluster's authorization user."""
+        return subject_of(self.route.cert)
+
+
+ROUTE_NAME = "nats-route"
+
+
+def subject_of(cert_path: Path) -> str:
+    """A certificate's subject, RFC 4514 (most specific first, as nats-server prints it)."""
+    return x509.load_pem_x509_certificate(cert_path.read_bytes()).subject.rfc4514_string()
 
 
 def _name(common_name: str) -> x509.Name:
@@ -146,4 +163,5 @@ def make_pki(directory: Path) -> DevPki:
         ca=directory / "ca.pem",
         server=issue(directory, "nats-server", server=True, ca=ca),
         client=issue(directory, "lantau-client", server=False, ca=ca),
+        route=issue(directory, ROUTE_NAME, server=True, ca=ca),
     )
