@@ -70,7 +70,7 @@ class NatsCluster:
                     port=route_ports[i - 1],
                     peers=tuple(p for j, p in enumerate(route_ports, 1) if j != i),
                     cert=pki.route,
-                    ca=pki.ca,
+                    ca=pki.route_ca,
                     user=user,
                 ),
             )

@@ -62,7 +62,7 @@ CLUSTER_NAME = "lantau"
 @dataclass(frozen=True)
 class Routes:
     """How one server joins its cluster: its route port, its peers' route ports, and the
-    route identity (a certificate of the dev CA that nats-server maps to ``user``)."""
+    route identity (a certificate of the route CA ``ca`` that nats-server maps to ``user``)."""
 
     port: int
     peers: tuple[int, ...]
@@ -111,8 +111,9 @@ jetstream {{
     if routes is not None:
         peers = ", ".join(f'"nats-route://127.0.0.1:{p}"' for p in routes.peers)
         # Routes ignore client permissions, so they are an identity of their own: mutual
-        # TLS with the dev CA, and only the route certificate maps to the route user
-        # (a client's or the servers' certificate from the same CA is refused).
+        # TLS with the route CA (it signs the route certificate only), whose certificate
+        # must also map to the route user. Both ends check: a server dialing a peer that
+        # shows a client's or a server's certificate drops the route too.
         text += f"""
 cluster {{
   name: {CLUSTER_NAME}

@@ -1,10 +1,12 @@
 """The dev cluster's routes: they form, they are mutual TLS, and only the route identity
 may join (routes ignore client permissions, so an outsider on a route would bypass every
-allow-list). Leaders read from /jsz agree with what JetStream itself says."""
+allow-list), in both directions: an impostor can neither open a route to the cluster nor
+be dialed into it. Leaders read from /jsz agree with what JetStream itself says."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import time
@@ -67,7 +69,9 @@ def test_a_cluster_member_config_is_valid_for_nats_server(tmp_path, pki):
         pki=pki,
         authorized=True,
         server_name="nats-1",
-        routes=Routes(free_port(), (free_port(), free_port()), pki.route, pki.ca, pki.route_user()),
+        routes=Routes(
+            free_port(), (free_port(), free_port()), pki.route, pki.route_ca, pki.route_user()
+        ),
     )
     (tmp_path / "nats.conf").write_text(text)
     (tmp_path / AUTH_FILE).write_text("authorization { users = [] }\n")
@@ -120,27 +124,51 @@ def test_a_certificate_of_the_same_ca_but_not_the_route_identity_cannot_join(
     made, _ = cluster
     peers = tuple(s.routes.port for s in made if s.routes)
     wrong = pki.client if cert == "client" else pki.server
-    intruder = _intruder(
-        tmp_path, made, Routes(free_port(), peers, wrong, pki.ca, pki.route_user())
-    )
-    _refused(made, intruder)
-    log = "\n".join(s.proc.log_tail(200) for s in made)
-    assert "authentication error" in log.lower() or "authorization violation" in log.lower()
+    # It trusts the route CA and maps the route user like a member: only its own
+    # certificate, of the clients' and servers' CA, is wrong.
+    routes = Routes(free_port(), peers, wrong, pki.route_ca, pki.route_user())
+    _refused(made, _intruder(tmp_path, made, routes))
+    log = "\n".join(s.proc.log_tail(200) for s in made).lower()
+    assert "tls route handshake error" in log or "authentication error" in log
 
 
 def test_a_route_certificate_from_another_ca_cannot_join(tmp_path, cluster):
     made, _ = cluster
     other = make_pki(tmp_path / "other-ca")
     peers = tuple(s.routes.port for s in made if s.routes)
-    routes = Routes(free_port(), peers, other.route, other.ca, other.route_user())
+    routes = Routes(free_port(), peers, other.route, other.route_ca, other.route_user())
     _refused(made, _intruder(tmp_path, made, routes))
 
 
 def test_a_plaintext_route_cannot_join(tmp_path, cluster, pki):
     made, _ = cluster
     peers = tuple(s.routes.port for s in made if s.routes)
-    routes = Routes(free_port(), peers, pki.route, pki.ca, pki.route_user())
+    routes = Routes(free_port(), peers, pki.route, pki.route_ca, pki.route_user())
     _refused(made, _intruder(tmp_path, made, routes, tls=False))
+
+
+def test_a_member_told_to_dial_an_impostor_drops_that_route(tmp_path, cluster, pki):
+    """The other direction: nats-1 dials a server that shows the servers' certificate (of
+    the clients' CA, with the right address in it) and would accept nats-1's route."""
+    made, _ = cluster
+    member = made.servers[0]
+    # Its own routes lead nowhere (JetStream wants one): only nats-1 dials.
+    routes = Routes(free_port(), (free_port(),), pki.server, pki.route_ca, pki.route_user())
+    impostor = _intruder(tmp_path, made, routes)
+    assert member.routes and impostor.routes
+    original = member.routes
+    member.routes = dataclasses.replace(original, peers=(*original.peers, impostor.routes.port))
+    member.config_path.write_text(member.config_text())
+    member.reload()
+    try:
+        _refused(made, impostor)
+        # It did dial, and dropped the route at the TLS handshake.
+        log = member.proc.log_tail(400)
+        assert f"127.0.0.1:{impostor.routes.port}" in log, log
+    finally:
+        member.routes = original
+        member.config_path.write_text(member.config_text())
+        member.reload()
 
 
 async def test_leaders_read_from_the_monitoring_endpoint_match_jetstream(cluster):
@@ -150,11 +178,20 @@ async def test_leaders_read_from_the_monitoring_endpoint_match_jetstream(cluster
         js = nc.jetstream()
         await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
         await js.publish("r3.x", b"1")
-        info = await js.stream_info("R3")
-        assert info.cluster is not None and len(info.cluster.replicas or []) == 2
-        assert await asyncio.to_thread(made.stream_leader, "R3") == info.cluster.leader
-        metas = {s.name: made.jsz(s).get("meta_cluster", {}).get("leader") for s in made}
-        assert set(metas.values()) == {made.meta_leader()}, metas
+        # Compared once the cluster is settled (an earlier test reloaded nats-1's routes):
+        # every server names the same meta leader, and /jsz the leader JetStream reports.
+        seen: list[object] = []
+        for _ in range(50):
+            info = await js.stream_info("R3")
+            assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+            leader = await asyncio.to_thread(made.stream_leader, "R3")
+            metas = {s.name: made.jsz(s).get("meta_cluster", {}).get("leader") for s in made}
+            seen = [leader, info.cluster.leader, metas]
+            if leader == info.cluster.leader and set(metas.values()) == {made.meta_leader()}:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"monitoring and JetStream disagree: {seen}")
     finally:
         await nc.close()
 
