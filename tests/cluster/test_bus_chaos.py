@@ -12,6 +12,8 @@ times longer.
 from __future__ import annotations
 
 import asyncio
+import time
+import urllib.request
 
 import pytest
 
@@ -94,3 +96,40 @@ async def test_a_server_rejoins_with_its_store_deleted(fresh_platform, clients):
         s["name"] for a in detail.get("account_details") or () for s in a.get("stream_detail") or ()
     }
     assert "LANTAU_ORDERS" in names
+
+
+def _gauge(stack, name: str, stream: str) -> float | None:
+    text = urllib.request.urlopen(stack.url("audit"), timeout=2).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{stream="{stream}"}} '):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def _gauges_reach(stack, stream: str, current: float, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    seen = None
+    while time.monotonic() < deadline:
+        seen = (
+            _gauge(stack, "lantau_nats_stream_replicas", stream),
+            _gauge(stack, "lantau_nats_stream_replicas_current", stream),
+        )
+        if seen == (3.0, current):
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{stream}: replicas, current = {seen}; wanted (3, {current})")
+
+
+async def test_a_lost_server_shows_on_the_gauges_the_alert_reads(fresh_platform):
+    """LantauNatsReplicaLost's input, end to end: a killed server takes one current replica
+    from the streams (the audit service's sweep sees it), and gives it back on restart."""
+    stack = fresh_platform
+    await _gauges_reach(stack, "LANTAU_ORDERS", 3.0)
+    await _gauges_reach(stack, "LANTAU_AUDIT_LOG", 3.0)
+    # Whichever server it is (a leader, the audit service's own): 0 while a stream elects
+    # a leader or the audit service moves, then 2 until the server is back.
+    victim = stack.cluster.servers[-1]
+    victim.kill()
+    await _gauges_reach(stack, "LANTAU_ORDERS", 2.0)
+    await asyncio.to_thread(stack.cluster.start_server, victim.name)
+    await _gauges_reach(stack, "LANTAU_ORDERS", 3.0)

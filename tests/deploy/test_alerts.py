@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "LantauAuditUnwitnessed",
     "LantauDeadLetters",
     "LantauServiceDown",
+    "LantauNatsReplicaLost",
 }
 
 
