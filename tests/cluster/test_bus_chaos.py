@@ -12,6 +12,8 @@ times longer.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -133,3 +135,27 @@ async def test_a_lost_server_shows_on_the_gauges_the_alert_reads(fresh_platform)
     await _gauges_reach(stack, "LANTAU_ORDERS", 2.0)
     await asyncio.to_thread(stack.cluster.start_server, victim.name)
     await _gauges_reach(stack, "LANTAU_ORDERS", 3.0)
+
+
+def lantau(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real ``lantau`` command line, as an operator runs it."""
+    argv = [sys.executable, "-m", "services.cli.main", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+
+
+def test_lantau_chaos_bus_names_the_scenarios_it_knows(tmp_path):
+    out = lantau("chaos", "--bus", "no-such", "--dir", str(tmp_path))
+    assert out.returncode == 2
+    assert "unknown scenario(s) ['no-such']" in out.stderr
+    assert all(name in out.stderr for name in SCENARIOS)
+
+
+def test_lantau_chaos_bus_runs_a_scenario_for_an_operator(tmp_path):
+    """The operator's command: its own stack, the scenario, the figures, audit verify."""
+    out = lantau("chaos", "--bus", "orders-leader", "--dir", str(tmp_path), timeout=280)
+    print(out.stdout[-3000:])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    row = next(ln for ln in out.stdout.splitlines() if ln.startswith("orders-leader "))
+    sent, signed, failed, lost, dup = (int(v) for v in row.split()[1:6])
+    assert sent > 50 and signed == sent and failed == lost == dup == 0
+    assert row.rstrip().endswith("OK")
