@@ -2,6 +2,7 @@
 #   make run   - install, start the dev stack, send demo sign requests, keep serving (Ctrl-C stops)
 #   make test  - install and run the whole test suite against real NATS and SoftHSM
 #   make fuzz  - fuzz every decoder, header and file parser (FUZZ_SECONDS per target)
+#   make chaos-bus - the NATS cluster chaos scenarios, four times longer than in make test
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 
 FUZZ_SECONDS ?= 60
 
-.PHONY: run demo test lint bench fuzz chaos-hss setup system-deps schemas clean
+.PHONY: run demo test lint bench chaos-bus fuzz chaos-hss setup system-deps schemas clean
 
 setup: $(STAMP)
 
@@ -67,6 +68,10 @@ bench: setup
 HSS_CHAOS_SECONDS ?= 120
 chaos-hss: setup
 	$(VENV)/bin/lantau chaos --hss --seconds $(HSS_CHAOS_SECONDS)
+
+# The bus chaos tests four times longer (CI runs them at their short size in `make test`).
+chaos-bus: setup
+	LANTAU_CHAOS_LONG=1 $(PY) -m pytest -q -s -p no:cacheprovider tests/cluster/test_bus_chaos.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy proto libs services

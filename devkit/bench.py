@@ -7,7 +7,9 @@ sign, wipe, and for HSS its leases by CAS); sustained
 end-to-end throughput through client, policy, signer, hsm-node and result with audit
 on; open-loop latency at 25/50/80 % of that throughput, measured from each request's
 scheduled send time so queueing is never hidden; scaling over 1, 2 and 3 HSM nodes;
-a node SIGKILLed at 50 % load; and CPU time per signed request spent outside the HSM.
+a node SIGKILLed at 50 % load; CPU time per signed request spent outside the HSM; and
+the cost of a three-server NATS cluster with every stream at three replicas against one
+server (throughput, and p99 at the same offered load), each on a platform of its own.
 Writes a JSON file, prints a table and draws latency against throughput (PNG).
 """
 
@@ -62,10 +64,13 @@ class Durations:
     open_loop_s: float = 6.0
     scaling_s: float = 5.0
     kill_s: float = 10.0
+    replicas_s: float = 8.0
 
     @staticmethod
     def smoke() -> Durations:
-        return Durations(raw_s=1.0, sustained_s=2.0, open_loop_s=1.5, scaling_s=1.5, kill_s=4.0)
+        return Durations(
+            raw_s=1.0, sustained_s=2.0, open_loop_s=1.5, scaling_s=1.5, kill_s=4.0, replicas_s=2.0
+        )
 
 
 @dataclass
@@ -109,11 +114,24 @@ class KillRun:
 
 
 @dataclass
+class ReplicaRun:
+    """One NATS layout measured: ``servers`` nats-servers, every stream at ``replicas``."""
+
+    servers: int
+    replicas: int
+    sustained_per_s: float
+    # Open loop at the same offered load for every layout (half of the first's sustained).
+    latency: Latency
+    nats_cpu_us: float  # CPU of every nats-server per signed request (sustained run)
+
+
+@dataclass
 class Report:
     machine: dict[str, Any]
     curves: list[CurveRun] = field(default_factory=list)
     scaling: list[dict[str, float]] = field(default_factory=list)
     kill: KillRun | None = None
+    replicas: list[ReplicaRun] = field(default_factory=list)
     json_path: str = ""
     chart_path: str = ""
 
@@ -364,14 +382,16 @@ def _cpu_s(pid: int) -> float:
 
 def cpu_snapshot(stack: DevStack) -> dict[str, float]:
     snap = {name: _cpu_s(p.pid) for name, p in stack.procs.processes.items() if p.alive}
-    snap["nats"] = _cpu_s(stack.nats.proc.pid)
+    snap["nats"] = sum(_cpu_s(s.proc.pid) for s in stack.nats_servers if s.proc.alive)
     return snap
 
 
 # -- one stack -------------------------------------------------------------------------------
 
 
-async def _stack(run_dir: Path, nodes: int) -> tuple[DevStack, list[CustodyClient]]:
+async def _stack(
+    run_dir: Path, nodes: int, nats_cluster: int = 1
+) -> tuple[DevStack, list[CustodyClient]]:
     key = nacl.signing.SigningKey.generate()
     requester = RequesterConfig(
         name=REQUESTER,
@@ -380,7 +400,10 @@ async def _stack(run_dir: Path, nodes: int) -> tuple[DevStack, list[CustodyClien
         may_create_keys=True,
         blind_keys=["bench-*"],
     )
-    stack = await start_platform(run_dir / f"{nodes}-nodes", nodes=nodes, requesters=[requester])
+    where = run_dir / (f"{nodes}-nodes" + (f"-{nats_cluster}-nats" if nats_cluster > 1 else ""))
+    stack = await start_platform(
+        where, nodes=nodes, requesters=[requester], nats_cluster=nats_cluster
+    )
     servers = stack.config.nats.servers
     clients = [
         await CustodyClient.connect(servers, REQUESTER, key, **stack.requester_options(REQUESTER))
@@ -496,12 +519,75 @@ async def run_bench(
             await c.close()
         await stack.stop()
 
+    report.replicas = await replica_cost(run_dir, durations, in_flight, say)
+
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report.json_path = str(out_dir / f"bench-{stamp}.json")
     report.chart_path = str(out_dir / f"bench-{stamp}.png")
     Path(report.json_path).write_text(json.dumps(asdict(report), indent=2) + "\n")
     chart(report, Path(report.chart_path))
     return report
+
+
+async def replica_cost(
+    run_dir: Path, durations: Durations, in_flight: int, say: Any = print
+) -> list[ReplicaRun]:
+    """One nats-server (streams at 1 replica), then a 3-server cluster (3 replicas), each
+    on a fresh 3-node platform: sustained secp256k1 throughput, and open-loop latency at
+    the same offered load for both (half the single server's throughput)."""
+    runs: list[ReplicaRun] = []
+    offered: float | None = None
+    for servers in (1, 3):
+        # Platforms of their own (the main stage's 3-node stack has its own directory).
+        stack, clients = await _stack(run_dir / "replicas", 3, nats_cluster=servers)
+        try:
+            await _keys(stack, clients[0], ["secp256k1"])
+            await sustained(clients, "secp256k1", 1.0, in_flight)  # warm up
+            before = cpu_snapshot(stack)
+            signed, secs = await sustained(clients, "secp256k1", durations.replicas_s, in_flight)
+            nats_cpu = cpu_snapshot(stack)["nats"] - before["nats"]
+            rate = signed / secs
+            offered = offered or rate * 0.5
+            sent = await open_loop(clients, "secp256k1", offered, durations.open_loop_s)
+            run = ReplicaRun(
+                servers=servers,
+                replicas=stack.config.nats.stream_replicas,
+                sustained_per_s=round(rate, 1),
+                latency=summarise(offered, sent, durations.open_loop_s),
+                nats_cpu_us=round(nats_cpu / max(1, signed) * 1e6, 1),
+            )
+            runs.append(run)
+            say(
+                f"  {servers} NATS server(s), {run.replicas} replica(s): {rate:.0f}/s; at "
+                f"{offered:.0f}/s p50 {run.latency.p50_ms} ms, p99 {run.latency.p99_ms} ms, "
+                f"lost {run.latency.lost}; NATS CPU {run.nats_cpu_us:.0f} us/request"
+            )
+        finally:
+            for c in clients:
+                await c.close()
+            await stack.stop()
+    return runs
+
+
+def replica_lines(runs: list[ReplicaRun]) -> list[str]:
+    """The 3-replica cost against 1, for the table."""
+    if len(runs) < 2:
+        return []
+    one, three = runs[0], runs[-1]
+    drop = 1 - three.sustained_per_s / one.sustained_per_s if one.sustained_per_s else 0.0
+    load = f"{one.latency.offered_per_s:.0f}/s"
+    lines = ["", f"NATS replicas (secp256k1, 3 HSM nodes; open loop at {load}):"]
+    for r in runs:
+        lines.append(
+            f"  {r.servers} server(s), R{r.replicas}: {r.sustained_per_s:.0f}/s, p50 "
+            f"{r.latency.p50_ms:.1f} ms, p99 {r.latency.p99_ms:.1f} ms, lost {r.latency.lost}, "
+            f"NATS CPU {r.nats_cpu_us:.0f} us/request"
+        )
+    lines.append(
+        f"  cost of 3 replicas: throughput {-drop:+.0%}, p99 "
+        f"{three.latency.p99_ms - one.latency.p99_ms:+.1f} ms"
+    )
+    return lines
 
 
 async def kill_at_half_load(
@@ -583,6 +669,7 @@ def table(report: Report) -> str:
             f"flight, worst {k.worst_in_flight_ms:.0f} ms (+{k.added_latency_ms:.0f} ms "
             f"over p50 {k.baseline_p50_ms:.1f} ms)"
         )
+    lines += replica_lines(report.replicas)
     lines += ["", f"json  {report.json_path}", f"chart {report.chart_path}"]
     return "\n".join(lines)
 
@@ -623,6 +710,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     lost = sum(p.lost for c in report.curves for p in c.latency) + (
         report.kill.lost if report.kill else 0
     )
+    lost += sum(r.latency.lost for r in report.replicas)
     return 1 if lost else 0
 
 

@@ -1,8 +1,8 @@
 """Load with faults injected: the chaos tests and ``lantau chaos`` share this runner.
 
 Several clients keep a steady number of sign requests in flight; faults (SIGKILL,
-SIGSTOP, SIGCONT, restart of hsm-nodes) fire at set times. Every request is followed
-to its terminal result and checked: exactly one result, signature verified
+SIGSTOP, SIGCONT, restart of hsm-nodes or NATS servers) fire at set times. Every request
+is followed to its terminal result and checked: exactly one result, signature verified
 independently, no request lost.
 """
 
@@ -22,9 +22,18 @@ from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient, CustodyError, RequestIdConflict, ResultTimeout
 from proto.common import PayloadKind
 from proto.results import SignResult
-from proto.subjects import RESULT_PREFIX, RESULTS, result_subject
+from proto.subjects import ORDERS, RESULT_PREFIX, RESULTS, result_subject
 
-Action = str  # "kill" | "stop" | "cont" | "restart"; target a service, or "nats"
+Action = str  # "kill" | "stop" | "cont" | "restart"; for NATS also "wipe" and "rolling"
+# NATS targets: "nats" (the one server of a single-server stack), a cluster server by name
+# ("nats-2"), or the server leading at the first fault that names it, remembered for the
+# rest of the run (a later "restart" brings back the same one): "nats:meta-leader" (the
+# JetStream meta leader), "nats:orders-leader" (the leader of LANTAU_ORDERS). "wipe":
+# SIGKILL, delete the server's store, start it empty. "rolling" on "nats:all": restart
+# every server in turn (SIGTERM, start, wait until it caught up).
+META_LEADER = "nats:meta-leader"
+ORDERS_LEADER = "nats:orders-leader"
+ALL_SERVERS = "nats:all"
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class FaultReport:
     in_flight: int = 0
     worst_latency_ms: float = 0.0
     added_latency_ms: float = 0.0
+    # The NATS server a fault on a leader or a cluster hit.
+    server: str = ""
 
 
 @dataclass
@@ -62,6 +73,8 @@ class ChaosReport:
     duplicates: int = 0
     unverified: int = 0
     baseline_p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    max_ms: float = 0.0
     by_node: dict[str, int] = field(default_factory=dict)
     faults: list[FaultReport] = field(default_factory=list)
     signed_after: dict[str, int] = field(default_factory=dict)
@@ -72,16 +85,18 @@ class ChaosReport:
         out = [
             f"requests sent {self.sent}, signed {self.signed}, failed {self.failed}, "
             f"lost {self.lost}, duplicates {self.duplicates}, unverified {self.unverified}",
-            f"baseline latency p50 {self.baseline_p50_ms:.1f} ms; signed per node {self.by_node}",
+            f"baseline latency p50 {self.baseline_p50_ms:.1f} ms, p99 {self.p99_ms:.0f} ms, "
+            f"worst {self.max_ms:.0f} ms; signed per node {self.by_node}",
         ]
         for f in self.faults:
+            hit = f" ({f.server})" if f.server and f.server != f.fault.target else ""
             out.append(
-                f"{f.fault.action:>7} {f.fault.target} at {f.fault.at_s:.1f}s: "
+                f"{f.fault.action:>7} {f.fault.target}{hit} at {f.fault.at_s:.1f}s: "
                 f"{f.in_flight} in flight, worst latency {f.worst_latency_ms:.0f} ms "
                 f"(+{f.added_latency_ms:.0f} ms over p50)"
             )
         for node, n in self.signed_after.items():
-            if node == "nats":
+            if node.startswith("nats"):
                 continue
             out.append(f"after its restart {node} signed {n} requests")
         return out
@@ -195,18 +210,37 @@ async def run_chaos(
             n += 1
             await one(client, w * 1_000_000 + n)
 
+    def note(fault: Fault, at: float, server: str = "") -> None:
+        in_flight = [o for o in outcomes if o.done_at is None]
+        report.faults.append(FaultReport(fault, at, in_flight=len(in_flight), server=server))
+        fault_in_flight[id(report.faults[-1])] = in_flight
+
     async def fire() -> None:
+        chosen: dict[str, str] = {}
         for fault in sorted(faults, key=lambda f: f.at_s):
             await asyncio.sleep(max(0.0, start + fault.at_s - time.monotonic()))
             now = time.monotonic()
+            if fault.target.startswith("nats") and stack.cluster is not None:
+                if fault.action == "rolling":
+                    for server in stack.cluster.servers:
+                        note(Fault(time.monotonic() - start, "restart", server.name), now)
+                        await asyncio.to_thread(stack.cluster.restart, server.name)
+                        now = time.monotonic()
+                    continue
+                if fault.target not in chosen:
+                    chosen[fault.target] = await asyncio.to_thread(
+                        nats_server_for, stack, fault.target
+                    )
+                name = chosen[fault.target]
+                note(fault, now, name)
+                await asyncio.to_thread(cluster_fault, stack, fault.action, name)
+                continue
             if fault.target == "nats":
                 if fault.action == "kill":
                     stack.nats.kill()
                 else:  # the same store: what JetStream had acknowledged must still be there
                     await asyncio.to_thread(stack.nats.start)
-                in_flight = [o for o in outcomes if o.done_at is None]
-                report.faults.append(FaultReport(fault, now, in_flight=len(in_flight)))
-                fault_in_flight[id(report.faults[-1])] = in_flight
+                note(fault, now)
                 continue
             proc = stack.service(fault.target)
             if fault.action == "kill":
@@ -265,6 +299,10 @@ async def run_chaos(
         (o.done_at - o.sent_at) * 1000 for o in outcomes if o.done_at and o.done_at < first_fault
     ]
     report.baseline_p50_ms = statistics.median(calm) if calm else 0.0
+    every = sorted((o.done_at - o.sent_at) * 1000 for o in outcomes if o.done_at)
+    if every:
+        report.p99_ms = every[max(0, -(-99 * len(every) // 100) - 1)]
+        report.max_ms = every[-1]
     for f in report.faults:
         latencies = [(o.done_at - o.sent_at) * 1000 for o in fault_in_flight[id(f)] if o.done_at]
         f.worst_latency_ms = max(latencies, default=0.0)
@@ -274,6 +312,38 @@ async def run_chaos(
                 o.node == f.fault.target and o.sent_at > f.at for o in outcomes
             )
     return report
+
+
+def nats_server_for(stack: DevStack, target: str) -> str:
+    """The cluster server a NATS target names now (leaders found by /jsz)."""
+    cluster = stack.cluster
+    assert cluster is not None, "leader targets need a NATS cluster (nats_cluster=3)"
+    if target == META_LEADER:
+        return cluster.wait_meta_leader(30.0)
+    if target == ORDERS_LEADER:
+        return cluster.wait_stream_leader(ORDERS.name, 30.0)
+    return cluster.server(target).name
+
+
+def cluster_fault(stack: DevStack, action: Action, name: str) -> None:
+    """One fault on one server of the cluster (blocking: run it in a thread)."""
+    cluster = stack.cluster
+    assert cluster is not None
+    if action == "kill":
+        cluster.kill(name)
+    elif action == "stop":
+        cluster.freeze(name)
+    elif action == "cont":
+        cluster.thaw(name)
+    elif action == "restart":
+        if cluster.server(name).proc.alive:
+            cluster.restart(name)
+        else:  # on the store it had: what it acknowledged must still be there
+            cluster.start_server(name)
+    elif action == "wipe":
+        cluster.wipe(name)
+    else:
+        raise ValueError(f"no NATS fault {action!r}")
 
 
 async def _result_counts(stack: DevStack) -> dict[str, int]:

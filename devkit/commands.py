@@ -24,11 +24,17 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
             demo=args.demo,
             keep_running=not args.exit,
             prometheus=args.prometheus,
+            nats_cluster=args.nats_cluster,
         )
     )
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
+    if args.bus is not None:
+        from devkit.buschaos import LONG_SCALE, chaos_bus_demo
+
+        scale = LONG_SCALE if args.long else 1.0
+        return asyncio.run(chaos_bus_demo(Path(args.dir) / "bus", args.bus, scale))
     from devkit.chaos import chaos_demo
 
     shutil.rmtree(args.dir, ignore_errors=True)
@@ -68,6 +74,13 @@ def add_parsers(sub: argparse._SubParsersAction, run_dir: Path) -> None:
     p.add_argument(
         "--prometheus", action="store_true", help="also run Prometheus scraping the stack"
     )
+    p.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N nats-servers as one JetStream cluster (3: every stream at 3 replicas)",
+    )
     p.set_defaults(fn=cmd_dev_up)
 
     p = sub.add_parser("chaos", help="watch failover live: load on a dev stack while HSM nodes die")
@@ -79,6 +92,14 @@ def add_parsers(sub: argparse._SubParsersAction, run_dir: Path) -> None:
         help="stateful HSS keys: kill, hang, restart and join nodes while signing, then "
         "check every signature and that no one-time key was used twice",
     )
+    p.add_argument(
+        "--bus",
+        nargs="*",
+        metavar="SCENARIO",
+        help="lose NATS servers instead, on a 3-server cluster: meta-leader, orders-leader, "
+        "freeze, rolling, wipe (default: all, each on a fresh stack)",
+    )
+    p.add_argument("--long", action="store_true", help="with --bus: four times longer")
     p.set_defaults(fn=cmd_chaos)
 
     bench.add_parsers(sub)

@@ -132,7 +132,13 @@ def prepare_run_dir(run_dir: Path) -> RequesterConfig:
 
 
 async def dev_up_with_demo(
-    run_dir: Path, *, nodes: int, demo: bool, keep_running: bool, prometheus: bool = False
+    run_dir: Path,
+    *,
+    nodes: int,
+    demo: bool,
+    keep_running: bool,
+    prometheus: bool = False,
+    nats_cluster: int = 1,
 ) -> int:
     from devkit import stack as devstack
 
@@ -152,5 +158,6 @@ async def dev_up_with_demo(
         on_ready=on_ready,
         keep_running=keep_running,
         prometheus=prometheus,
+        nats_cluster=nats_cluster,
     )
     return code or (0 if outcome["ok"] else 1)

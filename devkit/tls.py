@@ -1,6 +1,9 @@
-"""The dev stack's own certificate authority (``cryptography``): a CA, a server
-certificate for 127.0.0.1/localhost (also usable for cluster routes), and client
-certificates for mutual TLS. Private keys are written 0600 at creation."""
+"""The dev stack's own certificate authorities (``cryptography``): a CA for the NATS
+servers' certificate (127.0.0.1/localhost) and the clients' (mutual TLS), and a CA of
+its own for the cluster routes, which signs the route certificate only. A route is then
+mutual TLS with that CA alone: a client's or a server's certificate can neither open a
+route nor answer one (a server dialing a peer checks the peer's certificate too, and
+only the route CA's pass). Private keys are written 0600 at creation."""
 
 from __future__ import annotations
 
@@ -30,6 +33,24 @@ class DevPki:
     ca: Path
     server: CertFiles
     client: CertFiles
+    # Presented by every server on its cluster routes, and the only certificate a server
+    # accepts a route from (nats-server maps it to the route user: ``route_user``); signed
+    # by ``route_ca``, which signs nothing else.
+    route: CertFiles
+    route_ca: Path
+
+    def route_user(self) -> str:
+        """The route certificate's subject as nats-server names it (RFC 4514), which
+        ``verify_and_map`` compares with the cluster's authorization user."""
+        return subject_of(self.route.cert)
+
+
+ROUTE_NAME = "nats-route"
+
+
+def subject_of(cert_path: Path) -> str:
+    """A certificate's subject, RFC 4514 (most specific first, as nats-server prints it)."""
+    return x509.load_pem_x509_certificate(cert_path.read_bytes()).subject.rfc4514_string()
 
 
 def _name(common_name: str) -> x509.Name:
@@ -50,9 +71,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _load_ca(
-    directory: Path,
+    directory: Path, stem: str = "ca", common_name: str = "Lantau dev CA"
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    ca_cert, ca_key = directory / "ca.pem", directory / "ca-key.pem"
+    ca_cert, ca_key = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
     if ca_cert.exists() and ca_key.exists():
         cert = x509.load_pem_x509_certificate(ca_cert.read_bytes())
         key = serialization.load_pem_private_key(ca_key.read_bytes(), None)
@@ -62,8 +83,8 @@ def _load_ca(
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("Lantau dev CA"))
-        .issuer_name(_name("Lantau dev CA"))
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -142,8 +163,11 @@ def make_pki(directory: Path) -> DevPki:
     """The dev CA and its certificates in ``directory`` (kept when already there)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = _load_ca(directory)
+    route_ca = _load_ca(directory, "route-ca", "Lantau dev route CA")
     return DevPki(
         ca=directory / "ca.pem",
         server=issue(directory, "nats-server", server=True, ca=ca),
         client=issue(directory, "lantau-client", server=False, ca=ca),
+        route=issue(directory, ROUTE_NAME, server=True, ca=route_ca),
+        route_ca=directory / "route-ca.pem",
     )

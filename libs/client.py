@@ -27,8 +27,8 @@ from nats.js import JetStreamContext
 from libs import tracing
 from libs.bus.connect import connect
 from libs.bus.permissions import requester_identity
-from libs.bus.publish import last_on_subject
-from libs.bus.violations import guarded, subscribe_checked
+from libs.bus.publish import RETRY_FOR_S, last_on_subject, put
+from libs.bus.violations import subscribe_checked
 from libs.clock import now_ms
 from libs.config import NatsConfig
 from proto import codec
@@ -60,6 +60,9 @@ DEFAULT_TTL_MS = 120_000
 # While waiting, also look at the stored result now and then: covers a resend whose
 # original was answered long ago, and results published during a reconnect.
 POLL_INTERVAL_S = 1.0
+# A request JetStream did not acknowledge (a NATS server lost, a stream electing its
+# leader) is published again with the same message id for this long: JetStream keeps one.
+SUBMIT_RETRY_S = RETRY_FOR_S
 
 
 class CustodyError(LantauError):
@@ -122,8 +125,10 @@ class CustodyClient:
         signing_key: nacl.signing.SigningKey,
         *,
         owns_connection: bool = False,
+        submit_retry_s: float = SUBMIT_RETRY_S,
     ) -> None:
         self._nc = nc
+        self.submit_retry_s = submit_retry_s
         self._js: JetStreamContext = nc.jetstream()
         self.requester = requester
         self._key = signing_key
@@ -143,10 +148,13 @@ class CustodyClient:
         ca_file: str | None = None,
         cert_file: str | None = None,
         key_file: str | None = None,
+        ping_interval_s: float | None = None,
     ) -> CustodyClient:
         """Connect as the requester's NATS identity: ``seed_file`` holds its nkey seed
         (``lantau bus nkey``); ``ca_file`` turns TLS on, ``cert_file``/``key_file`` add
-        the client certificate when the server wants mutual TLS."""
+        the client certificate when the server wants mutual TLS. Give every server of a
+        cluster: the connection moves to another when its server dies, or stops answering
+        for about three ``ping_interval_s`` (NatsConfig's default when not given)."""
         cfg = NatsConfig(
             servers=[servers] if isinstance(servers, str) else list(servers),
             seed_file=seed_file,
@@ -154,6 +162,8 @@ class CustodyClient:
             cert_file=cert_file,
             key_file=key_file,
         )
+        if ping_interval_s is not None:
+            cfg = msgspec.structs.replace(cfg, ping_interval_s=ping_interval_s)
         try:
             nc = await connect(
                 cfg, f"lantau-client-{requester}", identity=requester_identity(requester)
@@ -329,7 +339,7 @@ class CustodyClient:
         self._waiting.setdefault(request.request_id, []).append(inbox)
         try:
             if await self.submit(request) or resend:
-                stored = await self.get_result(request.request_id)
+                stored = await self._poll(request.request_id)
                 if stored is not None:
                     return self._own(stored, expected, request.request_id)
             loop = asyncio.get_running_loop()
@@ -339,7 +349,7 @@ class CustodyClient:
                     data = await asyncio.wait_for(inbox.get(), timeout=min(left, POLL_INTERVAL_S))
                     return self._own(codec.RESULT.decode(data), expected, request.request_id)
                 except TimeoutError:
-                    stored = await self.get_result(request.request_id)
+                    stored = await self._poll(request.request_id)
                     if stored is not None:
                         return self._own(stored, expected, request.request_id)
             raise ResultTimeout(
@@ -367,8 +377,14 @@ class CustodyClient:
             }
         )
         try:
-            ack = await guarded(
-                self._nc, subject, self._js.publish(subject, codec.encode(request), headers=headers)
+            # Tried again (same message id) through a leader election or a lost server.
+            done = await put(
+                self._js,
+                subject,
+                codec.encode(request),
+                headers,
+                retry_for_s=self.submit_retry_s,
+                expects_last=False,
             )
         except LantauError as e:
             raise PermissionDenied(e.message, request.request_id) from None
@@ -378,7 +394,18 @@ class CustodyClient:
                 "it is safe to send it again",
                 request.request_id,
             ) from None
-        return bool(ack.duplicate)
+        assert done.ack is not None  # expects_last=False: a refusal raises
+        return bool(done.ack.duplicate)
+
+    async def _poll(self, request_id: str) -> Result | None:
+        """``get_result`` while waiting: a bus that does not answer this time (a server
+        lost, the client reconnecting) is not an answer; the wait goes on."""
+        try:
+            return await self.get_result(request_id)
+        except PermissionDenied:
+            raise
+        except (nats.errors.Error, TimeoutError):
+            return None
 
     async def get_result(self, request_id: str) -> Result | None:
         """The stored terminal result of a request, or None while it has none."""

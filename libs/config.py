@@ -76,6 +76,12 @@ class NatsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     # Window in which JetStream drops a republished message with the same Nats-Msg-Id.
     duplicate_window_s: Positive = 86400
     connect_timeout_s: float = 5.0
+    # A connection pings its server this often and gives it up after this many unanswered
+    # pings, moving to another server of the cluster: a hung (not dead) server, whose
+    # sockets stay open, is left after about ping_interval_s x (max_outstanding_pings + 1).
+    # nats-py's own default is 2 minutes.
+    ping_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    max_outstanding_pings: Annotated[int, msgspec.Meta(ge=1)] = 2
     # A delivered message not acked within this time goes to another replica. Longer than
     # any handler takes (HSM deadline x attempts), short enough to recover quickly.
     ack_wait_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0

@@ -162,3 +162,16 @@ BUS_PERMISSION_VIOLATIONS = Counter(
     "(publish, subscribe): a misconfigured allow-list, or a process doing what it must not.",
     ["kind"],
 )
+# Set by the audit service's sweep from the stream info it reads anyway (every stream it
+# records, and its log): the replicas of a stream, and how many are current.
+NATS_STREAM_REPLICAS = Gauge(
+    "lantau_nats_stream_replicas",
+    "Replicas a JetStream stream is configured with (num_replicas).",
+    ["stream"],
+)
+NATS_STREAM_REPLICAS_CURRENT = Gauge(
+    "lantau_nats_stream_replicas_current",
+    "Replicas of a stream that are current (its leader and the followers caught up); 0 when "
+    "the stream does not answer. Below lantau_nats_stream_replicas: a NATS server is lost.",
+    ["stream"],
+)

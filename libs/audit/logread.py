@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
+from nats.js.api import StreamInfo
 
 from libs.audit.trail import LogItem, decode_item
 from proto.errors import ErrorCode, LantauError
@@ -31,6 +32,22 @@ class Bounds:
     first_seq: int
     last_seq: int
     direct: bool
+    # The stream's replicas (its num_replicas) and how many are current: its leader and
+    # the followers caught up. Fewer current than configured: a NATS server is lost or
+    # behind (alert LantauNatsReplicaLost).
+    replicas: int = 1
+    current: int = 1
+
+
+def replica_health(info: StreamInfo) -> tuple[int, int]:
+    """(configured, current) replicas of a stream as its leader reports them (pure)."""
+    wanted = max(1, int(getattr(info.config, "num_replicas", None) or 1))
+    cluster = info.cluster
+    if cluster is None:  # a server alone: the one replica answered
+        return wanted, 1
+    current = 1 if cluster.leader else 0
+    current += sum(1 for p in cluster.replicas or () if p.current and not p.offline)
+    return wanted, current
 
 
 @dataclass(frozen=True)
@@ -55,8 +72,13 @@ async def bounds(js: JetStreamContext, stream: str = AUDIT_CHAIN.name) -> Bounds
             ErrorCode.AUDIT_LOG_UNREADABLE,
             f"NATS did not answer for stream {stream} ({type(e).__name__}): is JetStream up?",
         ) from None
+    replicas, current = replica_health(info)
     return Bounds(
-        info.state.first_seq, info.state.last_seq, bool(getattr(info.config, "allow_direct", False))
+        info.state.first_seq,
+        info.state.last_seq,
+        bool(getattr(info.config, "allow_direct", False)),
+        replicas,
+        current,
     )
 
 

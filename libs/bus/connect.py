@@ -36,7 +36,12 @@ logging.getLogger("asyncio").addFilter(_QuietTlsClose())
 def options(cfg: NatsConfig, identity: str | None, seed_file: str | None = None) -> dict[str, Any]:
     """nats.connect options for ``identity`` (its inbox prefix) with the seed in
     ``seed_file`` (default ``cfg.seed_file``) and the TLS files of ``cfg``."""
-    found: dict[str, Any] = {"servers": cfg.servers, "connect_timeout": cfg.connect_timeout_s}
+    found: dict[str, Any] = {
+        "servers": cfg.servers,
+        "connect_timeout": cfg.connect_timeout_s,
+        "ping_interval": cfg.ping_interval_s,
+        "max_outstanding_pings": cfg.max_outstanding_pings,
+    }
     path = seed_file or cfg.seed_file
     if path:
         found["nkeys_seed_str"] = read_seed(path).decode()

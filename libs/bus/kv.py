@@ -8,6 +8,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js.kv import KeyValue
 
+from libs.bus.publish import until_stored
 from libs.bus.violations import guarded
 from proto.subjects import js_direct_get, kv_key_subject, kv_stream
 
@@ -35,12 +36,17 @@ async def read(kv: KeyValue, key: str) -> tuple[bytes | None, int]:
 
 async def write(kv: KeyValue, key: str, value: bytes, revision: int) -> int | None:
     """Compare-and-set: the new revision, or None if someone else changed the key since
-    ``revision`` (0: if it exists at all)."""
+    ``revision`` (0: if it exists at all). Tried again while the bucket has no leader to
+    take it (a NATS server lost): such a try changed nothing."""
     subject = kv_key_subject(_name(kv), key)
-    try:
+
+    async def once() -> int:
         if revision == 0:
             return await guarded(_nc(kv), subject, kv.create(key, value))
         return await guarded(_nc(kv), subject, kv.update(key, value, last=revision))
+
+    try:
+        return await until_stored(once)
     except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
         return None
 

@@ -29,7 +29,7 @@ from libs.clock import now_ms
 from libs.config import AuditConfig
 from proto.audit import AuditCheckpoint, WitnessStatus
 from proto.errors import ErrorCode, LantauError
-from proto.subjects import AUDIT_CHECKPOINT_KEY
+from proto.subjects import AUDIT_CHAIN, AUDIT_CHECKPOINT_KEY
 from services.audit.batch import Pending, Waiting
 from services.audit.facts import describe
 from services.audit.sinks import Sinks
@@ -272,7 +272,7 @@ class Appender:
         lag = 0
         cursors = self.writer.trail.cursors
         for stream in self._sources:
-            b = await logread.bounds(self._js, stream)
+            b = await self._bounds(stream)
             at = cursors.get(stream, 0)
             behind = b.last_seq - at
             lag += max(0, behind)
@@ -281,8 +281,20 @@ class Appender:
                 await self._read_stream(stream, at + 1, at + self.cfg.batch_max_facts)
             self._swept_at[stream] = at
         metrics.AUDIT_LAG.set(lag)
-        if await self.writer.last_log_seq() != self.writer.trail.last_log_seq:
+        if (await self._bounds(AUDIT_CHAIN.name)).last_seq != self.writer.trail.last_log_seq:
             await self.writer.catch_up()  # foreign entries get their note in the next record
+
+    async def _bounds(self, stream: str) -> logread.Bounds:
+        """A stream's bounds; its replicas' health goes to the NATS gauges on the way (a
+        stream that does not answer has no current replica that this service can see)."""
+        try:
+            b = await logread.bounds(self._js, stream)
+        except LantauError:
+            metrics.NATS_STREAM_REPLICAS_CURRENT.labels(stream).set(0)
+            raise
+        metrics.NATS_STREAM_REPLICAS.labels(stream).set(b.replicas)
+        metrics.NATS_STREAM_REPLICAS_CURRENT.labels(stream).set(b.current)
+        return b
 
     # -- checkpoints and witnesses -------------------------------------------
 

@@ -12,6 +12,7 @@ from proto.requests import CreateKeyRequest, Request, request_hash
 from proto.results import unsuccessful
 from proto.subjects import (
     HDR_REQUEST_ID,
+    RESULTS,
     request_key,
     result_subject,
 )
@@ -44,7 +45,7 @@ async def publish_refusal(
         completed_at_ms=now_ms(),
     )
     subject = result_subject(request.requester, request.request_id)
-    published = await publish(js, subject, result, first_on_subject=True)
+    published = await publish(js, subject, result, first_on_subject=True, stream=RESULTS.name)
     if published:
         metrics.RESULTS.labels("policy", status, code).inc()
     return published

@@ -51,7 +51,9 @@ class IntentLog:
 
     async def record(self, intent: AuditIntent) -> None:
         """Durably store the next attempt, or raise EarlierAttempt."""
-        seq = await publish_after(self._js, self.subject, intent, self.last_seq)
+        # Named stream: a try that timed out in a leader election is resolved by reading
+        # the subject back (our own intent found there is ours, not an earlier attempt).
+        seq = await publish_after(self._js, self.subject, intent, self.last_seq, stream=AUDIT.name)
         if seq is None:
             raise EarlierAttempt(self.request_id)
         self.last_seq = seq

@@ -346,7 +346,9 @@ class Signer:
         self, order: SignOrder | CreateKeyOrder, result: SignResult | KeyResult
     ) -> None:
         subject = result_subject(order.requester, order.request_id)
-        first = await publish(self.rt.js, subject, result, first_on_subject=True)
+        first = await publish(
+            self.rt.js, subject, result, first_on_subject=True, stream=RESULTS.name
+        )
         kind = "sign" if isinstance(order, SignOrder) else "create_key"
         code = result.error.code if result.error else ""
         if first:

@@ -35,6 +35,14 @@ async def test_a_smoke_run_measures_every_stage(tmp_path: Path):
     assert [s["nodes"] for s in data["scaling"]] == [1, 2, 3]
     kill = data["kill"]
     assert kill["lost"] == 0 and kill["sent"] == kill["signed"] + kill["failed"]
+    # The NATS stage: one server against a 3-server cluster at 3 replicas, same offered load.
+    replicas = data["replicas"]
+    assert [(r["servers"], r["replicas"]) for r in replicas] == [(1, 1), (3, 3)]
+    assert replicas[0]["latency"]["offered_per_s"] == replicas[1]["latency"]["offered_per_s"]
+    for r in replicas:
+        assert r["sustained_per_s"] > 0 and r["nats_cpu_us"] > 0
+        assert r["latency"]["lost"] == 0 and r["latency"]["signed"] == r["latency"]["sent"]
     assert Path(report.chart_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = table(report)
     assert "SIGKILL of hsm-2" in text and "secp256k1" in text
+    assert "cost of 3 replicas: throughput" in text

@@ -30,6 +30,7 @@ EXPECTED_ALERTS = {
     "LantauAuditUnwitnessed",
     "LantauDeadLetters",
     "LantauServiceDown",
+    "LantauNatsReplicaLost",
 }
 
 

@@ -74,32 +74,22 @@ def test_three_nats_servers_with_jetstream_in_one_cluster(resolved: dict) -> Non
         assert flags["--cluster_name"] == "lantau"
         routes = {r.split("//")[1].split(":")[0] for r in flags["--routes"].split(",")}
         assert routes == set(nats) - {name}, name
+        assert all(r.startswith("nats-route://") for r in flags["--routes"].split(","))
+        # --cluster would clear the route authorization nats.conf sets (nats-server's
+        # overrideCluster empties the cluster user when the flag's URL has none).
+        assert "--cluster" not in flags and "--cluster_listen" not in flags, name
+        secrets = {s["source"] for s in svc["secrets"]}
+        assert {"nats-route-ca", "nats-route-cert", "nats-route-key"} <= secrets, name
         store = [v for v in svc["volumes"] if v.split(":")[1] == flags["--store_dir"]]
         assert store and store[0].split(":")[0] in resolved["volumes"], f"{name}: named volume"
         assert "healthcheck" in svc
 
 
-def test_nats_config_is_valid_for_nats_server(resolved: dict, tmp_path: Path) -> None:
-    """The mounted config plus the first server's flags, checked by nats-server -t (with
-    stand-in TLS files and users: the real ones come from make-secrets, tested below)."""
-    from devkit.tls import make_pki
-
-    svc = resolved["services"]["nats-1"]
-    conf = next(v.split(":")[0] for v in svc["volumes"] if v.endswith("/etc/nats/lantau.conf:ro"))
-    text = Path(conf).read_text()
-    assert "sync_interval: always" in text
-    pki = make_pki(tmp_path / "tls")
-    for secret, path in (
-        ("nats-ca", pki.ca),
-        ("nats-server-cert", pki.server.cert),
-        ("nats-server-key", pki.server.key),
-    ):
-        text = text.replace(f"/run/secrets/{secret}", str(path))
-    (tmp_path / "lantau.conf").write_text(text)
-    (tmp_path / "authorization.conf").write_text("authorization { users = [] }\n")
+def _check_nats_config(conf_dir: Path, svc: dict) -> None:
+    """nats-server -t on the mounted config with one server's flags, routes included."""
     args = [a for a in svc["command"] if not a.startswith("--config=")]
     proc = subprocess.run(
-        [nats_server_binary(), "-c", str(tmp_path / "lantau.conf"), "-t", *args],
+        [nats_server_binary(), "-c", str(conf_dir / "lantau.conf"), "-t", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -108,6 +98,63 @@ def test_nats_config_is_valid_for_nats_server(resolved: dict, tmp_path: Path) ->
     # nats-server prints its usage and still exits 0 on an unknown flag: read the output.
     assert proc.returncode == 0 and "is valid" in output, output
     assert "flag provided but not defined" not in output, output
+
+
+def _mounted_conf(resolved: dict) -> str:
+    svc = resolved["services"]["nats-1"]
+    conf = next(v.split(":")[0] for v in svc["volumes"] if v.endswith("/etc/nats/lantau.conf:ro"))
+    return Path(conf).read_text()
+
+
+@pytest.mark.parametrize("name", ["nats-1", "nats-2", "nats-3"])
+def test_nats_config_is_valid_for_nats_server(resolved: dict, tmp_path: Path, name: str) -> None:
+    """The mounted config plus each server's flags (its routes among them), checked by
+    nats-server -t (with stand-in TLS files and users: the real ones come from
+    make-secrets, tested below)."""
+    from devkit.tls import make_pki
+
+    text = _mounted_conf(resolved)
+    assert "sync_interval: always" in text
+    pki = make_pki(tmp_path / "tls")
+    for secret, path in (
+        ("nats-ca", pki.ca),
+        ("nats-server-cert", pki.server.cert),
+        ("nats-server-key", pki.server.key),
+        ("nats-route-ca", pki.route_ca),
+        ("nats-route-cert", pki.route.cert),
+        ("nats-route-key", pki.route.key),
+    ):
+        text = text.replace(f"/run/secrets/{secret}", str(path))
+    assert "/run/secrets/" not in text, "a secret the test does not stand in for"
+    (tmp_path / "lantau.conf").write_text(text)
+    (tmp_path / "authorization.conf").write_text("authorization { users = [] }\n")
+    _check_nats_config(tmp_path, resolved["services"][name])
+
+
+def test_routes_are_an_identity_of_their_own_as_in_the_dev_cluster(resolved: dict) -> None:
+    """Compose and `lantau dev up --nats-cluster 3` secure routes the same way: mutual TLS
+    with the route certificate, mapped to the route user (devkit/natsserver.py)."""
+    from devkit.natsserver import Routes, render_config
+    from devkit.tls import CertFiles
+
+    def cluster_block(text: str) -> str:
+        return text[text.index("cluster {") :]
+
+    compose = cluster_block(_mounted_conf(resolved))
+    files = CertFiles(Path("c"), Path("k"))
+    dev = cluster_block(
+        render_config(
+            port=1,
+            monitor_port=2,
+            store_dir=Path("s"),
+            routes=Routes(3, (4,), files, Path("ca"), "CN=nats-route,O=Lantau"),
+        )
+    )
+    for setting in ("verify_and_map: true", 'user: "CN=nats-route,O=Lantau"', "authorization {"):
+        assert setting in compose and setting in dev, setting
+    # Its own CA, on both sides (a server dialing a peer checks the peer's certificate).
+    assert 'ca_file: "/run/secrets/nats-route-ca"' in compose and 'ca_file: "ca"' in dev
+    assert "nats-route-cert" in compose and "nats-server-cert" not in compose
 
 
 def test_config_file_loads_with_libs_config(cfg: config_mod.Config) -> None:
@@ -241,15 +288,8 @@ def test_make_secrets_writes_every_secret_and_nats_accepts_them(
     assert "verify: true" in text and 'include "authorization.conf"' in text
     (conf_dir / "lantau.conf").write_text(text.replace("/run/secrets/", f"{secrets}/"))
     (conf_dir / "authorization.conf").write_text(auth)
-    svc = resolved["services"]["nats-1"]
-    args = [a for a in svc["command"] if not a.startswith("--config=")]
-    proc = subprocess.run(
-        [nats_server_binary(), "-c", str(conf_dir / "lantau.conf"), "-t", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 0 and "is valid" in proc.stdout + proc.stderr, proc.stderr
+    for name in ("nats-1", "nats-2", "nats-3"):
+        _check_nats_config(conf_dir, resolved["services"][name])
     # Running it again keeps every key and seed (a token's PIN, an identity never change).
     before = {p.name: p.read_bytes() for p in secrets.iterdir() if p.is_file()}
     env = {**os.environ, "LANTAU_SECRETS_DIR": str(secrets)}
@@ -380,3 +420,95 @@ def test_audit_keeps_its_record_key_and_witness_on_their_own_volumes(
         *(Path(s).parent for s in cfg.audit.witness_files),
     ):
         assert str(path) in dockerfile, f"{path}: a mount point the service user owns"
+
+
+def _loopback_flags(svc: dict, store: Path, ports: dict[str, tuple[int, int, int]]) -> list[str]:
+    """One compose server's flags with its names and ports moved to this machine: the
+    client and monitoring ports and its peers' route ports from ``ports`` (name ->
+    (client, http, route))."""
+    flags = [a for a in svc["command"] if not a.startswith("--config=")]
+    name = _flags(flags)["--server_name"]
+    client, http, _ = ports[name]
+    routes = ",".join(f"nats-route://127.0.0.1:{p[2]}" for n, p in ports.items() if n != name)
+    moved = []
+    for arg in flags:
+        key = arg.partition("=")[0]
+        if key == "--store_dir":
+            arg = f"--store_dir={store}"
+        elif key == "--routes":
+            arg = f"--routes={routes}"
+        moved.append(arg)
+    return [*moved, "-a", "127.0.0.1", "-p", str(client), "-m", str(http)]
+
+
+def test_the_compose_cluster_forms_with_the_files_make_secrets_writes(
+    resolved: dict, tmp_path: Path
+) -> None:
+    """The three servers as compose runs them (its config, each one's flags, the
+    certificates and users make-secrets writes), started here with names and ports moved
+    to loopback: the routes form over TLS and a meta leader is elected. A fourth server
+    presenting the servers' certificate on its routes is refused."""
+    import json
+    import time
+    import urllib.request
+
+    from devkit.natsserver import free_port, healthy
+    from devkit.procs import ManagedProcess
+
+    secrets = _run_make_secrets(tmp_path)
+    text = _mounted_conf(resolved).replace("/run/secrets/", f"{secrets}/")
+    auth = (secrets / "nats-authorization.conf").read_text()
+    names = ["nats-1", "nats-2", "nats-3"]
+    ports = {n: (free_port(), free_port(), free_port()) for n in [*names, "nats-4"]}
+    procs: dict[str, ManagedProcess] = {}
+
+    def launch(name: str, conf_text: str, svc: dict) -> None:
+        home = tmp_path / name
+        home.mkdir()
+        # Each server's route port in the config (as compose does), moved to loopback.
+        route_listen = f"listen: 127.0.0.1:{ports[name][2]}"
+        (home / "lantau.conf").write_text(conf_text.replace("listen: 0.0.0.0:6222", route_listen))
+        (home / "authorization.conf").write_text(auth)
+        flags = _loopback_flags(svc, home / "data", ports)
+        argv = [nats_server_binary(), "-c", str(home / "lantau.conf"), *flags]
+        procs[name] = ManagedProcess(name, argv, log_path=home / "nats.log").start()
+
+    def peers(name: str) -> set[str]:
+        url = f"http://127.0.0.1:{ports[name][1]}/routez"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return {x.get("remote_name", "") for x in json.load(r).get("routes") or ()}
+
+    try:
+        for name in names:
+            launch(name, text, resolved["services"][name])
+        deadline = time.monotonic() + 60
+        while not all(healthy(f"http://127.0.0.1:{ports[n][1]}") for n in names):
+            assert time.monotonic() < deadline, "\n".join(p.log_tail() for p in procs.values())
+            assert all(p.alive for p in procs.values()), [p.log_tail() for p in procs.values()]
+            time.sleep(0.2)
+        for name in names:
+            assert peers(name) >= set(names) - {name}, name
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['nats-1'][1]}/jsz", timeout=2) as r:
+            assert json.load(r)["meta_cluster"]["leader"] in names
+
+        # nats-4: the same config but the servers' certificate on its routes.
+        intruder = dict(resolved["services"]["nats-1"])
+        intruder["command"] = [
+            "--server_name=nats-4" if a.startswith("--server_name=") else a
+            for a in intruder["command"]
+        ]
+        launch(
+            "nats-4",
+            text.replace("nats-route-cert", "nats-server-cert").replace(
+                "nats-route-key", "nats-server-key"
+            ),
+            intruder,
+        )
+        time.sleep(4)
+        assert procs["nats-4"].alive, procs["nats-4"].log_tail()
+        for name in names:
+            assert "nats-4" not in peers(name), f"{name} took a route from the servers' cert"
+        assert not peers("nats-4")
+    finally:
+        for proc in procs.values():
+            proc.terminate()

@@ -36,6 +36,8 @@ REQUIRED_SERIES = {
     "lantau_consumer_pending_messages",
     "lantau_redeliveries_total",
     "lantau_dead_letters_total",
+    "lantau_nats_stream_replicas",
+    "lantau_nats_stream_replicas_current",
 }
 
 
