@@ -38,6 +38,11 @@ T = TypeVar("T")
 _CIRCUIT_VALUE = {Circuit.CLOSED: 0, Circuit.HALF_OPEN: 1, Circuit.OPEN: 2}
 
 
+# "No responders" comes back within a round trip; a call still waiting after this long
+# was delivered to the node before it went.
+ABANDON_GRACE_S = 0.25
+
+
 class NoNodeAvailable(TransientError):
     pass
 
@@ -75,6 +80,9 @@ class HsmPool:
         # over at once instead of each waiting out its deadline.
         self._waiting: dict[str, set[asyncio.Task[Any]]] = {}
         self._abandoned: set[asyncio.Task[Any]] = set()
+        # Calls whose caller must know if they reached the node (key creation): abandoned
+        # only after ABANDON_GRACE_S, by which an undelivered one has had its own answer.
+        self._settling: set[asyncio.Task[Any]] = set()
 
     @classmethod
     def of_nodes(
@@ -222,9 +230,15 @@ class HsmPool:
         """NATS says nobody serves ``node`` any more (killed, or gone from the bus): what
         was sent to it will not be answered, so stop waiting for it."""
         for call in list(self._waiting.get(node, ())):
-            if not call.done():
-                self._abandoned.add(call)
-                call.cancel()
+            if call in self._settling:
+                asyncio.get_running_loop().call_later(ABANDON_GRACE_S, self._give_up, call)
+            else:
+                self._give_up(call)
+
+    def _give_up(self, call: asyncio.Task[Any]) -> None:
+        if not call.done():
+            self._abandoned.add(call)
+            call.cancel()
 
     def _bus_mark(self) -> int | None:
         """How many times the pool's connection has reconnected (None: no bus involved)."""
@@ -250,10 +264,14 @@ class HsmPool:
         *,
         max_attempts: int,
         prefer: Iterable[str] = (),
+        delivery_matters: bool = False,
     ) -> tuple[T, str]:
         """Run ``fn`` on the best node holding the key; fail over on error or missed deadline.
 
         Nodes in ``prefer`` (usable ones) go first: e.g. nodes an earlier attempt asked.
+        ``delivery_matters``: the caller acts on NoNodeAvailable.delivered (key creation),
+        so a call on a node NATS says is gone waits a moment for its own "no responders"
+        (certainly undelivered) before it is given up as perhaps delivered.
 
         ``fn`` gets the node's backend and the attempt number. A
         LantauError from ``fn`` (bad request, unknown key) is final and raised as is.
@@ -278,11 +296,14 @@ class HsmPool:
             call = asyncio.ensure_future(self._deadline(node, fn(self._backends[node], attempt)))
             waiting = self._waiting.setdefault(node, set())
             waiting.add(call)
+            if delivery_matters:
+                self._settling.add(call)
             try:
                 try:
                     result = await call
                 finally:
                     waiting.discard(call)
+                    self._settling.discard(call)
                 self._abandoned.discard(call)  # it answered after all: use the answer
             except asyncio.CancelledError:
                 if call not in self._abandoned:

@@ -62,7 +62,9 @@ class CheckpointKey:
             async def on_node(backend: HsmBackend, _n: int) -> bytes:
                 return (await backend.generate(command)).public_key
 
-            public_key, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
+            public_key, _ = await self.pool.run(
+                "generate", [node], on_node, max_attempts=1, delivery_matters=True
+            )
             return public_key
 
         return await creation.create(

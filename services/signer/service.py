@@ -266,7 +266,9 @@ class Signer:
                 return made
 
             # On the reserved node only: never two different keys under one id.
-            made, _ = await self.pool.run("generate", [node], on_node, max_attempts=1)
+            made, _ = await self.pool.run(
+                "generate", [node], on_node, max_attempts=1, delivery_matters=True
+            )
             return made
 
         try:
