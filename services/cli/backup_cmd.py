@@ -32,6 +32,7 @@ from libs.bus.permissions import backup_set_identity
 from libs.config import BackupSetConfig, Config
 from libs.hsm import ceremony as so_ceremony
 from proto.events import BackupManifest
+from services.cli import second_factor
 from services.cli.hsm_admin import audited, ceremony_step
 from services.cli.identity import connect_cli
 
@@ -329,6 +330,20 @@ def _shares(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _officer_checked(
+    name: str, fn: Callable[[argparse.Namespace], int]
+) -> Callable[[argparse.Namespace], int]:
+    """``fn`` once the ceremony's officer has given their second factor (when the policy
+    asks for one): the custodians' shares are one control, the officer's code another."""
+
+    def run(args: argparse.Namespace) -> int:
+        purpose = f"backup {name} --set {args.set}"
+        second_factor.require(args.config, args.officer, purpose, code=args.totp_code)
+        return fn(args)
+
+    return run
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """``lantau backup ...``; returns its subcommands (devkit adds ``drill``)."""
     bk = sub.add_parser("backup", help="offline backup sets (custodian ceremonies)")
@@ -341,7 +356,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p.add_argument("--member", required=True, help="an online HSM node of the key domain")
     p.add_argument("--member-so-pin-file", required=True)
     p.add_argument("--out-dir", required=True, help="where the share files are written")
-    p.set_defaults(fn=cmd_init)
+    second_factor.add_arguments(p)
+    p.set_defaults(fn=_officer_checked("init", cmd_init))
 
     for name, fn, text in (
         ("run", cmd_run, "copy every eligible key into the backup set"),
@@ -356,7 +372,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
             p.add_argument("--key", action="append", help="only this key (repeatable)")
         if name == "restore":
             p.add_argument("--node", action="append", help="only to this node (repeatable)")
-        p.set_defaults(fn=fn)
+        second_factor.add_arguments(p)
+        p.set_defaults(fn=_officer_checked(name, fn))
 
     p = cmds.add_parser("admit", help="admit an online HSM to the key domain from the set")
     p.add_argument("node")
@@ -364,14 +381,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     p.add_argument("--config", required=True)
     p.add_argument("--so-pin-file", required=True, help="the online HSM's SO PIN file")
     _shares(p)
-    p.set_defaults(fn=cmd_admit)
+    second_factor.add_arguments(p)
+    p.set_defaults(fn=_officer_checked("admit", cmd_admit))
 
     p = cmds.add_parser("reshare", help="new shares of the same secret (a custodian left)")
     p.add_argument("--set", required=True)
     p.add_argument("--config", required=True)
     p.add_argument("--out-dir", required=True)
     _shares(p)
-    p.set_defaults(fn=cmd_reshare)
+    second_factor.add_arguments(p)
+    p.set_defaults(fn=_officer_checked("reshare", cmd_reshare))
 
     p = cmds.add_parser("custodian-keygen", help="a custodian's X25519 key file (0600)")
     p.add_argument("--out", required=True)

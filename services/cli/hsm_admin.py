@@ -242,17 +242,12 @@ def cmd_admit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _officer_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--officer", help="who runs it: their second factor is checked by policy")
-    p.add_argument("--totp-code", help="the officer's TOTP code (asked for when left out)")
-
-
 def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p = hsm.add_parser("domain-init", help="create the domain key on the first HSM (SO PIN)")
     p.add_argument("--config", required=True)
     p.add_argument("--node", required=True)
     p.add_argument("--so-pin-file", required=True)
-    _officer_args(p)
+    second_factor.add_arguments(p)
     p.set_defaults(fn=cmd_domain_init)
 
     p = hsm.add_parser("admit", help="admit an HSM to the key domain (both SO PINs)")
@@ -261,7 +256,7 @@ def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--so-pin-file", required=True, help="the new HSM's SO PIN file")
     p.add_argument("--member-so-pin-file", required=True)
-    _officer_args(p)
+    second_factor.add_arguments(p)
     p.set_defaults(fn=cmd_admit)
 
     p = hsm.add_parser("ceremony-step", help=argparse.SUPPRESS)

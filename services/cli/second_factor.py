@@ -13,6 +13,7 @@ domain-init comes before anybody can be enrolled).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import getpass
 import sys
@@ -43,6 +44,12 @@ def required(cfg: config_mod.Config) -> bool:
     store = PolicyStore(cfg.policy.rules_file)
     store.load()
     return store.current.file.second_factor.ceremonies
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``--officer`` and ``--totp-code`` for a ceremony command."""
+    p.add_argument("--officer", help="who runs it: their second factor is checked by policy")
+    p.add_argument("--totp-code", help="the officer's TOTP code (asked for when left out)")
 
 
 def ask_code(person: str) -> str:

@@ -140,7 +140,7 @@ async def test_key_file_votes_need_a_fresh_totp_code(platform, client, required,
         assert not any(s in text for s in secrets_), log.name
 
 
-async def test_a_ceremony_needs_its_officers_second_factor(platform, required):
+async def test_ceremonies_need_their_officers_second_factor(platform, required):
     path = platform.run_dir / "policy.toml"
     text = path.read_text().replace("enrol_quorum = 2", "enrol_quorum = 2\nceremonies = true")
     path.write_text(text)
@@ -165,3 +165,10 @@ async def test_a_ceremony_needs_its_officers_second_factor(platform, required):
     assert "hsm admit hsm-2 --member hsm-1 refused" in wrong.stderr
     done = cli(platform, *admit, "--officer", "carol", "--totp-code", carol.now())
     assert done.returncode == 0 and "admitted" in done.stdout, done.stderr
+    # The backup ceremonies ask the same, before anything else (no set is even looked up).
+    verify = ("backup", "verify", "--set", "offsite-a")
+    nameless = cli(platform, *verify)
+    assert nameless.returncode == 2 and "--officer" in nameless.stderr, nameless.stderr
+    wrong = cli(platform, *verify, "--officer", "carol", "--totp-code", "000000")
+    assert wrong.returncode == 2 and "SECOND_FACTOR_INVALID" in wrong.stderr, wrong.stderr
+    assert "backup verify --set offsite-a refused" in wrong.stderr
