@@ -45,7 +45,7 @@ def retryable(e: BaseException) -> bool:
     """A failure the same publish can outlive: no stream leader answered (election under
     way), JetStream said it is unavailable (503), or no answer came in time."""
     if isinstance(e, nats.js.errors.APIError):
-        return e.code == 503
+        return getattr(e, "code", None) == 503
     return isinstance(
         e,
         nats.errors.TimeoutError
