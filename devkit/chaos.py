@@ -121,7 +121,7 @@ def _verify(result: SignResult, digest: bytes) -> bool:
 
 
 async def wait_replicated(
-    client: CustodyClient, stack: DevStack, key_id: str, timeout_s: float = 30
+    client: CustodyClient, stack: DevStack, key_id: str, timeout_s: float = 90
 ) -> None:
     """Chaos needs the key on every node first: wait for the backup service's clones."""
     from libs.keys.directory import KeyDirectory
