@@ -135,6 +135,10 @@ class CustodyClient:
         self._owns = owns_connection
         # One subscription per client to all of its results, instead of one per request.
         self._results: Subscription | None = None
+        # Concurrent first sends wait for the one subscription being made (checking it
+        # takes round trips): without this each made its own, and every result then
+        # reached this client once per subscription.
+        self._subscribing = asyncio.Lock()
         self._waiting: dict[str, list[asyncio.Queue[bytes]]] = {}
 
     @classmethod
@@ -319,7 +323,11 @@ class CustodyClient:
             return result
 
     async def _listen(self) -> None:
-        if self._results is None:
+        if self._results is not None:
+            return
+        async with self._subscribing:
+            if self._results is not None:
+                return
             try:
                 self._results = await subscribe_checked(
                     self._nc, results_of(self.requester), cb=self._on_result

@@ -413,3 +413,25 @@ def pins_from(
         credentials=dict(credentials or {}),
         second_factor_required=bool(policy and policy.file.second_factor.required),
     )
+
+
+class PinsMemo:
+    """``pins_from`` for one config, made again only when the policy or the approvers'
+    active credentials are other objects than last time (both are replaced, never
+    changed in place, when they change): a node asks for its pins on every request."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg
+        self._last: tuple[object, object, Pins] | None = None
+
+    def get(
+        self,
+        policy: Policy | None,
+        credentials: Mapping[str, tuple[CredentialStatement, ...]] | None = None,
+    ) -> Pins:
+        last = self._last
+        if last is not None and last[0] is policy and last[1] is credentials:
+            return last[2]
+        pins = pins_from(self._cfg, policy, credentials)
+        self._last = (policy, credentials, pins)
+        return pins

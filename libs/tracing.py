@@ -43,6 +43,11 @@ def setup(service: str) -> None:
     trace.set_tracer_provider(provider)
 
 
+def _exporting() -> bool:
+    """Whether a real tracer provider is installed (by ``setup`` or a test)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
 def inject(headers: dict[str, str]) -> dict[str, str]:
     """Add the current trace context (traceparent, tracestate) to outgoing headers."""
     propagate.inject(headers)
@@ -62,6 +67,12 @@ def span(
     if parent_headers:
         token = context.attach(propagate.extract(dict(parent_headers)))
     try:
+        if not _exporting():
+            # No provider installed: the API's no-op tracer would make the current span
+            # current again (same trace context, nothing recorded) at a cost measured
+            # at ~9 % of the audit service's CPU; yield that span directly.
+            yield trace.get_current_span()
+            return
         with tracer.start_as_current_span(name, kind=kind) as s:
             for key, value in attributes.items():
                 if value is not None:

@@ -347,18 +347,30 @@ KEEP_ALIVE_S = 1.0
 async def hold(work: Awaitable[T], delivery: Delivery) -> T:
     """Await ``work``, resetting the message's ack wait while it lasts, so a handler that
     waits on purpose is not redelivered (nor, after max_deliver, given up on)."""
-    task = asyncio.ensure_future(work)
+    keep_alive = delivery.keep_alive
+    if keep_alive is None:
+        return await work
+    # A timer, not a task and a wait() per message: the audit holds every fact it is
+    # handed, and most are released within milliseconds, long before the first beat.
+    loop = asyncio.get_running_loop()
+    beating: set[asyncio.Task[None]] = set()
+
+    async def beat() -> None:
+        with contextlib.suppress(Exception):
+            await keep_alive()
+
+    def tick() -> None:
+        if not beating:  # one keep-alive at a time, as when they were awaited in turn
+            task = loop.create_task(beat())
+            beating.add(task)
+            task.add_done_callback(beating.discard)
+        timer[0] = loop.call_later(KEEP_ALIVE_S, tick)
+
+    timer = [loop.call_later(KEEP_ALIVE_S, tick)]
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=KEEP_ALIVE_S)
-            if done:
-                return task.result()
-            if delivery.keep_alive is not None:
-                with contextlib.suppress(Exception):
-                    await delivery.keep_alive()
+        return await work
     finally:
-        if not task.done():
-            task.cancel()
+        timer[0].cancel()
 
 
 def _metadata(msg: Msg) -> Any:

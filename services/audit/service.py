@@ -32,7 +32,7 @@ from proto.audit import AuditCheckpoint
 from proto.errors import ErrorCode, LantauError, TransientError
 from proto.hsm import HsmGenerate, HsmSignCheckpoint
 from proto.keys import KeyRecord
-from proto.subjects import AUDIT_CHECKPOINT_KEY, AUDIT_SOURCES, RECEIPTS
+from proto.subjects import AUDIT_CHECKPOINT_KEY, AUDIT_SOURCES, ORDERS, RECEIPTS
 from services.audit.appender import Appender
 from services.audit.reconcile import Reconciler
 from services.audit.sinks import Sinks
@@ -170,7 +170,9 @@ async def serve(rt: Runtime) -> None:
     def handler_for(stream: str) -> Callable[[bytes, Delivery], Awaitable[None]]:
         async def handle(data: bytes, delivery: Delivery) -> None:
             await hold(appender.offer(stream, delivery.stream_seq, data), delivery)
-            if stream == RECEIPTS.name:
+            if stream == ORDERS.name:
+                reconciler.seen.add(delivery.subject, delivery.stream_seq, data)
+            elif stream == RECEIPTS.name:
                 # A redelivery checks again: an alert counted twice beats one missed.
                 await reconciler.check(data)
 

@@ -13,6 +13,7 @@ from typing import Any, get_args
 
 import msgspec
 import nats.errors
+import uvloop
 
 from libs import config as config_mod
 from libs import logs, tracing
@@ -91,7 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logs.setup(cfg.logging, name)
     tracing.setup(name)
     runtime = Runtime(name, cfg, port, identity=entry.bus_identity(cfg, args.node))
-    return asyncio.run(run_service(runtime, entry.body(cfg, args.node)))
+    # uvloop: the services are CPU-bound on the event loop and socket writes (docs/benchmark.md).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run_service(runtime, entry.body(cfg, args.node)))
 
 
 # -- client commands -----------------------------------------------------------

@@ -27,7 +27,7 @@ from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
 from libs.config import ConfigError, HsmNodeConfig, read_pin
 from libs.credentials import Registry, records_from
-from libs.evidence import Pins, pins_from
+from libs.evidence import Pins, PinsMemo
 from libs.hsm.ceremony import sealing_label
 from libs.hsm.guard import Guard
 from libs.hsm.replay import ReplayLog
@@ -229,12 +229,13 @@ async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     # The approvers' security keys: read from the credentials bucket every reload
     # interval, their enrolment quorums recounted here (a revocation counts within it).
     registry = Registry()
+    memo = PinsMemo(rt.config)
 
     def pins() -> Pins:
         if not rt.config.policy.rules_file:
-            return pins_from(rt.config, None)
+            return memo.get(None)
         policy = policies.current
-        return pins_from(rt.config, policy, registry.active(policy.file))
+        return memo.get(policy, registry.active(policy.file))
 
     replays = await asyncio.to_thread(ReplayLog, Path(node.state_dir) / "replay.sqlite")
     token = await asyncio.to_thread(

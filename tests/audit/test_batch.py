@@ -85,3 +85,65 @@ async def test_a_held_handler_keeps_its_delivery_alive():
     finally:
         consume.KEEP_ALIVE_S = before
     assert len(beats) >= 3
+
+
+async def test_a_held_handler_sends_no_keep_alive_when_released_early_and_stops_after():
+    import asyncio
+
+    from libs.bus import consume
+    from libs.bus.consume import Delivery, hold
+
+    beats = []
+
+    async def keep_alive() -> None:
+        beats.append(1)
+
+    delivery = Delivery("s", "S", 1, 1, 0, {}, None, keep_alive=keep_alive)
+    consume.KEEP_ALIVE_S, before = 0.05, consume.KEEP_ALIVE_S
+    try:
+        assert await hold(asyncio.sleep(0.01, result="quick"), delivery) == "quick"
+        await asyncio.sleep(0.2)
+        assert beats == []  # released before the first beat, and none after
+        assert await hold(asyncio.sleep(0.12, result="slow"), delivery) == "slow"
+        n = len(beats)
+        assert n >= 1
+        await asyncio.sleep(0.2)
+        assert len(beats) == n  # the timer stopped with the handler
+    finally:
+        consume.KEEP_ALIVE_S = before
+
+
+async def test_a_held_handler_that_fails_or_is_cancelled_stops_beating():
+    import asyncio
+
+    import pytest
+
+    from libs.bus import consume
+    from libs.bus.consume import Delivery, hold
+
+    beats = []
+
+    async def keep_alive() -> None:
+        beats.append(1)
+        raise RuntimeError("the bus is away")  # a failed keep-alive never fails the handler
+
+    async def fails() -> None:
+        await asyncio.sleep(0.12)
+        raise ValueError("handler failed")
+
+    delivery = Delivery("s", "S", 1, 1, 0, {}, None, keep_alive=keep_alive)
+    consume.KEEP_ALIVE_S, before = 0.05, consume.KEEP_ALIVE_S
+    try:
+        with pytest.raises(ValueError):
+            await hold(fails(), delivery)
+        assert beats
+        task = asyncio.create_task(hold(asyncio.sleep(10), delivery))
+        await asyncio.sleep(0.12)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        n = len(beats)
+        await asyncio.sleep(0.2)
+        assert len(beats) == n
+    finally:
+        consume.KEEP_ALIVE_S = before
