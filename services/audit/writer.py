@@ -8,6 +8,7 @@ nothing can slip in between unseen and replicas never fork the chain.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -22,12 +23,17 @@ from libs.audit.trail import Keys, LogItem, Trail, decode_item
 from libs.bus.publish import WRONG_LAST_SEQUENCE
 from proto import codec
 from proto.audit import AuditCheckpoint, AuditRecord
+from proto.errors import ErrorCode, LantauError
 from proto.subjects import AUDIT_CHAIN, AUDIT_CHECKPOINT, AUDIT_LOG
 from services.audit.state import WriterState
 
 log = logging.getLogger("lantau.audit")
 
 HDR_EXPECTED_LAST_SEQ = "Nats-Expected-Last-Sequence"
+# A log that reads shorter than what was read is read this many times, this far apart,
+# before it counts as truncated.
+SHRINK_CHECKS = 5
+SHRINK_CHECK_PAUSE_S = 1.0
 
 
 class Halt(Exception):
@@ -121,17 +127,33 @@ class LogWriter:
         f = await logread.fetch(self._js, AUDIT_CHAIN.name, seq, direct=direct)
         return decode_item(seq, f.data) if f.data is not None else LogItem(seq, None, f.problem)
 
+    async def _log_end(self) -> int:
+        """The log's last sequence. A log that reads shorter than what this service read
+        is read again before anything is concluded: on a cluster, a server that rejoined
+        with its store lost can answer for a moment before it has caught up. Shorter on
+        every read: truncated or replaced (Halt), or, while the stream's replicas are not
+        all current, not known yet (a retryable error)."""
+        for attempt in range(SHRINK_CHECKS):
+            b = await logread.bounds(self._js)
+            if b.last_seq >= self.trail.last_log_seq:
+                return b.last_seq
+            if attempt + 1 < SHRINK_CHECKS:
+                await asyncio.sleep(SHRINK_CHECK_PAUSE_S)
+        seen = f"it ends at log seq {b.last_seq}, but this service read it up to "
+        seen += f"{self.trail.last_log_seq} (record {self.trail.head_seq})"
+        if b.current < b.replicas:
+            raise LantauError(
+                ErrorCode.AUDIT_LOG_UNREADABLE,
+                f"the log reads shorter ({seen}) while {b.current} of its {b.replicas} "
+                "replicas are current: waiting for the stream to recover",
+            )
+        raise Halt(f"the log shrank: {seen}: the log was truncated or replaced")
+
     async def catch_up(self, *, count: bool = True) -> int:
         """Read what others appended since our last read; returns how many entries were
         quarantined. Raises Halt if the log we build on is broken."""
         found = 0
-        last = (await logread.bounds(self._js)).last_seq
-        if last < self.trail.last_log_seq:
-            raise Halt(
-                f"the log shrank: it ends at log seq {last}, but this service read it up to "
-                f"{self.trail.last_log_seq} (record {self.trail.head_seq}): the log was "
-                "truncated or replaced"
-            )
+        last = await self._log_end()
         async for item, _ in logread.read_items(self._js, self.trail.last_log_seq + 1, upto=last):
             await self._know_checkpoint_key(item)
             verdict = self.trail.feed(item)
