@@ -4,15 +4,12 @@ only policy's word), and a vote sent with policy's answer awaited."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 from libs.bus import kv
-from libs.bus.publish import publish
-from libs.bus.violations import subscribe_checked
+from libs.bus.ask import publish_and_wait
 from libs.policy_file import PolicyFile
 from proto import codec
 from proto.approvals import ApprovalOutcome, ApprovalVote, PendingApproval, payload_sha256
@@ -93,31 +90,20 @@ def review(p: PendingApproval, public_key: bytes | None) -> Review:
 
 async def send_vote(nc: Client, signed: ApprovalVote) -> ApprovalOutcome | None:
     """Publish a vote and wait for policy's word on it (None if none came in time)."""
-    outcome: asyncio.Future[ApprovalOutcome] = asyncio.get_running_loop().create_future()
 
-    async def on_outcome(msg: Msg) -> None:
-        try:
-            event = codec.EVENT.decode(msg.data)
-        except LantauError:
-            return
-        if (
-            isinstance(event, ApprovalOutcome)
-            and event.vote_id == signed.vote_id
-            and not outcome.done()
-        ):
-            outcome.set_result(event)
+    def outcome(event: object) -> ApprovalOutcome | None:
 
-    subject = approval_event_subject(signed.requester, signed.request_id)
-    sub = await subscribe_checked(nc, subject, cb=on_outcome)
-    await publish(
-        nc.jetstream(),
+        if isinstance(event, ApprovalOutcome) and event.vote_id == signed.vote_id:
+            return event
+
+        return None
+
+    return await publish_and_wait(
+        nc,
         approval_vote_subject(signed.approver),
         signed,
+        listen=approval_event_subject(signed.requester, signed.request_id),
+        answer=outcome,
+        timeout_s=OUTCOME_WAIT_S,
         msg_id=f"vote:{signed.vote_id}",
     )
-    try:
-        return await asyncio.wait_for(outcome, timeout=OUTCOME_WAIT_S)
-    except TimeoutError:
-        return None
-    finally:
-        await sub.unsubscribe()

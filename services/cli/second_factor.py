@@ -19,15 +19,11 @@ import getpass
 import sys
 import uuid
 
-from nats.aio.msg import Msg
-
 from libs import config as config_mod
+from libs.bus.ask import publish_and_wait
 from libs.bus.permissions import OPERATOR
-from libs.bus.publish import publish
-from libs.bus.violations import subscribe_checked
 from libs.clock import now_ms
 from libs.policy_store import PolicyStore
-from proto import codec
 from proto.credentials import CredentialOutcome, SecondFactorCheck
 from proto.errors import ErrorCode, LantauError
 from proto.subjects import credential_event_subject, credential_request_subject
@@ -97,28 +93,22 @@ async def check(
         created_at_ms=now_ms(),
     )
     nc = await connect_cli(cfg, OPERATOR, config_path=config_path, name="lantau-second-factor")
-    answer: asyncio.Future[CredentialOutcome] = asyncio.get_running_loop().create_future()
 
-    async def on_outcome(msg: Msg) -> None:
-        try:
-            event = codec.EVENT.decode(msg.data)
-        except LantauError:
-            return
-        if (
-            isinstance(event, CredentialOutcome)
-            and event.proposal_id == request.check_id
-            and not answer.done()
-        ):
-            answer.set_result(event)
+    def verdict(event: object) -> CredentialOutcome | None:
+
+        if isinstance(event, CredentialOutcome) and event.proposal_id == request.check_id:
+            return event
+
+        return None
 
     try:
-        sub = await subscribe_checked(nc, credential_event_subject(person), cb=on_outcome)
-        await publish(nc.jetstream(), credential_request_subject(OPERATOR), request)
-        try:
-            return await asyncio.wait_for(answer, timeout=ANSWER_WAIT_S)
-        except TimeoutError:
-            return None
-        finally:
-            await sub.unsubscribe()
+        return await publish_and_wait(
+            nc,
+            credential_request_subject(OPERATOR),
+            request,
+            listen=credential_event_subject(person),
+            answer=verdict,
+            timeout_s=ANSWER_WAIT_S,
+        )
     finally:
         await nc.close()

@@ -4,23 +4,20 @@ and what the console refused itself, recorded on ``lantau.event.console``."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
 
 from libs.approvals_view import send_vote
 from libs.bus import kv
+from libs.bus.ask import publish_and_wait
 from libs.bus.publish import publish
-from libs.bus.violations import subscribe_checked
 from libs.clock import now_ms
 from libs.credentials import records_from
 from libs.service import Runtime
 from proto import codec
 from proto.approvals import ApprovalOutcome, ApprovalVote, PendingApproval
 from proto.credentials import CredentialOutcome, CredentialProposal, CredentialRecord
-from proto.errors import LantauError
 from proto.events import ConsoleEvent
 from proto.subjects import (
     APPROVALS_BUCKET,
@@ -63,33 +60,23 @@ class ConsoleBus:
     async def propose(self, proposal: CredentialProposal) -> CredentialOutcome | None:
         """Send a credential to policy, and wait for its word on it."""
         person = proposal.statement.person
-        answer: asyncio.Future[CredentialOutcome] = asyncio.get_running_loop().create_future()
 
-        async def on_outcome(msg: Msg) -> None:
-            try:
-                event = codec.EVENT.decode(msg.data)
-            except LantauError:
-                return
-            if (
-                isinstance(event, CredentialOutcome)
-                and event.proposal_id == proposal.proposal_id
-                and not answer.done()
-            ):
-                answer.set_result(event)
+        def verdict(event: object) -> CredentialOutcome | None:
 
-        sub = await subscribe_checked(self.rt.nc, credential_event_subject(person), cb=on_outcome)
-        try:
-            await publish(
-                self.rt.js,
-                credential_request_subject(CONSOLE_SENDER),
-                proposal,
-                msg_id=f"credential:{proposal.proposal_id}",
-            )
-            return await asyncio.wait_for(answer, timeout=OUTCOME_WAIT_S)
-        except TimeoutError:
+            if isinstance(event, CredentialOutcome) and event.proposal_id == proposal.proposal_id:
+                return event
+
             return None
-        finally:
-            await sub.unsubscribe()
+
+        return await publish_and_wait(
+            self.rt.nc,
+            credential_request_subject(CONSOLE_SENDER),
+            proposal,
+            listen=credential_event_subject(person),
+            answer=verdict,
+            timeout_s=OUTCOME_WAIT_S,
+            msg_id=f"credential:{proposal.proposal_id}",
+        )
 
     async def record(
         self,
