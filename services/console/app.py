@@ -222,21 +222,29 @@ class Console:
             raise web.HTTPFound("/signin")
         requester = request.match_info["requester"]
         request_id = request.match_info["request_id"]
-        p = views.find(await self.bus.held(), requester, request_id)
-        if p is None or not views.in_scope(p, session.person, self._scopes()):
-            why = views.out_of_scope(p, requester, request_id)
-            await self.bus.record(
-                session.person,
-                "view",
-                accepted=False,
-                code=str(ErrorCode.WRONG_GROUP),
-                message=why,
-                request=request_key(requester, request_id),
-                remote=request.remote or "",
-            )
-            raise LantauError(ErrorCode.WRONG_GROUP, why)
+        p = await self._held_in_scope(request, session, requester, request_id, "view")
         held = views.held_view(p, self._reviewed(p), now_ms())
         return self._page("detail.html", request, session, held=held)
+
+    async def _held_in_scope(
+        self, request: web.Request, session: Session, requester: str, request_id: str, action: str
+    ) -> PendingApproval:
+        """The held request, when the person may see and vote on it; else the refusal,
+        recorded (need-to-know: asking about another group's request is on the record)."""
+        p = views.find(await self.bus.held(), requester, request_id)
+        if p is not None and views.in_scope(p, session.person, self._scopes()):
+            return p
+        why = views.out_of_scope(p, requester, request_id)
+        await self.bus.record(
+            session.person,
+            action,
+            accepted=False,
+            code=str(ErrorCode.WRONG_GROUP),
+            message=why,
+            request=request_key(requester, request_id),
+            remote=request.remote or "",
+        )
+        raise LantauError(ErrorCode.WRONG_GROUP, why)
 
     async def signin_page(self, request: web.Request) -> web.StreamResponse:
         return self._page("signin.html", request, self._session(request))
@@ -326,19 +334,7 @@ class Console:
         verb = body.get("vote")
         if verb not in ("approve", "reject"):
             raise LantauError(ErrorCode.INVALID_FIELD, "vote must be approve or reject")
-        p = views.find(await self.bus.held(), requester, request_id)
-        if p is None or not views.in_scope(p, session.person, self._scopes()):
-            why = views.out_of_scope(p, requester, request_id)
-            await self.bus.record(
-                session.person,
-                "vote",
-                accepted=False,
-                code=str(ErrorCode.WRONG_GROUP),
-                message=why,
-                request=request_key(requester, request_id),
-                remote=request.remote or "",
-            )
-            raise LantauError(ErrorCode.WRONG_GROUP, why)
+        p = await self._held_in_scope(request, session, requester, request_id, "vote")
         records = await self.bus.records()
         mine = self._webauthn_ones(records, session.person)
         if not mine:
