@@ -24,6 +24,7 @@ from devkit.chaos import (
     ORDERS_LEADER,
     ChaosReport,
     Fault,
+    chaos_requester,
     hsm_signatures,
     run_chaos,
     wait_replicated,
@@ -325,10 +326,7 @@ async def chaos_bus_demo(run_dir: Path, names: list[str], scale: float = 1.0) ->
     """``lantau chaos --bus``: each scenario on a fresh dev stack with a 3-server cluster."""
     import shutil
 
-    import nacl.signing
-
     from devkit.stack import start_platform
-    from libs.config import RequesterConfig
 
     scenarios = bus_scenarios(scale)
     unknown = [n for n in names if n not in scenarios]
@@ -338,14 +336,7 @@ async def chaos_bus_demo(run_dir: Path, names: list[str], scale: float = 1.0) ->
     results: list[BusChaosResult] = []
     for name in names or list(scenarios):
         scenario = scenarios[name]
-        key = nacl.signing.SigningKey.generate()
-        requester = RequesterConfig(
-            name="chaos",
-            public_key=key.verify_key.encode().hex(),
-            keys=["chaos-*"],
-            may_create_keys=True,
-            blind_keys=["chaos-*"],
-        )
+        key, requester = chaos_requester()
         where = run_dir / name
         shutil.rmtree(where, ignore_errors=True)
         print(

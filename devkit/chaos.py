@@ -17,9 +17,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import nacl.signing
+
 from devkit.stack import DevStack
 from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient, CustodyError, RequestIdConflict, ResultTimeout
+from libs.config import RequesterConfig
 from proto.common import PayloadKind
 from proto.results import SignResult
 from proto.subjects import ORDERS, RESULT_PREFIX, RESULTS, result_subject
@@ -365,14 +368,9 @@ DEMO_FAULTS = [
 ]
 
 
-async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
-    """``lantau chaos``: a 3-node dev stack under load, with nodes killed and frozen live."""
-    import nacl.signing
-
-    from devkit.stack import start_platform
-    from libs.config import RequesterConfig
-    from services.cli.hsm_admin import pool_status
-
+def chaos_requester() -> tuple[nacl.signing.SigningKey, RequesterConfig]:
+    """A throwaway requester for a chaos run on its own stack: its key and its config (it
+    may create, and blind-sign with, ``chaos-*`` keys)."""
     key = nacl.signing.SigningKey.generate()
     requester = RequesterConfig(
         name="chaos",
@@ -381,6 +379,16 @@ async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
         may_create_keys=True,
         blind_keys=["chaos-*"],
     )
+    return key, requester
+
+
+async def chaos_demo(run_dir: Path, duration_s: float = 18.0) -> int:
+    """``lantau chaos``: a 3-node dev stack under load, with nodes killed and frozen live."""
+
+    from devkit.stack import start_platform
+    from services.cli.hsm_admin import pool_status
+
+    key, requester = chaos_requester()
     print(f"starting a 3-node dev stack in {run_dir} ...", flush=True)
     stack = await start_platform(run_dir, nodes=3, requesters=[requester])
     servers = stack.config.nats.servers

@@ -29,7 +29,7 @@ import hsslms
 import msgspec
 from nats.aio.client import Client
 
-from devkit.chaos import ChaosReport, Fault, run_chaos
+from devkit.chaos import ChaosReport, Fault, chaos_requester, run_chaos
 from devkit.stack import DevStack
 from libs.bus.permissions import OPERATOR
 from libs.client import CustodyClient
@@ -282,19 +282,10 @@ def _burned(report: HssChaosReport, state: IndexState, used: list[int]) -> None:
 
 async def hss_chaos_demo(run_dir: Path, duration_s: float) -> int:
     """``lantau chaos --hss``: the scenario on a fresh four-node dev stack, with its report."""
-    import nacl.signing
 
     from devkit.stack import start_platform
-    from libs.config import RequesterConfig
 
-    key = nacl.signing.SigningKey.generate()
-    requester = RequesterConfig(
-        name="chaos",
-        public_key=key.verify_key.encode().hex(),
-        keys=["chaos-*"],
-        may_create_keys=True,
-        blind_keys=["chaos-*"],
-    )
+    key, requester = chaos_requester()
     print(f"starting a 4-node dev stack in {run_dir} ...", flush=True)
     stack = await start_platform(run_dir, nodes=4, requesters=[requester])
     clients = [
