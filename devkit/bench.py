@@ -9,7 +9,8 @@ on; open-loop latency at 25/50/80 % of that throughput, measured from each reque
 scheduled send time so queueing is never hidden; scaling over 1, 2 and 3 HSM nodes;
 a node SIGKILLed at 50 % load; CPU time per signed request spent outside the HSM; and
 the cost of a three-server NATS cluster with every stream at three replicas against one
-server (throughput, and p99 at the same offered load), each on a platform of its own.
+server (throughput, and p99 at the same offered load; the one-server figures are the
+main stage's, the cluster gets a platform of its own).
 Writes a JSON file, prints a table and draws latency against throughput (PNG).
 """
 
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -436,15 +438,21 @@ async def run_bench(
     durations: Durations,
     in_flight: int = 48,
     say: Any = print,
-    scaling: bool = True,
+    scaling: tuple[int, ...] = (1, 2),
+    replicas: bool = True,
 ) -> Report:
-    """``scaling``: also measure secp256k1 over 1 and 2 nodes on stacks of their own."""
+    """``scaling``: also measure secp256k1 over these node counts on stacks of their own
+    (the 3-node figure comes from the main stack). ``replicas``: the 3-server NATS stage."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(machine=machine())
+    # The stacks' state is this run's alone: a previous run's tokens under the same labels
+    # would make two tokens match each label (the reports beside it are kept).
     run_dir = out_dir / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    one_server: ReplicaRun | None = None
 
-    # Scaling: 1 and 2 nodes on their own stacks, then 3 for everything else.
-    for nodes in (1, 2) if scaling else ():
+    # Scaling: smaller pools on their own stacks, then 3 nodes for everything else.
+    for nodes in scaling:
         stack, clients = await _stack(run_dir, nodes)
         try:
             await _keys(stack, clients[0], ["secp256k1"])
@@ -507,6 +515,15 @@ async def run_bench(
             report.scaling.append(
                 {"nodes": 3, "raw_per_s": k1.raw_per_s, "e2e_per_s": k1.sustained_per_s}
             )
+            # The main stack is the one-server layout of the NATS stage: its sustained run
+            # and its 50 % point are that layout's figures (one stack less to start).
+            one_server = ReplicaRun(
+                servers=len(stack.nats_servers),
+                replicas=stack.config.nats.stream_replicas,
+                sustained_per_s=k1.sustained_per_s,
+                latency=k1.latency[1],
+                nats_cpu_us=k1.cpu_us_by_process.get("nats", 0.0),
+            )
             report.kill = await kill_at_half_load(
                 stack, clients, k1.sustained_per_s * 0.5, durations.kill_s
             )
@@ -519,7 +536,8 @@ async def run_bench(
             await c.close()
         await stack.stop()
 
-    report.replicas = await replica_cost(run_dir, durations, in_flight, say)
+    if replicas:
+        report.replicas = await replica_cost(run_dir, durations, in_flight, say, one_server)
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report.json_path = str(out_dir / f"bench-{stamp}.json")
@@ -530,14 +548,19 @@ async def run_bench(
 
 
 async def replica_cost(
-    run_dir: Path, durations: Durations, in_flight: int, say: Any = print
+    run_dir: Path,
+    durations: Durations,
+    in_flight: int,
+    say: Any = print,
+    one_server: ReplicaRun | None = None,
 ) -> list[ReplicaRun]:
     """One nats-server (streams at 1 replica), then a 3-server cluster (3 replicas), each
-    on a fresh 3-node platform: sustained secp256k1 throughput, and open-loop latency at
-    the same offered load for both (half the single server's throughput)."""
-    runs: list[ReplicaRun] = []
-    offered: float | None = None
-    for servers in (1, 3):
+    a 3-node platform: sustained secp256k1 throughput, and open-loop latency at the same
+    offered load for both (half the single server's throughput). ``one_server``: that
+    layout already measured (the main stage), else it gets a stack of its own."""
+    runs: list[ReplicaRun] = [one_server] if one_server else []
+    offered = one_server.latency.offered_per_s if one_server else None
+    for servers in (3,) if one_server else (1, 3):
         # Platforms of their own (the main stage's 3-node stack has its own directory).
         stack, clients = await _stack(run_dir / "replicas", 3, nats_cluster=servers)
         try:

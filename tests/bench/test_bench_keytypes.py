@@ -19,7 +19,8 @@ async def test_every_new_key_type_gets_raw_and_end_to_end_figures(tmp_path: Path
         durations=Durations.smoke(),
         in_flight=12,
         say=lines.append,
-        scaling=False,
+        scaling=(),
+        replicas=False,
     )
     data = json.loads(Path(report.json_path).read_text())
     assert [c["curve"] for c in data["curves"]] == NEW_TYPES
