@@ -131,6 +131,8 @@ class ReplicaRun:
 class Report:
     machine: dict[str, Any]
     curves: list[CurveRun] = field(default_factory=list)
+    # End to end over raw, per key type: the headline figure, for a reader of the JSON.
+    ratio: dict[str, float] = field(default_factory=dict)
     scaling: list[dict[str, float]] = field(default_factory=list)
     kill: KillRun | None = None
     replicas: list[ReplicaRun] = field(default_factory=list)
@@ -440,9 +442,11 @@ async def run_bench(
     say: Any = print,
     scaling: tuple[int, ...] = (1, 2),
     replicas: bool = True,
+    before_json: Path | None = None,
 ) -> Report:
     """``scaling``: also measure secp256k1 over these node counts on stacks of their own
-    (the 3-node figure comes from the main stack). ``replicas``: the 3-server NATS stage."""
+    (the 3-node figure comes from the main stack). ``replicas``: the 3-server NATS stage.
+    ``before_json``: an earlier run's report, drawn on the chart beside this one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(machine=machine())
     # The stacks' state is this run's alone: a previous run's tokens under the same labels
@@ -540,10 +544,11 @@ async def run_bench(
         report.replicas = await replica_cost(run_dir, durations, in_flight, say, one_server)
 
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    report.ratio = {c.curve: c.ratio_to_raw for c in report.curves}
     report.json_path = str(out_dir / f"bench-{stamp}.json")
     report.chart_path = str(out_dir / f"bench-{stamp}.png")
     Path(report.json_path).write_text(json.dumps(asdict(report), indent=2) + "\n")
-    chart(report, Path(report.chart_path))
+    chart(report, Path(report.chart_path), before=before_json)
     return report
 
 
@@ -697,13 +702,22 @@ def table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def chart(report: Report, path: Path) -> None:
+def chart(report: Report, path: Path, before: Path | None = None) -> list[str]:
+    """Latency against throughput, with the raw limits marked; an earlier run's JSON
+    (``before``) is drawn faded beside it. Returns the series' labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    if before is not None:
+        earlier: dict[str, Any] = json.loads(before.read_text())
+        for c in earlier.get("curves", []):
+            xs = [p["achieved_per_s"] for p in c["latency"]]
+            for q, style in (("p50", "o-"), ("p99", "s--")):
+                ys = [p[f"{q}_ms"] for p in c["latency"]]
+                ax.plot(xs, ys, style, color="grey", alpha=0.5, label=f"before: {c['curve']} {q}")
     for c in report.curves:
         xs = [p.achieved_per_s for p in c.latency]
         ax.plot(xs, [p.p50_ms for p in c.latency], "o-", label=f"{c.curve} p50")
@@ -717,7 +731,22 @@ def chart(report: Report, path: Path) -> None:
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    labels = [str(line.get_label()) for line in ax.get_lines()]
+    labels = [label for label in labels if not label.startswith("_")]  # matplotlib's own
     plt.close(fig)
+    return labels
+
+
+def _existing_json(value: str) -> Path:
+    """--before: a bench JSON that can be read, or argparse's usage error (exit 2)."""
+    path = Path(value)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"{value}: not a readable bench JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("curves"), list):
+        raise argparse.ArgumentTypeError(f"{value}: not a bench JSON (no curves)")
+    return path
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -726,7 +755,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"benchmark in {args.out} ({'smoke' if args.smoke else 'full'} run) ...", flush=True)
     report = asyncio.run(
         run_bench(
-            Path(args.out), curves=curves, durations=durations, say=lambda s: print(s, flush=True)
+            Path(args.out),
+            curves=curves,
+            durations=durations,
+            say=lambda s: print(s, flush=True),
+            before_json=args.before,
         )
     )
     print("\n" + table(report))
@@ -741,6 +774,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure throughput and latency against the raw HSM limit")
     p.add_argument("--out", default=".lantau/bench")
     p.add_argument("--smoke", action="store_true", help="a few seconds per stage (CI)")
+    p.add_argument(
+        "--before", type=_existing_json, help="an earlier run's bench-*.json, drawn on the chart"
+    )
     p.add_argument(
         "--curve", "--type", dest="curve", action="append", choices=ALL_CURVES, help="key type"
     )

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+from dataclasses import asdict
 from pathlib import Path
 
-from devkit.bench import Durations, percentile, run_bench, table
+import pytest
+
+from devkit.bench import (
+    CurveRun,
+    Durations,
+    Latency,
+    Report,
+    add_parsers,
+    chart,
+    percentile,
+    run_bench,
+    table,
+)
 from devkit.softhsm import init_token
 
 
@@ -34,6 +48,9 @@ async def test_a_smoke_run_measures_every_stage(tmp_path: Path):
     data = json.loads(Path(report.json_path).read_text())
     assert data["machine"]["cores"] >= 1 and data["machine"]["softhsm"]
     assert [c["curve"] for c in data["curves"]] == ["secp256k1", "ed25519"]
+    # The headline figure, top level: end to end over raw for each key type.
+    assert data["ratio"] == {c["curve"]: c["ratio_to_raw"] for c in data["curves"]}
+    assert all(0 < r for r in data["ratio"].values())
     for c in data["curves"]:
         assert c["raw_per_s"] > 0 and c["sustained_per_s"] > 0
         assert len(c["latency"]) == 3
@@ -52,3 +69,61 @@ async def test_a_smoke_run_measures_every_stage(tmp_path: Path):
     text = table(report)
     assert "SIGKILL of hsm-2" in text and "secp256k1" in text
     assert "cost of 3 replicas: throughput" in text
+
+
+def _report(curve: str, p99s: tuple[float, float, float]) -> Report:
+    run = CurveRun(
+        curve=curve,
+        nodes_holding_key=3,
+        raw_per_s=1000.0,
+        raw_cpu_us_per_sign=500.0,
+        sustained_per_s=300.0,
+        ratio_to_raw=0.3,
+        overhead_cpu_us=1.0,
+        overhead_cpu_us_with_nats=2.0,
+    )
+    run.latency = [
+        Latency(
+            offered_per_s=r,
+            sent=10,
+            signed=10,
+            lost=0,
+            p50_ms=p / 2,
+            p99_ms=p,
+            p999_ms=p,
+            achieved_per_s=r,
+        )
+        for r, p in zip((75.0, 150.0, 240.0), p99s, strict=True)
+    ]
+    return Report(machine={}, curves=[run])
+
+
+def test_the_chart_draws_an_earlier_run_beside_this_one(tmp_path: Path):
+    earlier = tmp_path / "before.json"
+    earlier.write_text(json.dumps(asdict(_report("secp256k1", (20.0, 60.0, 200.0)))))
+    labels = chart(_report("secp256k1", (10.0, 20.0, 50.0)), tmp_path / "after.png", earlier)
+    assert labels == [
+        "before: secp256k1 p50",
+        "before: secp256k1 p99",
+        "secp256k1 p50",
+        "secp256k1 p99",
+    ]
+    alone = chart(_report("secp256k1", (10.0, 20.0, 50.0)), tmp_path / "alone.png")
+    assert alone == ["secp256k1 p50", "secp256k1 p99"]
+    assert (tmp_path / "after.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("content", [None, "not json", '{"no": "curves"}', "[1, 2]"])
+def test_before_must_be_a_bench_json_or_the_command_says_so(
+    tmp_path: Path, content: str | None, capsys: pytest.CaptureFixture[str]
+):
+    path = tmp_path / "before.json"
+    if content is not None:
+        path.write_text(content)
+    parser = argparse.ArgumentParser(prog="lantau")
+    add_parsers(parser.add_subparsers())
+    with pytest.raises(SystemExit) as exit_:
+        parser.parse_args(["bench", "--before", str(path)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "not a" in err and "bench JSON" in err and "Traceback" not in err
