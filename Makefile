@@ -46,10 +46,8 @@ run: setup
 demo: setup
 	$(VENV)/bin/lantau dev up --demo --exit
 
-# One worker per core, a test file per worker at a time (module fixtures share a stack);
-# the slowest tests are listed at the end so the next one to cut is in plain sight.
 test: setup
-	$(PY) -m pytest -q -n auto --dist loadfile --durations=15
+	$(PY) -m pytest -q
 
 # Each atheris target runs in its own process (libFuzzer exits when done); crashes go to
 # .fuzz/crashes/. Then the hypothesis fuzz tests with their large profile.
