@@ -746,6 +746,16 @@ def _existing_json(value: str) -> Path:
         raise argparse.ArgumentTypeError(f"{value}: not a readable bench JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("curves"), list):
         raise argparse.ArgumentTypeError(f"{value}: not a bench JSON (no curves)")
+    point = {"achieved_per_s", "p50_ms", "p99_ms"}
+    for c in data["curves"]:
+        latency = c.get("latency") if isinstance(c, dict) else None
+        if not isinstance(c, dict) or "curve" not in c or not isinstance(latency, list):
+            why = "a curve without latency"
+        elif not all(isinstance(p, dict) and point <= p.keys() for p in latency):
+            why = "a latency point lacks figures"
+        else:
+            continue
+        raise argparse.ArgumentTypeError(f"{value}: not a bench JSON ({why})")
     return path
 
 

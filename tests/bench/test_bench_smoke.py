@@ -111,9 +111,24 @@ def test_the_chart_draws_an_earlier_run_beside_this_one(tmp_path: Path):
     alone = chart(_report("secp256k1", (10.0, 20.0, 50.0)), tmp_path / "alone.png")
     assert alone == ["secp256k1 p50", "secp256k1 p99"]
     assert (tmp_path / "after.png").read_bytes()[:4] == b"\x89PNG"
+    # A report the benchmark wrote is accepted by the command line.
+    parser = argparse.ArgumentParser(prog="lantau")
+    add_parsers(parser.add_subparsers())
+    assert parser.parse_args(["bench", "--before", str(earlier)]).before == earlier
 
 
-@pytest.mark.parametrize("content", [None, "not json", '{"no": "curves"}', "[1, 2]"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        None,
+        "not json",
+        '{"no": "curves"}',
+        "[1, 2]",
+        '{"curves": [1]}',
+        '{"curves": [{"curve": "secp256k1"}]}',
+        '{"curves": [{"curve": "secp256k1", "latency": [{"p50_ms": 1}]}]}',
+    ],
+)
 def test_before_must_be_a_bench_json_or_the_command_says_so(
     tmp_path: Path, content: str | None, capsys: pytest.CaptureFixture[str]
 ):
