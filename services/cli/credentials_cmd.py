@@ -27,8 +27,8 @@ from libs import config as config_mod
 from libs import credentials as creds
 from libs import totp
 from libs.bus import kv
+from libs.bus.ask import publish_and_wait
 from libs.bus.permissions import OPERATOR, approver_identity
-from libs.bus.publish import publish
 from libs.bus.violations import subscribe_checked
 from libs.client import load_signing_key
 from libs.clock import now_ms
@@ -112,24 +112,18 @@ async def _send_and_wait(
     matches: Callable[[CredentialOutcome], bool],
 ) -> CredentialOutcome | None:
     """Publish a credential request and wait for policy's outcome about it."""
-    answer: asyncio.Future[CredentialOutcome] = asyncio.get_running_loop().create_future()
 
-    async def on_outcome(msg: Msg) -> None:
-        try:
-            event = codec.EVENT.decode(msg.data)
-        except LantauError:
-            return
-        if isinstance(event, CredentialOutcome) and matches(event) and not answer.done():
-            answer.set_result(event)
+    def answer(event: object) -> CredentialOutcome | None:
+        return event if isinstance(event, CredentialOutcome) and matches(event) else None
 
-    sub = await subscribe_checked(nc, credential_event_subject(person), cb=on_outcome)
-    try:
-        await publish(nc.jetstream(), credential_request_subject(sender), message)
-        return await asyncio.wait_for(answer, timeout=OUTCOME_WAIT_S)
-    except TimeoutError:
-        return None
-    finally:
-        await sub.unsubscribe()
+    return await publish_and_wait(
+        nc,
+        credential_request_subject(sender),
+        message,
+        listen=credential_event_subject(person),
+        answer=answer,
+        timeout_s=OUTCOME_WAIT_S,
+    )
 
 
 def _report(outcome: CredentialOutcome | None) -> int:
