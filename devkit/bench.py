@@ -26,6 +26,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -449,10 +450,10 @@ async def run_bench(
     ``before_json``: an earlier run's report, drawn on the chart beside this one."""
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(machine=machine())
-    # The stacks' state is this run's alone: a previous run's tokens under the same labels
-    # would make two tokens match each label (the reports beside it are kept).
-    run_dir = out_dir / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # The stacks' state is this run's alone, in a directory made for it (a previous run's
+    # tokens under the same labels would make two tokens match each label); removed once
+    # the run succeeds, kept for its logs when it fails. Nothing that was there is deleted.
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
     one_server: ReplicaRun | None = None
 
     # Scaling: smaller pools on their own stacks, then 3 nodes for everything else.
@@ -549,6 +550,7 @@ async def run_bench(
     report.chart_path = str(out_dir / f"bench-{stamp}.png")
     Path(report.json_path).write_text(json.dumps(asdict(report), indent=2) + "\n")
     chart(report, Path(report.chart_path), before=before_json)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return report
 
 

@@ -33,9 +33,11 @@ def test_percentile_is_nearest_rank():
 
 
 async def test_a_smoke_run_measures_every_stage(tmp_path: Path):
-    # A previous run left its stacks behind (make bench twice in one checkout): its
-    # tokens carry the labels this run's stacks are about to create.
+    # A previous run left its stacks behind (make bench twice in one checkout, or a run
+    # that failed): its tokens carry the labels this run's stacks are about to create.
+    # And --out may name a directory holding things of the user's: none is deleted.
     await asyncio.to_thread(init_token, tmp_path / "run" / "1-nodes" / "authority", "lantau-policy")
+    (tmp_path / "notes.txt").write_text("the user's")
     lines: list[str] = []
     report = await run_bench(
         tmp_path,
@@ -66,6 +68,10 @@ async def test_a_smoke_run_measures_every_stage(tmp_path: Path):
         assert r["sustained_per_s"] > 0 and r["nats_cpu_us"] > 0
         assert r["latency"]["lost"] == 0 and r["latency"]["signed"] == r["latency"]["sent"]
     assert Path(report.chart_path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The stale stacks and the user's file are untouched; this run's stacks are gone.
+    assert (tmp_path / "run" / "1-nodes" / "authority").is_dir()
+    assert (tmp_path / "notes.txt").read_text() == "the user's"
+    assert not list(tmp_path.glob("run-*"))
     text = table(report)
     assert "SIGKILL of hsm-2" in text and "secp256k1" in text
     assert "cost of 3 replicas: throughput" in text
