@@ -95,10 +95,8 @@ async def check(
     nc = await connect_cli(cfg, OPERATOR, config_path=config_path, name="lantau-second-factor")
 
     def verdict(event: object) -> CredentialOutcome | None:
-
         if isinstance(event, CredentialOutcome) and event.proposal_id == request.check_id:
             return event
-
         return None
 
     try:
