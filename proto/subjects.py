@@ -177,6 +177,10 @@ class ConsumerSpec(NamedTuple):
     filter_subject: str | None = None
     # Redeliver without limit (the audit's consumers: a fact is never given up on).
     unlimited_redelivery: bool = False
+    # Acknowledge a run of messages with its newest (ack policy "all"), for a handler that
+    # returns for message n only once every earlier message of the stream is handled (the
+    # audit records each stream in order): one acknowledgement per batch, not per message.
+    cumulative_acks: bool = False
 
 
 POLICY_REQUESTS = ConsumerSpec(REQUESTS, "policy")
@@ -186,7 +190,8 @@ BACKUP_KEY_EVENTS = ConsumerSpec(EVENTS, "backup", EVENT_KEY_CREATED)
 # new stream of facts is recorded once it is added here (the verifier needs no change).
 AUDIT_SOURCE_STREAMS = (REQUESTS, ORDERS, RESULTS, EVENTS, AUDIT, DEAD_LETTERS, RECEIPTS)
 AUDIT_SOURCES = tuple(
-    ConsumerSpec(s, "audit", unlimited_redelivery=True) for s in AUDIT_SOURCE_STREAMS
+    ConsumerSpec(s, "audit", unlimited_redelivery=True, cumulative_acks=True)
+    for s in AUDIT_SOURCE_STREAMS
 )
 
 ALL_CONSUMERS = (POLICY_REQUESTS, SIGNER_ORDERS, BACKUP_KEY_EVENTS, *AUDIT_SOURCES)

@@ -14,7 +14,9 @@ gets the decoded message and its ``Delivery``. Rules every consumer follows
 - the bus refuses this identity its durable -> ``run`` raises PERMISSION_DENIED
 Handlers must be idempotent: JetStream redelivers whatever was not acked.
 A consumer made with ``dead_letter=False`` (the audit's: a fact must never be dropped)
-naks every failure, however often, and never dead-letters or terms.
+naks every failure, however often, and never dead-letters or terms. A durable with
+``cumulative_acks`` (ack policy "all") acknowledges what its handlers finished together,
+with the newest message among them (``CumulativeAck``).
 """
 
 from __future__ import annotations
@@ -125,6 +127,57 @@ class PullCredits:
         self.credits = max(0, self.credits - pending) if pending is not None else 0
 
 
+class CumulativeAck:
+    """One acknowledgement for the messages finished together, on a durable whose ack
+    policy is "all": acknowledging stream sequence n acknowledges every earlier one, so
+    its handler may return for n only once every earlier message is handled.
+
+    A finished message at or below the floor already acknowledged is a redelivery: its
+    acknowledgement was lost or the durable still acknowledges explicitly (one made by an
+    earlier release): it is acknowledged on its own, so it is not delivered forever."""
+
+    def __init__(self) -> None:
+        self.floor = 0
+        self._newest: Msg | None = None
+        self._newest_seq = 0
+        self._scheduled = False
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def finished(self, msg: Msg, stream_seq: int) -> None:
+        if stream_seq <= self.floor:
+            self._send(msg)
+            return
+        if stream_seq > self._newest_seq:
+            self._newest, self._newest_seq = msg, stream_seq
+        if not self._scheduled:
+            # After the handlers released in this same step of the loop have finished too.
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._newest is None:
+            return
+        self._send(self._newest)
+        self.floor = max(self.floor, self._newest_seq)
+        self._newest, self._newest_seq = None, 0
+
+    def _send(self, msg: Msg) -> None:
+        task = asyncio.get_running_loop().create_task(_quietly(msg.ack()))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def drain(self) -> None:
+        self._flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+async def _quietly(ack: Awaitable[None]) -> None:
+    with contextlib.suppress(Exception):
+        await ack
+
+
 class Consumer(Generic[T]):
     """Competing consumer on a durable pull consumer, processing messages as they arrive."""
 
@@ -159,6 +212,7 @@ class Consumer(Generic[T]):
         self._redelivered = metrics.REDELIVERIES.labels(*self._labels)
         self._pending = metrics.CONSUMER_PENDING.labels(*self._labels)
         self._acked = metrics.MESSAGES.labels(*self._labels, "ack")
+        self._cumulative = CumulativeAck() if spec.cumulative_acks else None
         self.processed = 0
 
     @property
@@ -201,6 +255,8 @@ class Consumer(Generic[T]):
                 await sub.unsubscribe()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._cumulative is not None:
+                await self._cumulative.drain()
 
     async def _on_msg(self, msg: Msg) -> None:
         status = (msg.headers or {}).get("Status") if msg.headers else None
@@ -268,6 +324,9 @@ class Consumer(Generic[T]):
                 return
             self._acked.inc()
             self.processed += 1
+            if self._cumulative is not None:
+                self._cumulative.finished(msg, delivery.stream_seq)
+                return
             with contextlib.suppress(Exception):
                 await msg.ack()
 

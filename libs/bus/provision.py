@@ -89,7 +89,7 @@ async def ensure_consumer(
     config = ConsumerConfig(
         durable_name=spec.durable,
         deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
+        ack_policy=AckPolicy.ALL if spec.cumulative_acks else AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
         max_deliver=-1 if spec.unlimited_redelivery else MAX_DELIVER,
         max_ack_pending=4096,
@@ -98,7 +98,28 @@ async def ensure_consumer(
     )
     try:
         await js.add_consumer(spec.stream.name, config)
-    except nats.js.errors.BadRequestError:
+        return
+    except nats.js.errors.APIError:  # a durable with settings that cannot be updated
+        pass
+    info = await js.consumer_info(spec.stream.name, spec.durable)
+    if info.config.ack_policy == config.ack_policy:
         log.info(
             "consumer %s/%s exists with other settings; keeping it", spec.stream.name, spec.durable
         )
+        return
+    # An ack policy cannot be changed in place (a durable of an earlier release): replace
+    # the durable, resuming after its acknowledged floor. Messages acknowledged above the
+    # floor come again; the handlers of a durable are idempotent (consume.py).
+    floor = info.ack_floor.stream_seq if info.ack_floor else 0
+    if floor:
+        config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+        config.opt_start_seq = floor + 1
+    await js.delete_consumer(spec.stream.name, spec.durable)
+    await js.add_consumer(spec.stream.name, config)
+    log.warning(
+        "consumer %s/%s replaced to acknowledge %s, resuming after stream sequence %d",
+        spec.stream.name,
+        spec.durable,
+        config.ack_policy.value if config.ack_policy else "?",
+        floor,
+    )
