@@ -47,3 +47,20 @@ def test_fast_path_detaches_on_error(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_exporting_follows_the_global_provider() -> None:
     provider = trace.get_tracer_provider()
     assert tracing._exporting() is not isinstance(provider, trace.ProxyTracerProvider)
+
+
+def test_a_service_without_an_exporter_decides_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``setup`` with no exporter configured settles the question for the process: the
+    per-message check no longer reads the environment through the global provider."""
+    monkeypatch.setattr(tracing, "_decided", None)
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    tracing.setup("test")
+
+    def asked() -> trace.TracerProvider:
+        raise AssertionError("asked the global provider per message")
+
+    monkeypatch.setattr(trace, "get_tracer_provider", asked)
+    assert tracing._exporting() is False
+    with tracing.span("h", parent_headers={"traceparent": PARENT}) as s:
+        assert s.get_span_context().trace_id == int(PARENT.split("-")[1], 16)
