@@ -34,6 +34,7 @@ from typing import Any
 
 import nacl.signing
 
+from devkit import bench_spread
 from devkit.chaos import wait_replicated
 from devkit.stack import DevStack, start_platform
 from libs.client import CustodyClient, CustodyError
@@ -739,6 +740,16 @@ def chart(report: Report, path: Path, before: Path | None = None) -> list[str]:
     return labels
 
 
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of runs (1 or more)")
+    return n
+
+
 def _existing_json(value: str) -> Path:
     """--before: a bench JSON that can be read, or argparse's usage error (exit 2)."""
     path = Path(value)
@@ -764,21 +775,40 @@ def _existing_json(value: str) -> Path:
 def cmd_bench(args: argparse.Namespace) -> int:
     durations = Durations.smoke() if args.smoke else Durations()
     curves: list[Curve] = args.curve or ALL_CURVES
-    print(f"benchmark in {args.out} ({'smoke' if args.smoke else 'full'} run) ...", flush=True)
-    report = asyncio.run(
-        run_bench(
-            Path(args.out),
-            curves=curves,
-            durations=durations,
-            say=lambda s: print(s, flush=True),
-            before_json=args.before,
+    reports: list[Report] = []
+    lost = 0
+    for n in range(1, args.runs + 1):
+        which = f"run {n} of {args.runs}, " if args.runs > 1 else ""
+        print(
+            f"benchmark in {args.out} ({which}{'smoke' if args.smoke else 'full'} run) ...",
+            flush=True,
         )
-    )
-    print("\n" + table(report))
-    lost = sum(p.lost for c in report.curves for p in c.latency) + (
-        report.kill.lost if report.kill else 0
-    )
-    lost += sum(r.latency.lost for r in report.replicas)
+        report = asyncio.run(
+            run_bench(
+                Path(args.out),
+                curves=curves,
+                durations=durations,
+                say=lambda s: print(s, flush=True),
+                before_json=args.before,
+            )
+        )
+        print("\n" + table(report) + "\n", flush=True)
+        reports.append(report)
+        lost += sum(p.lost for c in report.curves for p in c.latency)
+        lost += report.kill.lost if report.kill else 0
+        lost += sum(r.latency.lost for r in report.replicas)
+    if len(reports) > 1:
+        figures = bench_spread.spread([asdict(r) for r in reports])
+        path = Path(reports[-1].json_path).with_name(
+            Path(reports[-1].json_path).name.replace("bench-", "spread-")
+        )
+        path.write_text(
+            json.dumps({"runs": [r.json_path for r in reports], "figures": figures}, indent=2)
+            + "\n"
+        )
+        print(f"{len(reports)} consecutive runs:")
+        print("\n".join(bench_spread.lines(figures)))
+        print(f"\nspread {path}")
     return 1 if lost else 0
 
 
@@ -786,6 +816,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure throughput and latency against the raw HSM limit")
     p.add_argument("--out", default=".lantau/bench")
     p.add_argument("--smoke", action="store_true", help="a few seconds per stage (CI)")
+    p.add_argument(
+        "--runs",
+        type=_positive,
+        default=1,
+        help="consecutive runs, each figure then reported with its spread (make bench: 3)",
+    )
     p.add_argument(
         "--before", type=_existing_json, help="an earlier run's bench-*.json, drawn on the chart"
     )
