@@ -239,7 +239,7 @@ async def test_two_audit_replicas_record_every_fact_once_and_never_fork(fresh_pl
             t = report.trail
             return not missing_facts(t, expected) and t.last_cp_size == t.head_seq
 
-        await eventually(all_in, 120)  # two replicas split every stream: ~45 s here
+        await eventually(all_in, 60)
         both = [
             metric(stack, name, "lantau_audit_facts_total") or 0 for name in ("audit", "audit-2")
         ]
