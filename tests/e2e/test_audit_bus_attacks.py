@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import pytest
 
@@ -308,3 +309,48 @@ def lantau_check(doc, pinned, saved):
         f"\n$ lantau audit check-proof {doc.name}\n{out.stdout}{out.stderr}(exit {out.returncode})"
     )
     return out
+
+
+async def test_acknowledging_ahead_with_the_audit_credentials_drops_no_fact(
+    platform, trader, js, forger
+):
+    """The audit's durables acknowledge cumulatively (ack policy "all"): whoever holds its
+    bus credentials can pull facts and acknowledge the newest, which acknowledges every
+    earlier fact, including those in the audit service's hands. The audit still records
+    each of them: it records each stream in order and reads a hole from the stream."""
+    from libs.audit.verify import missing_facts
+    from proto.subjects import AUDIT_SOURCES, REQUESTS
+
+    spec = next(s for s in AUDIT_SOURCES if s.stream is REQUESTS)
+    stolen = await forger.pull_subscribe_bind(spec.durable, spec.stream.name)
+    taken: list[int] = []
+    signed = asyncio.Event()
+
+    async def steal() -> None:
+        while not signed.is_set():
+            try:
+                msgs = await stolen.fetch(10, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            if msgs:
+                taken.extend(m.metadata.sequence.stream for m in msgs)
+                await msgs[-1].ack_sync()  # acknowledges every earlier fact too
+
+    thief = asyncio.create_task(steal())
+    results = await _sign(trader, 40, "ack-ahead")
+    signed.set()
+    await asyncio.wait_for(thief, 10)
+    await stolen.unsubscribe()
+    assert all(r.status == "signed" for r in results)
+    assert taken, "the stolen credentials pulled nothing"
+    last = (await js.stream_info(REQUESTS.name)).state.last_seq
+    keys = await _keys(platform, js)
+
+    async def all_recorded() -> bool:
+        report = verify(await logread.read_all(js), keys)
+        assert report.ok, report.summary()
+        return not missing_facts(report.trail, [(REQUESTS.name, last)])
+
+    await eventually(all_recorded, 60)
+    trail = verify(await logread.read_all(js), keys).trail
+    assert not [g for g in trail.gaps if g[0] == REQUESTS.name], "a stolen fact became a gap"
