@@ -104,14 +104,15 @@ async def _connect(cfg: config_mod.Config, args: argparse.Namespace, who: str | 
     )
 
 
-async def _send_and_wait(
+async def send_and_wait(
     nc: Client,
     sender: str,
     person: str,
     message: msgspec.Struct,
     matches: Callable[[CredentialOutcome], bool],
 ) -> CredentialOutcome | None:
-    """Publish a credential request and wait for policy's outcome about it."""
+    """Publish a credential request (or a second-factor check) as ``sender`` and wait for
+    policy's outcome about ``person`` that ``matches``."""
 
     def answer(event: object) -> CredentialOutcome | None:
         return event if isinstance(event, CredentialOutcome) and matches(event) else None
@@ -183,7 +184,7 @@ async def _endorse(args: argparse.Namespace) -> int:
                 f"(proposed: {record.statement_sha256})"
             )
         message = endorsement(record, args.approver, key)
-        outcome = await _send_and_wait(
+        outcome = await send_and_wait(
             nc,
             args.approver,
             message.person,
@@ -216,7 +217,7 @@ async def _revoke(args: argparse.Namespace) -> int:
     message = revocation(person, credential, args.approver, args.reason, key)
     nc = await _connect(cfg, args, args.approver)
     try:
-        outcome = await _send_and_wait(
+        outcome = await send_and_wait(
             nc,
             args.approver,
             person,
@@ -252,7 +253,7 @@ async def enrol_totp(
 
     sub = await subscribe_checked(nc, totp_reply_subject(person), cb=on_delivery)
     try:
-        outcome = await _send_and_wait(
+        outcome = await send_and_wait(
             nc, person, person, request, lambda o: o.proposal_id == request.proposal_id
         )
         if outcome is None or not outcome.accepted:

@@ -20,17 +20,14 @@ import sys
 import uuid
 
 from libs import config as config_mod
-from libs.bus.ask import publish_and_wait
 from libs.bus.permissions import OPERATOR
 from libs.clock import now_ms
 from libs.policy_store import PolicyStore
 from proto.credentials import CredentialOutcome, SecondFactorCheck
 from proto.errors import ErrorCode, LantauError
-from proto.subjects import credential_event_subject, credential_request_subject
+from services.cli.credentials_cmd import OUTCOME_WAIT_S, send_and_wait
 from services.cli.identity import connect_cli
 from services.cli.usage import UsageError
-
-ANSWER_WAIT_S = 15.0
 
 
 def required(cfg: config_mod.Config) -> bool:
@@ -75,7 +72,7 @@ def require(
     if answer is None:
         raise LantauError(
             ErrorCode.BUS_UNAVAILABLE,
-            f"policy did not answer the second-factor check within {ANSWER_WAIT_S:.0f} s",
+            f"policy did not answer the second-factor check within {OUTCOME_WAIT_S:.0f} s",
         )
     if not answer.accepted:
         raise LantauError(ErrorCode(answer.code), f"{purpose} refused: {answer.message}")
@@ -94,19 +91,9 @@ async def check(
     )
     nc = await connect_cli(cfg, OPERATOR, config_path=config_path, name="lantau-second-factor")
 
-    def verdict(event: object) -> CredentialOutcome | None:
-        if isinstance(event, CredentialOutcome) and event.proposal_id == request.check_id:
-            return event
-        return None
-
     try:
-        return await publish_and_wait(
-            nc,
-            credential_request_subject(OPERATOR),
-            request,
-            listen=credential_event_subject(person),
-            answer=verdict,
-            timeout_s=ANSWER_WAIT_S,
+        return await send_and_wait(
+            nc, OPERATOR, person, request, lambda e: e.proposal_id == request.check_id
         )
     finally:
         await nc.close()
