@@ -24,7 +24,7 @@ from libs.config import (
     RequesterConfig,
     ServiceNkeys,
 )
-from proto.subjects import ALL_CONSUMERS, ALL_STREAMS, inbox_prefix
+from proto.subjects import ALL_CONSUMERS, ALL_STREAMS, AUDIT_SOURCES, inbox_prefix
 
 NAME = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
 
@@ -120,6 +120,21 @@ def test_every_durable_reader_gets_both_ack_forms(found):
                 assert allows(
                     publish, f"$JS.ACK.dom.acc.{spec.stream.name}.{spec.durable}.1.2.3.4.5.6.7"
                 )
+
+
+def test_only_the_audit_may_acknowledge_the_audits_durables(found):
+    """One acknowledgement on an audit durable (ack policy "all") acknowledges every
+    earlier fact: nobody but the audit service may send one, or pull from them. (The
+    provisioner manages every stream and consumer: it may delete them outright.)"""
+    for name, ident in found.items():
+        if name == P.PROVISIONER:
+            continue
+        publish = ident.permissions.publish
+        for spec in AUDIT_SOURCES:
+            ack = f"$JS.ACK.{spec.stream.name}.{spec.durable}.1.2.3.4.5"
+            nxt = f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream.name}.{spec.durable}"
+            allowed = allows(publish, ack) or allows(publish, nxt)
+            assert allowed == (name == P.AUDIT_ROLE), (name, spec.stream.name)
 
 
 def test_inboxes_are_private_and_responders_answer_only_their_callers(found):
