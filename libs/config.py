@@ -245,9 +245,12 @@ class AuditConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     batch_max_facts: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 256
     batch_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
     # A signed checkpoint every checkpoint_every records, and at most
-    # checkpoint_interval_s after a record was written.
+    # checkpoint_interval_s after a record was written. A record of nothing but the
+    # receipts of checkpoint signatures waits up to checkpoint_idle_s, so an idle log
+    # comes to rest; that is also the longest an idle log goes without a new signed head.
     checkpoint_every: Positive = 100
     checkpoint_interval_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    checkpoint_idle_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
     # How long an append may keep failing before the service stops (and alerts) instead
     # of retrying: it never drops a fact.
     append_retry_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0

@@ -31,7 +31,7 @@ from proto.audit import AuditCheckpoint, WitnessStatus
 from proto.errors import ErrorCode, LantauError
 from proto.subjects import AUDIT_CHAIN, AUDIT_CHECKPOINT_KEY
 from services.audit.batch import Pending, Waiting
-from services.audit.facts import describe
+from services.audit.facts import checkpoint_echo, describe
 from services.audit.sinks import Sinks
 from services.audit.state import StateStore
 from services.audit.writer import Halt, LogWriter, Moved
@@ -77,10 +77,11 @@ class Appender:
         self.pending = Pending()
         self._wake = asyncio.Event()
         self.halted: str | None = None
-        self._last_checkpoint = time.monotonic()
         self._last_sweep = 0.0
         self._swept_at: dict[str, int] = {}
         self._learnt_at = 0.0
+        # The newest record this replica appended that calls for a checkpoint soon.
+        self._calls_for_checkpoint = 0
 
     # -- the consumers' side -------------------------------------------------
 
@@ -216,6 +217,12 @@ class Appender:
                 except LantauError:
                     pass
                 continue
+            if (
+                record.gaps
+                or record.skipped
+                or not all(checkpoint_echo(w.data) for w in batch if w.data is not None)
+            ):
+                self._calls_for_checkpoint = record.seq
             metrics.AUDIT_FACTS.inc(len(record.facts))
             for gap in record.gaps:
                 metrics.AUDIT_FACT_GAPS.labels(gap.stream, gap.reason).inc()
@@ -328,8 +335,12 @@ class Appender:
         self._last_sweep = now
         await self._sweep()
         await self._flush()
-        # A record waits at most about checkpoint_interval_s for a checkpoint over it.
-        if now - self._last_checkpoint >= self.cfg.checkpoint_interval_s:
+        trail = self.writer.trail
+        # The log's newest checkpoint, whichever replica signed it.
+        last = trail.last_checkpoint
+        since = (now_ms() - last.at_ms) / 1000 if last is not None else float("inf")
+        called = self._calls_for_checkpoint > trail.last_cp_size
+        if checkpoint_due(since, called=called, cfg=self.cfg):
             await self.checkpoint()
         await self._witness_tick()
 
@@ -359,7 +370,6 @@ class Appender:
                 log.warning("checkpoint not appended: %s", type(e).__name__)
                 return None
             metrics.AUDIT_CHECKPOINT_TREE_SIZE.set(signed.tree_size)
-            self._last_checkpoint = time.monotonic()
             await self.sinks.write(signed)
             await self._publish_status()
             try:
@@ -424,6 +434,16 @@ class Appender:
                     sink.holds = c.tree_size
         if trail.last_checkpoint is not None:
             self.sinks.newest = trail.last_checkpoint
+
+
+def checkpoint_due(since_last: float, *, called: bool, cfg: AuditConfig) -> bool:
+    """Whether to sign a checkpoint, ``since_last`` seconds after this replica's last.
+    A record waits at most about checkpoint_interval_s for a checkpoint over it; one of
+    checkpoint echoes only (facts.checkpoint_echo), and an idle log's head, wait
+    checkpoint_idle_s: the log rests, and still shows a fresh signed head that often."""
+    if called:
+        return since_last >= min(cfg.checkpoint_interval_s, cfg.checkpoint_idle_s)
+    return since_last >= cfg.checkpoint_idle_s
 
 
 def _fail_waiters(w: Waiting, error: Exception) -> None:

@@ -6,6 +6,7 @@ import msgspec
 
 from libs.audit.records import content_hash
 from proto.audit import AuditFact
+from proto.subjects import AUDIT_CHECKPOINT_KEY
 
 
 class _Envelope(msgspec.Struct):
@@ -70,4 +71,38 @@ def describe(stream: str, seq: int, data: bytes) -> AuditFact:
         event_type=env.type,
         actor=env.who()[:ENVELOPE_FIELD_LIMIT],
         request_id=env.request_id,
+    )
+
+
+class _Receipt(msgspec.Struct):
+    op: str = ""
+    key_id: str = ""
+    outcome: str = ""
+
+
+class _Receipts(msgspec.Struct):
+    type: str = ""
+    receipts: list[_Receipt] = []
+
+
+_receipts = msgspec.msgpack.Decoder(_Receipts)
+
+
+def checkpoint_echo(data: bytes) -> bool:
+    """Whether a fact is nothing but a node's receipts for checkpoint signatures: the
+    echo of checkpoints already on the log. It is recorded like any fact, but does not
+    call for a checkpoint of its own soon: the receipt of checkpoint n can only be
+    recorded after n, so if it did, an idle log would get a record and a checkpoint every
+    checkpoint_interval_s forever and its head would never be under a checkpoint."""
+    try:
+        batch = _receipts.decode(data)
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError):
+        return False
+    return (
+        batch.type == "hsm_receipts"
+        and bool(batch.receipts)
+        and all(
+            r.op == "sign_checkpoint" and r.key_id == AUDIT_CHECKPOINT_KEY and r.outcome == "done"
+            for r in batch.receipts
+        )
     )

@@ -5,7 +5,8 @@ appender (appender.py) and acks it once it is in the log. The appender writes on
 record per batch of facts, signed with the record key (Ed25519, a seed file only this
 service reads), on top of a head it verified (writer.py): anything on the log it did not
 write is quarantined and named in its next record. Every ``checkpoint_every`` records,
-and within ``checkpoint_interval_s`` of any new record, it signs a tree head over the
+and within ``checkpoint_interval_s`` of any new record (``checkpoint_idle_s`` for one
+of checkpoint echoes only, facts.checkpoint_echo), it signs a tree head over the
 records with the checkpoint key held in the HSMs, appends it to the log and to every
 witness sink (sinks.py); while no sink holds the newest checkpoint, the status in the
 lantau_audit_state bucket says so and signers take no orders.

@@ -27,6 +27,7 @@ from proto.audit import AuditCheckpoint, AuditRecord
 from proto.subjects import AUDIT_CHAIN, AUDIT_SOURCE_STREAMS, DEAD_LETTERS
 from tests.conftest import connect_client, fast_redelivery
 from tests.e2e.test_audit import (
+    at_rest,
     audit_cli,
     checkpoint_key,
     eventually,
@@ -81,11 +82,17 @@ class Attacker:
 
 
 async def _checkpointed(js, keys: Keys, at_least: int) -> None:
-    """Wait for a quiet trail: at least ``at_least`` checkpoints, the last over the head."""
+    """Wait for a trail at rest: at least ``at_least`` checkpoints, the last over every
+    fact the sources held when asked."""
+    expected = []
+    for spec in AUDIT_SOURCE_STREAMS:
+        last = (await js.stream_info(spec.name)).state.last_seq
+        if last:
+            expected.append((spec.name, last))
 
     async def done() -> bool:
         t = verify(await logread.read_all(js), keys).trail
-        return t.ok and t.checkpoints >= at_least and t.last_cp_size == t.head_seq
+        return t.checkpoints >= at_least and await at_rest(js, keys, expected)
 
     await eventually(done, 60)
 

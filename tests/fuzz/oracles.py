@@ -22,6 +22,7 @@ from proto.subjects import HDR_REQUEST_ID, result_subject
 from services.audit.facts import (
     ENVELOPE_FIELD_LIMIT,
     _Envelope,
+    checkpoint_echo,
     describe,
 )
 from services.audit.facts import (
@@ -72,6 +73,8 @@ def envelope(data: bytes) -> _Envelope:
     fact = describe("LANTAU_REQUESTS", 1, data)
     assert (fact.event_type, fact.request_id) == (env.type, env.request_id)
     assert len(fact.actor) <= ENVELOPE_FIELD_LIMIT
+    # Never raises either; only a node's receipts can be an echo.
+    assert not checkpoint_echo(data) or env.type == "hsm_receipts"
     return env
 
 
