@@ -179,14 +179,10 @@ async def _keys_for_verify(stack: DevStack) -> tuple[bytes, bytes]:
 
 async def _caught_up(stack: DevStack, record: bytes, checkpoint: bytes, timeout_s: float) -> str:
     """Wait until the trail records every message its source streams held when asked, under
-    a checkpoint; returns what was still missing when time ran out ("" when caught up).
-
-    The head itself is rarely under a checkpoint: signing a checkpoint makes an HSM receipt,
-    a fact the next record holds. So: first the record where every source is in, then a
-    checkpoint at or past it."""
-    from libs.audit import logread
+    a checkpoint (devkit/auditrest.py); returns what was still missing when time ran out
+    ("" when caught up)."""
+    from devkit import auditrest
     from libs.audit.trail import Keys
-    from libs.audit.verify import verify
     from libs.bus.permissions import OPERATOR
     from proto.subjects import AUDIT_SOURCE_STREAMS
 
@@ -194,31 +190,22 @@ async def _caught_up(stack: DevStack, record: bytes, checkpoint: bytes, timeout_
     nc = await stack.connect_as(OPERATOR)
     js = nc.jetstream()
     behind = "nothing read yet"
-    lasts: dict[str, int] = {}
-    all_in: int | None = None  # the first record with every source message in
+    expected: list[tuple[str, int]] = []
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                if not lasts:
+                if not expected:
                     for s in AUDIT_SOURCE_STREAMS:
-                        lasts[s.name] = (await js.stream_info(s.name)).state.last_seq
-                trail = verify(await logread.read_all(js), keys).trail
+                        expected.append((s.name, (await js.stream_info(s.name)).state.last_seq))
+                behind = await auditrest.behind(js, keys, expected)
             except Exception as e:  # a server still catching up: ask again
-                lasts.clear()
-                behind = f"cannot read yet ({type(e).__name__})"
+                expected.clear()
+                behind = f"cannot read yet ({type(e).__name__}: {e})"
                 await asyncio.sleep(0.5)
                 continue
-            late = {s: n for s, n in lasts.items() if trail.cursors.get(s, 0) < n}
-            if not late and all_in is None:
-                all_in = trail.head_seq
-            if all_in is not None and trail.last_cp_size >= all_in:
+            if not behind:
                 return ""
-            behind = (
-                f"streams behind {late}"
-                if late
-                else f"no checkpoint over record {all_in} yet (last covers {trail.last_cp_size})"
-            )
             await asyncio.sleep(0.5)
     finally:
         await nc.close()

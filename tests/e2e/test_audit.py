@@ -10,15 +10,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 
+from devkit import auditrest
 from libs import config as config_mod
 from libs.audit import logread
 from libs.audit.trail import Keys
 from libs.audit.verify import missing_facts, verify
 from libs.bus.permissions import AUDIT_ROLE, OPERATOR
 from libs.keys.directory import KeyDirectory
-from proto.audit import AuditRecord
 from proto.subjects import AUDIT_CHECKPOINT_KEY, RESULTS, result_subject
-from services.audit.facts import checkpoint_echo
 from tests.e2e.helpers import lantau
 from tests.e2e.test_crash import _submit_all, _wait_all, _wait_for_progress
 
@@ -89,26 +88,9 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout_s: flo
 
 
 async def at_rest(js, keys: Keys, expected: list[tuple[str, int]]) -> bool:
-    """The log verifies, holds every expected fact, and its newest checkpoint covers every
-    record but those of checkpoint echoes (the receipts of checkpoint signatures wait for
-    the next checkpoint: docs/audit.md)."""
-    items = await logread.read_all(js)
-    report = verify(items, keys)
-    assert report.ok, report.summary()
-    t = report.trail
-    if missing_facts(t, expected) or t.last_checkpoint is None:
-        return False
-    for item in items:
-        r = item.entry
-        if not isinstance(r, AuditRecord) or r.seq <= t.last_cp_size:
-            continue
-        if r.gaps or r.skipped:
-            return False
-        for f in r.facts:
-            source = await logread.fetch(js, f.stream, f.seq)
-            if source.data is None or not checkpoint_echo(source.data):
-                return False
-    return True
+    """Every expected fact recorded and under the newest checkpoint (devkit/auditrest.py);
+    a log that fails to verify fails the test at once."""
+    return not await auditrest.behind(js, keys, expected)
 
 
 async def test_killing_audit_under_load_leaves_an_unbroken_trail_covering_every_signature(
