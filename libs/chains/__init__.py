@@ -14,6 +14,12 @@ from libs.chains.dispatch import (
 )
 from libs.chains.model import TX_KINDS, Movement, ParsedTx, view_digest
 
+
+def preload() -> None:
+    """Import what the parsers load on first use, so no request waits for it."""
+    import eth_account.messages  # noqa: F401
+
+
 __all__ = [
     "TX_KINDS",
     "Movement",
@@ -23,6 +29,7 @@ __all__ = [
     "curve_for",
     "parse",
     "parse_for_signing",
+    "preload",
     "signing_inputs",
     "view_digest",
 ]

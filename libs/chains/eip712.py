@@ -14,7 +14,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from eth_account.messages import encode_typed_data
 from eth_utils import is_address, keccak, to_checksum_address, to_int
 
 from libs.chains import evm, guards
@@ -204,6 +203,10 @@ def _check_domain_types(declared: Any) -> None:
 
 
 def _hash(doc: dict[str, Any]) -> bytes:
+    # Imported here: eth-account takes ~0.5 s to import (py_ecc builds tables), which every
+    # `lantau` command and SO ceremony step paid. Services that sign preload() it.
+    from eth_account.messages import encode_typed_data
+
     with guards.decoding("EIP-712 typed data does not encode"):
         signable = encode_typed_data(full_message=doc)
         return bytes(keccak(b"\x19" + signable.version + signable.header + signable.body))

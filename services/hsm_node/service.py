@@ -21,7 +21,7 @@ from pathlib import Path
 from nats import micro
 from nats.micro.request import Request
 
-from libs import metrics, tracing
+from libs import chains, metrics, tracing
 from libs.bus import kv
 from libs.bus.publish import publish
 from libs.clock import now_ms, wait_or_stop
@@ -218,6 +218,7 @@ def check(node: HsmNodeConfig) -> None:
 
 async def serve(rt: Runtime, node: HsmNodeConfig) -> None:
     check(node)
+    chains.preload()
     assert node.state_dir is not None
     if node.softhsm_conf:
         # SoftHSM reads its config once, at C_Initialize: set it before loading the module.

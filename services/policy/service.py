@@ -290,6 +290,7 @@ def check(cfg: Config) -> None:
 
 
 async def serve(rt: Runtime) -> None:
+    chains.preload()
     policies = PolicyStore(rt.config.policy.rules_file)
     policies.load()
     assert rt.config.policy.authority is not None  # check() refused to start otherwise

@@ -382,6 +382,7 @@ def _signer_key(key_type: str, expected: bytes | None, reported: bytes) -> bytes
 
 
 async def serve(rt: Runtime) -> None:
+    chains.preload()
     cfg = rt.config.signer
     pool = HsmPool.of_nodes(
         rt.nc,
