@@ -11,11 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client
@@ -27,7 +25,7 @@ from libs.bus.permissions import OPERATOR
 from libs.bus.publish import publish
 from libs.bus.violations import subscribe_checked
 from libs.clock import now_ms
-from libs.config import Config, HsmNodeConfig
+from libs.config import Config
 from libs.hsm import ceremony
 from libs.hsm.remote import RemoteHsm
 from libs.hsm.sealed_store import KvIndexLedger
@@ -44,62 +42,6 @@ from services.cli import second_factor
 from services.cli.identity import connect_cli
 
 
-def _so_pin(path: str) -> str:
-    try:
-        pin = Path(path).read_text().strip()
-    except OSError as e:
-        raise ceremony.CeremonyError(f"cannot read SO PIN file {path}: {e.strerror}") from None
-    if not pin:
-        raise ceremony.CeremonyError(f"SO PIN file {path} is empty")
-    return pin
-
-
-def _bind(node: HsmNodeConfig) -> None:
-    if node.softhsm_conf:
-        os.environ["SOFTHSM2_CONF"] = node.softhsm_conf
-
-
-def run_step(cfg: Config, node_id: str, step: str, so_pin_file: str, data: bytes) -> bytes:
-    """One ceremony step on one token, in this process. Input and output are opaque bytes."""
-    node = cfg.hsm_node(node_id)
-    _bind(node)
-    pin = _so_pin(so_pin_file)
-    kek = cfg.backup.kek_label
-    if step == "init":
-        return (
-            b"created"
-            if ceremony.init_domain(node.module, node.token_label, pin, kek)
-            else b"exists"
-        )
-    if step == "has":
-        return b"yes" if ceremony.has_domain_key(node.module, node.token_label, pin, kek) else b"no"
-    if step == "transport":
-        return msgspec.msgpack.encode(
-            ceremony.make_transport_key(node.module, node.token_label, pin)
-        )
-    if step == "export":
-        transport = msgspec.msgpack.decode(data, type=ceremony.TransportKey)
-        return ceremony.export_domain_key(node.module, node.token_label, pin, kek, transport)
-    if step == "import":
-        ceremony.import_domain_key(node.module, node.token_label, pin, kek, data)
-        return b"imported"
-    # The sealing key is a private object: these steps open a user session with the
-    # node's own PIN (the SO PIN file only proves the administrator runs the ceremony).
-    user_pin = config_mod.read_pin(node)
-    if step == "seal-init":
-        created = ceremony.init_sealing_key(node.module, node.token_label, user_pin, kek)
-        return b"created" if created else b"exists"
-    if step == "seal-has":
-        has = ceremony.has_sealing_key(node.module, node.token_label, user_pin, kek)
-        return b"yes" if has else b"no"
-    if step == "seal-export":
-        return ceremony.export_sealing_key(node.module, node.token_label, user_pin, kek)
-    if step == "seal-import":
-        ceremony.import_sealing_key(node.module, node.token_label, user_pin, kek, data)
-        return b"imported"
-    raise ceremony.CeremonyError(f"unknown ceremony step {step!r}")
-
-
 def ceremony_step(
     config_path: str, node_id: str, step: str, so_pin_file: str, data: bytes = b""
 ) -> bytes:
@@ -107,9 +49,7 @@ def ceremony_step(
     argv = [
         sys.executable,
         "-m",
-        "services.cli.main",
-        "hsm",
-        "ceremony-step",
+        "services.cli.ceremony_step",
         step,
         "--config",
         config_path,
@@ -210,13 +150,6 @@ def admit(
             ceremony_step(config_path, new, "seal-import", new_so_pin, sealing)
 
 
-def cmd_ceremony_step(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config)
-    out = run_step(cfg, args.node, args.step, args.so_pin_file, sys.stdin.buffer.read())
-    sys.stdout.buffer.write(out)
-    return 0
-
-
 def cmd_domain_init(args: argparse.Namespace) -> int:
     outcome = domain_init(
         args.config, args.node, args.so_pin_file, officer=args.officer, totp_code=args.totp_code
@@ -258,26 +191,6 @@ def add_parsers(hsm: argparse._SubParsersAction) -> None:
     p.add_argument("--member-so-pin-file", required=True)
     second_factor.add_arguments(p)
     p.set_defaults(fn=cmd_admit)
-
-    p = hsm.add_parser("ceremony-step", help=argparse.SUPPRESS)
-    p.add_argument(
-        "step",
-        choices=[
-            "init",
-            "has",
-            "transport",
-            "export",
-            "import",
-            "seal-init",
-            "seal-has",
-            "seal-export",
-            "seal-import",
-        ],
-    )
-    p.add_argument("--config", required=True)
-    p.add_argument("--node", required=True)
-    p.add_argument("--so-pin-file", required=True)
-    p.set_defaults(fn=cmd_ceremony_step)
 
 
 # -- operator views ------------------------------------------------------------

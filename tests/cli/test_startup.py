@@ -35,3 +35,28 @@ def test_services_that_parse_preload_it(service):
     assert "chains.preload()" in body
     out = _run("from libs import chains\nchains.preload()", "in")
     assert out.returncode == 0, out.stderr
+
+
+def test_a_ceremony_step_process_loads_neither_the_cli_nor_the_bus():
+    code = (
+        "import sys, services.cli.ceremony_step\n"
+        "heavy = {'nats', 'eth_account', 'services.cli.main', 'aiohttp'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_ceremony_step_that_cannot_run_says_why_in_one_line(tmp_path):
+    config = tmp_path / "lantau.toml"
+    config.write_text("")
+    argv = [sys.executable, "-m", "services.cli.ceremony_step", "has", "--config", str(config)]
+    out = subprocess.run(
+        [*argv, "--node", "hsm-9", "--so-pin-file", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 2 and out.stdout == ""
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "hsm-9" in out.stderr, out.stderr
