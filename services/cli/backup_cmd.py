@@ -33,6 +33,7 @@ from libs.config import BackupSetConfig, Config
 from libs.hsm import ceremony as so_ceremony
 from proto.events import BackupManifest
 from services.cli import second_factor
+from services.cli.ceremony_step import read_secret
 from services.cli.hsm_admin import audited, ceremony_step
 from services.cli.identity import connect_cli
 
@@ -45,16 +46,6 @@ def _set(cfg: Config, set_id: str) -> BackupSetConfig:
 
 def _actor() -> str:
     return getpass.getuser()
-
-
-def _read_secret(path: str, what: str) -> str:
-    try:
-        value = Path(path).read_text().strip()
-    except OSError as e:
-        raise so_ceremony.CeremonyError(f"cannot read {what} {path}: {e.strerror}") from None
-    if not value:
-        raise so_ceremony.CeremonyError(f"{what} {path} is empty")
-    return value
 
 
 async def _on_bus(
@@ -116,7 +107,7 @@ def init(
     custodians = [Custodian(name=c.name, public_key=c.public_key) for c in set_cfg.custodians]
     with audited(config_path, "backup init", set_id) as details:
         backup.bind(set_cfg)
-        initial = _read_secret(initial_so_pin_file, "initial SO PIN file")
+        initial = read_secret(initial_so_pin_file, "initial SO PIN file")
         module, label = set_cfg.module, set_cfg.token_label
 
         def token_rng(n: int) -> bytes:

@@ -35,14 +35,15 @@ STEPS = (
 )
 
 
-def _so_pin(path: str) -> str:
+def read_secret(path: str, what: str) -> str:
+    """A PIN or passphrase file's one line; a CeremonyError naming the file, never its text."""
     try:
-        pin = Path(path).read_text().strip()
+        value = Path(path).read_text().strip()
     except OSError as e:
-        raise ceremony.CeremonyError(f"cannot read SO PIN file {path}: {e.strerror}") from None
-    if not pin:
-        raise ceremony.CeremonyError(f"SO PIN file {path} is empty")
-    return pin
+        raise ceremony.CeremonyError(f"cannot read {what} {path}: {e.strerror}") from None
+    if not value:
+        raise ceremony.CeremonyError(f"{what} {path} is empty")
+    return value
 
 
 def _bind(node: HsmNodeConfig) -> None:
@@ -54,7 +55,7 @@ def run_step(cfg: Config, node_id: str, step: str, so_pin_file: str, data: bytes
     """One ceremony step on one token, in this process. Input and output are opaque bytes."""
     node = cfg.hsm_node(node_id)
     _bind(node)
-    pin = _so_pin(so_pin_file)
+    pin = read_secret(so_pin_file, "SO PIN file")
     kek = cfg.backup.kek_label
     if step == "init":
         return (
