@@ -60,3 +60,37 @@ def test_a_ceremony_step_that_cannot_run_says_why_in_one_line(tmp_path):
     assert out.returncode == 2 and out.stdout == ""
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "hsm-9" in out.stderr, out.stderr
+
+
+def test_a_wrong_so_pin_is_refused_by_the_token_and_never_echoed(tmp_path):
+    """Whoever runs a step with a guessed SO PIN learns that the token refused, not the
+    PIN: neither the guess nor the real PIN reaches stderr or stdout."""
+    from devkit.softhsm import find_module, init_token
+    from libs import config as config_mod
+    from libs.config import Config, HsmNodeConfig
+    from libs.secret_files import write_secret
+
+    token = init_token(tmp_path, "lantau-step")
+    node = HsmNodeConfig(
+        id="hsm-1",
+        module=find_module(),
+        token_label=token.label,
+        pin_file=str(token.pin_file),
+        softhsm_conf=str(token.conf_path),
+    )
+    config = tmp_path / "lantau.toml"
+    config.write_text(config_mod.dump(Config(hsm_nodes=[node])))
+    guess = tmp_path / "guess.so-pin"
+    write_secret(guess, "guessed-pin-4711\n")
+    argv = [sys.executable, "-m", "services.cli.ceremony_step", "has", "--config", str(config)]
+    out = subprocess.run(
+        [*argv, "--node", "hsm-1", "--so-pin-file", str(guess)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    print(out.stderr)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    real = token.so_pin_file.read_text().strip()
+    assert "guessed-pin-4711" not in out.stderr and real not in out.stderr
