@@ -437,7 +437,8 @@ class Appender:
 
 
 def checkpoint_due(since_last: float, *, called: bool, cfg: AuditConfig) -> bool:
-    """Whether to sign a checkpoint, ``since_last`` seconds after this replica's last.
+    """Whether to sign a checkpoint, ``since_last`` seconds after the log's newest one
+    (whichever replica signed it).
     A record waits at most about checkpoint_interval_s for a checkpoint over it; one of
     checkpoint echoes only (facts.checkpoint_echo), and an idle log's head, wait
     checkpoint_idle_s: the log rests, and still shows a fresh signed head that often."""
